@@ -1,0 +1,161 @@
+"""Named, frozen scenario configs (SPEC section 4).
+
+A scenario fixes everything the simulator needs; `simulate` is a pure function of
+(config, PRNG key). Configs are hashable so they can be static arguments of `jit`.
+Any field can be overridden: `get_scenario("seed", k_min=3, k_max=3, snr_db=(10, 10))`.
+Angles are stored in degrees here because configs are a human edge (CLI `--set`, JSON);
+the simulator converts them to radians.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import numpy as np
+
+from rismvdr.physics.geometry import ArrayGeometry, from_positions, ula, upa
+
+__all__ = ["SceneConfig", "SCENARIOS", "get_scenario", "scenario_geometry"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """Everything that defines a simulated scene distribution."""
+
+    name: str = "seed"
+    # --- geometry -------------------------------------------------------------------------
+    wavelength: float = 0.3  # metres
+    array: Literal["upa", "ula", "custom"] = "upa"
+    nh: int = 12  # UPA columns (along y) / ULA elements
+    nv: int = 12  # UPA rows (along z); ignored for a ULA
+    spacing_h: float = 0.15  # metres (half wavelength)
+    spacing_v: float = 0.15  # metres
+    positions: tuple[tuple[float, float, float], ...] | None = None  # custom [N, 3], metres
+    steering_model: Literal["exact", "fresnel", "far"] = "exact"
+    # --- measurement ----------------------------------------------------------------------
+    mode: Literal["ris", "full"] = "ris"  # RIS (y = G_l x + n) or full array (y = x + n)
+    n_bs: int = 16  # M, BS antennas (ignored in full mode, where M = N)
+    n_snapshots: int = 16  # L
+    channel: Literal["iid"] = "iid"  # H entries CN(0, 1/N)
+    codebook: Literal["random", "dft"] = "random"  # RIS codes: uniform phases or 2-D DFT beams
+    # --- sources --------------------------------------------------------------------------
+    k_min: int = 1
+    k_max: int = 5  # also the padding size of the truth arrays
+    snr_db: tuple[float, float] = (-5.0, 20.0)  # uniform, per-measurement SNR at the receiver
+    phi_deg: tuple[float, float] = (-60.0, 60.0)
+    theta_deg: tuple[float, float] = (-30.0, 30.0)  # fixed to (0, 0) for a linear array
+    r_m: tuple[float, float] = (0.5, 10.0)
+    power_db: tuple[float, float] = (-6.0, 0.0)  # per-source power relative to the strongest
+    # --- separation rule: no two sources inside each other's detection gate (SPEC 7) -------
+    gate_phi_deg: float = 5.0
+    gate_theta_deg: float = 5.0
+    gate_r_m: float = 1.0
+    n_candidates: int = 64  # pool for sequential rejection sampling of separated sources
+    # --- numerics -------------------------------------------------------------------------
+    dtype: Literal["complex64", "complex128"] = "complex64"
+
+    def replace(self, **overrides) -> "SceneConfig":
+        """A copy with fields overridden (tuples accepted as lists)."""
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        if "positions" in fixed and fixed["positions"] is not None:
+            fixed["positions"] = tuple(tuple(float(c) for c in row) for row in fixed["positions"])
+        cfg = dataclasses.replace(self, **fixed)
+        cfg.validate()
+        return cfg
+
+    @property
+    def n_elements(self) -> int:
+        return len(scenario_geometry_positions(self))
+
+    @property
+    def n_measurements(self) -> int:
+        """M: BS antennas in RIS mode, N in full-array mode."""
+        return self.n_elements if self.mode == "full" else self.n_bs
+
+    @property
+    def real_dtype(self):
+        return np.float64 if self.dtype == "complex128" else np.float32
+
+    @property
+    def is_linear(self) -> bool:
+        return scenario_geometry(self).linear
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first inconsistent field."""
+        def rng(name, lo_hi, lo=-np.inf, hi=np.inf, strict=False):
+            a, b = lo_hi
+            if not (np.isfinite(a) and np.isfinite(b)) or a > b:
+                raise ValueError(f"{name}: expected (min, max) with min <= max, got {lo_hi}")
+            if a < lo or b > hi or (strict and a <= lo):
+                raise ValueError(f"{name}: values must lie in ({lo}, {hi}), got {lo_hi}")
+
+        if self.mode not in ("ris", "full"):
+            raise ValueError(f"mode: expected 'ris' or 'full', got {self.mode!r}")
+        if self.array not in ("upa", "ula", "custom"):
+            raise ValueError(f"array: expected 'upa', 'ula' or 'custom', got {self.array!r}")
+        if self.array == "custom" and self.positions is None:
+            raise ValueError("positions: required when array='custom'")
+        if self.codebook not in ("random", "dft"):
+            raise ValueError(f"codebook: expected 'random' or 'dft', got {self.codebook!r}")
+        if self.codebook == "dft" and self.array != "upa":
+            raise ValueError("codebook: 'dft' needs array='upa'")
+        if self.dtype not in ("complex64", "complex128"):
+            raise ValueError(f"dtype: expected complex64 or complex128, got {self.dtype!r}")
+        if self.steering_model not in ("exact", "fresnel", "far"):
+            raise ValueError(f"steering_model: unknown {self.steering_model!r}")
+        if self.wavelength <= 0:
+            raise ValueError(f"wavelength: must be > 0, got {self.wavelength}")
+        if self.n_snapshots < 1:
+            raise ValueError(f"n_snapshots: must be >= 1, got {self.n_snapshots}")
+        if self.mode == "ris" and self.n_bs < 1:
+            raise ValueError(f"n_bs: must be >= 1, got {self.n_bs}")
+        if not 1 <= self.k_min <= self.k_max:
+            raise ValueError(f"k_min, k_max: expected 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
+        if self.n_candidates < self.k_max:
+            raise ValueError(f"n_candidates: must be >= k_max ({self.k_max}), got {self.n_candidates}")
+        rng("snr_db", self.snr_db)
+        rng("phi_deg", self.phi_deg, -180.0, 180.0)
+        rng("theta_deg", self.theta_deg, -90.0, 90.0)
+        rng("r_m", self.r_m, 0.0, np.inf, strict=True)
+        rng("power_db", self.power_db)
+        for name in ("gate_phi_deg", "gate_theta_deg", "gate_r_m"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0")
+        scenario_geometry(self)  # validates spacing / positions
+
+
+def scenario_geometry_positions(cfg: SceneConfig) -> np.ndarray:
+    return np.asarray(scenario_geometry(cfg).positions)
+
+
+@functools.lru_cache(maxsize=64)
+def scenario_geometry(cfg: SceneConfig) -> ArrayGeometry:
+    """The `ArrayGeometry` a scenario describes."""
+    if cfg.array == "upa":
+        return upa(cfg.nh, cfg.nv, cfg.spacing_h, cfg.spacing_v, wavelength=cfg.wavelength)
+    if cfg.array == "ula":
+        return ula(cfg.nh, cfg.spacing_h, wavelength=cfg.wavelength)
+    return from_positions(np.asarray(cfg.positions, dtype=np.float64), cfg.wavelength)
+
+
+SCENARIOS: dict[str, SceneConfig] = {
+    "seed": SceneConfig(name="seed"),
+    "full": SceneConfig(name="full", mode="full", n_snapshots=64),
+}
+
+
+def get_scenario(name: str = "seed", **overrides) -> SceneConfig:
+    """A named scenario with optional field overrides.
+
+    A linear array has no elevation resolution: unless `theta_deg` is given, it is set to
+    (0, 0) for `array='ula'` or collinear custom positions.
+    """
+    if name not in SCENARIOS:
+        raise ValueError(f"scenario: unknown {name!r}; known: {sorted(SCENARIOS)}")
+    cfg = SCENARIOS[name].replace(**overrides)
+    if cfg.is_linear and "theta_deg" not in overrides:
+        cfg = cfg.replace(theta_deg=(0.0, 0.0))
+    if cfg.is_linear and cfg.theta_deg[0] != cfg.theta_deg[1]:
+        raise ValueError("theta_deg: a linear array cannot resolve elevation; give a fixed theta")
+    return cfg

@@ -1,0 +1,15 @@
+"""Test configuration: 8 simulated CPU devices, strict rank promotion, x64 available.
+
+These flags must be set before jax initialises its backends, so they live at the very top.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_enable_x64", True)
