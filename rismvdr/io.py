@@ -1,0 +1,804 @@
+"""Files of SPEC section 8: scene files (`.npz`), detections (`.csv`), reports (`.json`).
+
+Scene file keys (`np.savez`, read back with `allow_pickle=False`, so opening one never runs
+code). S scenes, L snapshots, M measurements per snapshot, N surface elements:
+
+| key | dtype, shape | meaning |
+|---|---|---|
+| `wavelength` | float64 scalar | metres, > 0 |
+| `positions` | float64 `[N, 3]` | element positions, metres, array frame (SPEC section 1) |
+| `y` | complex64 `[S, L, M]` | measurements (M = N in full-array mode) |
+| `H` | complex64 `[S, M, N]` or `[M, N]` | channel (one per scene, or shared); absent in full-array mode |
+| `codes` | complex64 `[S, L, N]` or `[L, N]` | unit-modulus RIS codes; absent in full-array mode |
+| `noise_var` | float64 `[S]` | optional, sigma^2 (linear) |
+| `gt_phi`, `gt_theta` | float64 `[S, Kmax]` | optional truth, radians, NaN-padded |
+| `gt_r` | float64 `[S, Kmax]` | optional truth, metres, NaN-padded |
+| `gt_power` | float64 `[S, Kmax]` | optional truth, linear, NaN-padded (needs the three above) |
+| `snr_db` | float64 `[S]` | extension, optional: the SNR the simulator was asked for, dB |
+| `meta` | str scalar (`<U`) | extension, optional: a JSON object (scenario name, seed, ...) |
+
+`H` and `codes` come together (RIS mode) or not at all (full-array mode). A truth slot is a
+source in all of `gt_phi`/`gt_theta`/`gt_r` (and `gt_power` when present) or NaN in all of them.
+Complex keys may be complex128 in a user's file (read as complex64); real keys may be float32
+or integer (read as float64). Unknown keys are ignored with a warning. A malformed file raises
+`SceneFileError` with a one-line message `"{path}: key '{key}': {problem}"`.
+
+Detections file: columns `scene,phi_deg,theta_deg,r_m,x_m,y_m,z_m,score_db`, one row a
+detection, `scene` the 0-based scene index, `(x, y, z) = r [cos th cos phi, cos th sin phi,
+sin th]`. Every writer here goes through `atomic_write`: a crash never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rismvdr.physics.geometry import from_positions
+from rismvdr.physics.simulate import Scene
+from rismvdr.physics.steering import steering
+
+__all__ = [
+    "SCENE_KEYS",
+    "DETECTION_COLUMNS",
+    "SceneFileError",
+    "DetectionsFileError",
+    "SceneFile",
+    "DetectionArrays",
+    "scene_file_from_scenes",
+    "scenes_from_file",
+    "save_scenes",
+    "load_scenes",
+    "write_detections_csv",
+    "read_detections_csv",
+    "write_json",
+    "atomic_write",
+]
+
+log = logging.getLogger(__name__)
+
+_REQUIRED = ("wavelength", "positions", "y")
+_COMPLEX = ("y", "H", "codes")
+_TRUTH_LOC = ("gt_phi", "gt_theta", "gt_r")
+_TRUTH = _TRUTH_LOC + ("gt_power",)
+_REAL = ("wavelength", "positions", "noise_var", "snr_db") + _TRUTH
+#: Every key a scene file may hold, in the order they are written (SPEC 8, then extensions).
+SCENE_KEYS = ("wavelength", "positions", "y", "H", "codes", "noise_var") + _TRUTH + ("snr_db", "meta")
+#: Columns of a detections CSV, in order.
+DETECTION_COLUMNS = ("scene", "phi_deg", "theta_deg", "r_m", "x_m", "y_m", "z_m", "score_db")
+_CODE_TOL = 1e-3  # allowed deviation of |c| from 1
+
+
+class SceneFileError(ValueError):
+    """A scene file (or an in-memory `SceneFile`) that breaks the contract of SPEC section 8."""
+
+    def __init__(self, path: str, key: str | None, problem: str):
+        self.path, self.key, self.problem = str(path), key, problem
+        where = f"{path}: key '{key}'" if key is not None else f"{path}"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # picklable (multiprocessing) despite the custom signature
+        return type(self), (self.path, self.key, self.problem)
+
+
+class DetectionsFileError(ValueError):
+    """A malformed detections CSV; the message names the line and the column."""
+
+    def __init__(self, path: str, line: int | None, column: str | None, problem: str):
+        self.path, self.line, self.column, self.problem = str(path), line, column, problem
+        where = str(path)
+        if line is not None:
+            where += f": line {line}"
+        if column is not None:
+            where += f": column '{column}'"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.line, self.column, self.problem)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # portable fallback (briefly changes the process umask)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", *, encoding: str = "utf-8", newline: str | None = None) -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success move it onto `path` in one step.
+
+    The temporary file lives in the target's directory (so `os.replace` is atomic), is
+    flushed and fsynced before the rename, and is deleted if the body raises: `path` is
+    then untouched (absent, or its previous content). A new file gets the usual
+    `0o666 & ~umask` permissions; a replaced file keeps its permissions.
+
+    Args:
+      path: target file.
+      mode: `"w"` (text) or `"wb"` (binary, e.g. `.npz`, `fig.savefig(f, format="png")`).
+      encoding: text encoding (text mode only).
+      newline: passed to `open` in text mode (`""` for the `csv` module).
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.txt")
+    >>> with atomic_write(p) as f:
+    ...     _ = f.write("hello")
+    >>> open(p).read()
+    'hello'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode: expected 'w' or 'wb', got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        try:
+            if "b" in mode:
+                f = os.fdopen(fd, mode)
+            else:
+                f = os.fdopen(fd, mode, encoding=encoding, newline=newline)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            perm = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            perm = 0o666 & ~_umask()
+        os.chmod(tmp, perm)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Scene files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SceneFile:
+    """The content of a scene file, as NumPy arrays on the host (see the module docstring).
+
+    Built by `load_scenes` or `scene_file_from_scenes`, both of which validate it;
+    `save_scenes` validates again before writing.
+
+    Attributes:
+      wavelength: metres.
+      positions: `[N, 3]` float64 element positions, metres.
+      y: `[S, L, M]` complex64 measurements.
+      H: `[S, M, N]` or `[M, N]` complex64 channel, None in full-array mode.
+      codes: `[S, L, N]` or `[L, N]` complex64 RIS codes, None in full-array mode.
+      noise_var: `[S]` float64 sigma^2, or None.
+      gt_phi, gt_theta: `[S, Kmax]` float64 true angles, radians, NaN-padded, or None.
+      gt_r: `[S, Kmax]` float64 true ranges, metres, NaN-padded, or None.
+      gt_power: `[S, Kmax]` float64 true powers, linear, NaN-padded, or None.
+      snr_db: `[S]` float64 requested SNR, dB, or None (extension key).
+      meta: JSON-compatible dict (scenario name, seed, ...), or None (extension key).
+    """
+
+    wavelength: float
+    positions: np.ndarray
+    y: np.ndarray
+    H: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    noise_var: np.ndarray | None = None
+    gt_phi: np.ndarray | None = None
+    gt_theta: np.ndarray | None = None
+    gt_r: np.ndarray | None = None
+    gt_power: np.ndarray | None = None
+    snr_db: np.ndarray | None = None
+    meta: dict | None = None
+
+    @property
+    def n_scenes(self) -> int:
+        """S."""
+        return int(self.y.shape[0])
+
+    @property
+    def n_snapshots(self) -> int:
+        """L."""
+        return int(self.y.shape[1])
+
+    @property
+    def n_measurements(self) -> int:
+        """M (= N in full-array mode)."""
+        return int(self.y.shape[2])
+
+    @property
+    def n_elements(self) -> int:
+        """N."""
+        return int(self.positions.shape[0])
+
+    @property
+    def full_array(self) -> bool:
+        """True when every element is sampled directly (no H, no codes)."""
+        return self.H is None
+
+    @property
+    def has_truth(self) -> bool:
+        return self.gt_phi is not None
+
+    @property
+    def k_max(self) -> int:
+        """Truth slots per scene (0 without truth)."""
+        return int(self.gt_phi.shape[1]) if self.has_truth else 0
+
+    @property
+    def truth_mask(self) -> np.ndarray:
+        """`[S, Kmax]` bool, True for a real source (`[S, 0]` without truth)."""
+        if not self.has_truth:
+            return np.zeros((self.n_scenes, 0), bool)
+        return ~np.isnan(self.gt_phi)
+
+    def geometry(self):
+        """The `ArrayGeometry` of the file's positions and wavelength."""
+        return from_positions(self.positions, self.wavelength)
+
+
+def _fields(sf: SceneFile) -> dict:
+    return {f.name: getattr(sf, f.name) for f in dataclasses.fields(sf)}
+
+
+def _validate(raw: Mapping[str, Any], source: str) -> dict:
+    """Check raw arrays against SPEC section 8 and return them normalised (SceneFile fields).
+
+    `raw` maps keys to arrays (from a file) or field values (from a `SceneFile`; `meta` may
+    then be a dict). Raises `SceneFileError(source, key, problem)` at the first problem.
+    """
+
+    def fail(key, problem):
+        raise SceneFileError(source, key, problem)
+
+    for key in _REQUIRED:
+        if raw.get(key) is None:
+            fail(key, "missing (required)")
+    unknown = sorted(set(raw) - set(SCENE_KEYS))
+    if unknown:
+        log.warning("%s: ignoring unknown key(s) %s", source, ", ".join(map(repr, unknown)))
+
+    out: dict[str, Any] = {k: None for k in SCENE_KEYS}
+    # --- dtypes ------------------------------------------------------------------------------
+    for key in _COMPLEX + _REAL:
+        if raw.get(key) is None:
+            continue
+        a = np.asarray(raw[key])
+        kind = a.dtype.kind
+        if key in _COMPLEX:
+            if kind != "c":
+                fail(key, f"expected complex64 (or complex128), got {a.dtype}")
+            out[key] = a.astype(np.complex64, copy=False)
+        else:
+            if kind not in "fiu":
+                fail(key, f"expected float64 (or float32), got {a.dtype}")
+            out[key] = a.astype(np.float64, copy=False)
+    out["meta"] = _validate_meta(raw.get("meta"), fail)
+
+    # --- shapes ------------------------------------------------------------------------------
+    def ndim(key, allowed):
+        a = out[key]
+        if a is not None and a.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            fail(key, f"expected a {want} array, got shape {list(a.shape)}")
+
+    ndim("wavelength", (0,))
+    ndim("positions", (2,))
+    ndim("y", (3,))
+    ndim("H", (2, 3))
+    ndim("codes", (2, 3))
+    for key in ("noise_var", "snr_db"):
+        ndim(key, (1,))
+    for key in _TRUTH:
+        ndim(key, (2,))
+
+    pos, y = out["positions"], out["y"]
+    if pos.shape[1] != 3 or pos.shape[0] < 1:
+        fail("positions", f"expected shape [N, 3] with N >= 1, got {list(pos.shape)}")
+    n = pos.shape[0]
+    if min(y.shape) < 1:
+        fail("y", f"expected shape [S, L, M] with S, L, M >= 1, got {list(y.shape)}")
+    s, l, m = y.shape
+
+    if (out["H"] is None) != (out["codes"] is None):
+        present, missing = ("H", "codes") if out["codes"] is None else ("codes", "H")
+        fail(missing, f"missing: '{present}' is present, and RIS mode needs both 'H' and 'codes' "
+                      f"(full-array mode has neither)")
+    if out["H"] is None:
+        if m != n:
+            fail("y", f"full-array mode (no 'H'/'codes') needs M = N = {n} (from 'positions'), "
+                      f"got y of shape {list(y.shape)}")
+    else:
+        for key, rows, rows_name in (("H", m, "M"), ("codes", l, "L")):
+            a = out[key]
+            if a.shape[-1] != n:
+                fail(key, f"last axis is N = {a.shape[-1]}, but 'positions' has N = {n}")
+            if a.shape[-2] != rows:
+                fail(key, f"axis -2 is {rows_name} = {a.shape[-2]}, but 'y' has {rows_name} = {rows}")
+            if a.ndim == 3 and a.shape[0] != s:
+                fail(key, f"per-scene array has S = {a.shape[0]}, but 'y' has S = {s}")
+    for key in ("noise_var", "snr_db"):
+        if out[key] is not None and out[key].shape != (s,):
+            fail(key, f"expected shape [{s}] (S from 'y'), got {list(out[key].shape)}")
+
+    truth_present = [k for k in _TRUTH if out[k] is not None]
+    if truth_present:
+        for key in _TRUTH_LOC:
+            if out[key] is None:
+                fail(key, f"missing: truth needs all of gt_phi, gt_theta, gt_r "
+                          f"(found {', '.join(truth_present)})")
+        shape = out["gt_phi"].shape
+        if shape[0] != s:
+            fail("gt_phi", f"expected shape [S, Kmax] with S = {s} (from 'y'), got {list(shape)}")
+        for key in truth_present:
+            if out[key].shape != shape:
+                fail(key, f"shape {list(out[key].shape)} differs from gt_phi's {list(shape)}")
+
+    # --- values ------------------------------------------------------------------------------
+    wavelength = float(out["wavelength"])
+    if not math.isfinite(wavelength):
+        fail("wavelength", f"not finite ({wavelength})")
+    if wavelength <= 0:
+        fail("wavelength", f"must be > 0, got {wavelength}")
+    for key in ("positions", "y", "H", "codes", "noise_var", "snr_db"):
+        _check_finite(out[key], key, fail)
+    if out["noise_var"] is not None and np.any(out["noise_var"] < 0):
+        fail("noise_var", f"must be >= 0, got min {float(np.min(out['noise_var']))}")
+    if out["codes"] is not None:
+        dev = float(np.max(np.abs(np.abs(out["codes"]) - 1.0)))
+        if dev > _CODE_TOL:
+            fail("codes", f"not unit modulus (max ||c| - 1| = {dev:.3g} > {_CODE_TOL:g})")
+    if n > 1:
+        d2 = np.sum((pos[:, None, :] - pos[None, :, :]) ** 2, axis=-1)
+        np.fill_diagonal(d2, np.inf)
+        if np.min(d2) <= 0:
+            i, j = np.unravel_index(np.argmin(d2), d2.shape)
+            fail("positions", f"elements {min(i, j)} and {max(i, j)} share one position")
+
+    if truth_present:
+        nan = np.isnan(out["gt_phi"])
+        for key in truth_present:
+            a = out[key]
+            if np.any(np.isinf(a)):
+                fail(key, "contains Inf (use NaN to pad empty slots)")
+            diff = np.isnan(a) != nan
+            if np.any(diff):
+                i, k = np.argwhere(diff)[0]
+                fail(key, f"NaN pattern differs from gt_phi at scene {i}, slot {k}: a slot must be "
+                          f"a source in all truth keys or NaN in all of them")
+        r = out["gt_r"][~nan]
+        if r.size and np.min(r) <= 0:
+            fail("gt_r", f"ranges must be > 0, got min {float(np.min(r))}")
+        if out["gt_power"] is not None:
+            p = out["gt_power"][~nan]
+            if p.size and np.min(p) < 0:
+                fail("gt_power", f"powers must be >= 0, got min {float(np.min(p))}")
+
+    fields = {k: out[k] for k in SCENE_KEYS}
+    fields["wavelength"] = wavelength
+    return fields
+
+
+def _check_finite(a, key, fail):
+    if a is None or a.size == 0:
+        return
+    bad = ~np.isfinite(a)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        fail(key, f"contains {int(np.sum(bad))} non-finite value(s) (NaN or Inf), first at index {list(idx)}")
+
+
+def _validate_meta(meta, fail) -> dict | None:
+    """`meta` as a dict: from a 0-d str array (file) or a dict (in memory)."""
+    if meta is None:
+        return None
+    if isinstance(meta, Mapping):
+        try:
+            return json.loads(json.dumps(_jsonable(meta), allow_nan=False))
+        except (TypeError, ValueError) as e:
+            fail("meta", f"not JSON-serialisable: {e}")
+    a = np.asarray(meta)
+    if a.dtype.kind != "U" or a.ndim != 0:
+        fail("meta", f"expected a str scalar holding a JSON object, got dtype {a.dtype}, shape {list(a.shape)}")
+    try:
+        value = json.loads(str(a.item()))
+    except ValueError as e:
+        fail("meta", f"not valid JSON ({e})")
+    if not isinstance(value, dict):
+        fail("meta", f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def load_scenes(path) -> SceneFile:
+    """Read and validate a scene file (`np.load(..., allow_pickle=False)`).
+
+    Complex keys are returned as complex64 and real keys as float64 whatever their stored
+    precision; `meta` is parsed into a dict.
+
+    Raises:
+      SceneFileError: file missing or not an `.npz` archive, a required key missing, a wrong
+        dtype or shape, inconsistent S/L/M/N between keys, non-finite data, non-unit codes,
+        inconsistent truth padding, ... (one line naming the key and the problem).
+    """
+    path = os.fspath(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SceneFileError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise SceneFileError(path, None, "is a directory, expected an .npz scene file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SceneFileError(path, None, f"not an .npz archive ({type(e).__name__})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise SceneFileError(path, None, "not an .npz archive (a single .npy array)")
+    raw = {}
+    with npz:
+        for key in npz.files:
+            try:
+                raw[key] = npz[key]
+            except ValueError:
+                raise SceneFileError(path, key, "holds pickled Python objects; scene files hold plain arrays") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise SceneFileError(path, key, f"unreadable ({type(e).__name__}: {e})") from None
+    return SceneFile(**_validate(raw, path))
+
+
+def save_scenes(path, sf: SceneFile) -> None:
+    """Validate `sf` and write it as an uncompressed `.npz` with the dtypes of SPEC section 8.
+
+    Atomic: written to a temporary file in the same directory and renamed onto `path`, so a
+    crash leaves either the old file or the new one. `path` is used as given (no suffix added).
+    """
+    path = os.fspath(path)
+    f = _validate(_fields(sf), path)
+    arrays = {"wavelength": np.asarray(f["wavelength"], np.float64)}
+    for key in SCENE_KEYS[1:]:
+        v = f[key]
+        if v is None:
+            continue
+        if key == "meta":
+            arrays[key] = np.asarray(json.dumps(v, sort_keys=True), dtype=np.str_)
+        else:
+            arrays[key] = np.ascontiguousarray(v, np.complex64 if key in _COMPLEX else np.float64)
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def scene_file_from_scenes(scenes, geometry, *, meta: dict | None = None) -> SceneFile:
+    """Convert the simulator's `Scene` (batched, jax arrays) to a validated `SceneFile`.
+
+    Truth is NaN-padded where `scenes.mask` is False; `gt_power`, `noise_var` and `snr_db`
+    are included. An unbatched scene (`y` of shape `[L, M]`) becomes a file with S = 1.
+
+    Args:
+      scenes: `Scene` with `y` `[S, L, M]` (or `[L, M]`).
+      geometry: the `ArrayGeometry` the scenes were simulated with.
+      meta: optional JSON-compatible dict stored under `meta` (e.g. scenario name and seed).
+    """
+    host = jax.device_get(scenes)
+    if np.ndim(host.y) == 2:
+        host = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], host)
+    mask = np.asarray(host.mask, bool)
+
+    def truth(a):
+        return np.where(mask, np.asarray(a, np.float64), np.nan)
+
+    def opt(a, dtype):
+        return None if a is None else np.asarray(a, dtype)
+
+    fields = dict(
+        wavelength=float(np.asarray(geometry.wavelength)),
+        positions=np.asarray(geometry.positions, np.float64),
+        y=np.asarray(host.y, np.complex64),
+        H=opt(host.H, np.complex64),
+        codes=opt(host.codes, np.complex64),
+        noise_var=np.asarray(host.noise_var, np.float64),
+        gt_phi=truth(host.phi),
+        gt_theta=truth(host.theta),
+        gt_r=truth(host.r),
+        gt_power=truth(host.power),
+        snr_db=np.asarray(host.snr_db, np.float64),
+        meta=None if meta is None else dict(meta),
+    )
+    return SceneFile(**_validate(fields, "Scene"))
+
+
+def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
+    """A batched `Scene` (complex64/float32 jax arrays) for methods that take one.
+
+    - A shared `H` `[M, N]` / `codes` `[L, N]` is broadcast to every scene.
+    - `noise_var` and `snr_db` are NaN where the file has none (unknown).
+    - Truth: padded slots get phi = theta = power = 0 and r = the largest true range in
+      the file (1.0 if there is none), so every slot is a valid steering argument; `mask`
+      is False there. Without `gt_power`, true sources get power 1. Without truth at all,
+      the truth arrays have shape `[S, 0]`.
+    - `R_true = A diag(p) A^H` from the truth with the shared `steering` function and
+      `model` (zeros without truth). It is not trace-normalised.
+    """
+    f = _validate(_fields(sf), "SceneFile")
+    sf = SceneFile(**f)
+    s, l, m, n = sf.n_scenes, sf.n_snapshots, sf.n_measurements, sf.n_elements
+    real = np.float32
+
+    def per_scene(a, rows):
+        return None if a is None else jnp.asarray(np.broadcast_to(a, (s, rows, n)))
+
+    def unknown_or(a):
+        return np.full(s, np.nan, real) if a is None else a.astype(real)
+
+    mask = sf.truth_mask
+    if sf.has_truth:
+        finite_r = sf.gt_r[mask]
+        r_pad = float(np.max(finite_r)) if finite_r.size else 1.0
+        phi = np.where(mask, sf.gt_phi, 0.0).astype(real)
+        theta = np.where(mask, sf.gt_theta, 0.0).astype(real)
+        r = np.where(mask, sf.gt_r, r_pad).astype(real)
+        power = (mask.astype(real) if sf.gt_power is None else np.where(mask, sf.gt_power, 0.0)).astype(real)
+    else:
+        phi = theta = r = power = np.zeros((s, 0), real)
+    r_true = _truth_covariance(sf.geometry(), phi, theta, r, power, model=model)
+    return Scene(
+        y=jnp.asarray(sf.y),
+        H=per_scene(sf.H, m),
+        codes=per_scene(sf.codes, l),
+        noise_var=jnp.asarray(unknown_or(sf.noise_var)),
+        snr_db=jnp.asarray(unknown_or(sf.snr_db)),
+        phi=jnp.asarray(phi),
+        theta=jnp.asarray(theta),
+        r=jnp.asarray(r),
+        power=jnp.asarray(power),
+        mask=jnp.asarray(mask),
+        R_true=r_true,
+    )
+
+
+def _truth_covariance(geometry, phi, theta, r, power, *, model: str):
+    """`[S, N, N]` complex64 `A diag(p) A^H` from `[S, K]` float32 truth (zeros if K = 0)."""
+    s, k = phi.shape
+    n = geometry.n_elements
+    if k == 0:
+        return jnp.zeros((s, n, n), jnp.complex64)
+    return _truth_covariance_jit(geometry.astype(np.float32), phi, theta, r, power, model=model)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _truth_covariance_jit(geometry, phi, theta, r, power, *, model):
+    a = steering(geometry, phi, theta, r, model=model, dtype=jnp.complex64)  # [S, K, N]
+    return jnp.einsum("skn,sk,skm->snm", a, power.astype(jnp.complex64), jnp.conj(a),
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+# --------------------------------------------------------------------------------------------
+# Detections CSV
+# --------------------------------------------------------------------------------------------
+
+
+class DetectionArrays(NamedTuple):
+    """Padded detections read from a CSV: host arrays, unpacks as a 5-tuple in the field order
+    of `rismvdr.detect.Detections`. Padding is NaN (the file has no value there).
+
+    Attributes:
+      phi, theta: `[S, Kmax]` float64, radians, NaN where not valid.
+      r: `[S, Kmax]` float64, metres, NaN where not valid.
+      score_db: `[S, Kmax]` float64, NaN where not valid.
+      valid: `[S, Kmax]` bool.
+    """
+
+    phi: np.ndarray
+    theta: np.ndarray
+    r: np.ndarray
+    score_db: np.ndarray
+    valid: np.ndarray
+
+
+def _fmt(v: float) -> str:
+    return format(float(v), ".12g")
+
+
+def write_detections_csv(path, phi, theta, r, score_db, valid) -> None:
+    """Write padded detections as one CSV row per valid entry (atomic).
+
+    Args:
+      path: target `.csv`.
+      phi, theta: `[S, Kmax]` radians.
+      r: `[S, Kmax]` metres.
+      score_db: `[S, Kmax]` detection score, dB.
+      valid: `[S, Kmax]` bool; invalid entries are ignored (they may hold anything).
+
+    Raises:
+      ValueError: naming the argument: mismatched shapes, or a valid entry with a
+        non-finite angle or range, a range <= 0, or a NaN score.
+    """
+    arrays = {}
+    for name, a in (("phi", phi), ("theta", theta), ("r", r), ("score_db", score_db)):
+        arrays[name] = np.asarray(a, np.float64)
+    v = np.asarray(valid)
+    if v.dtype != bool:
+        if not np.all((v == 0) | (v == 1)):
+            raise ValueError(f"valid: expected a bool mask, got dtype {v.dtype}")
+        v = v.astype(bool)
+    if v.ndim != 2:
+        raise ValueError(f"valid: expected shape [S, Kmax], got {list(v.shape)}")
+    for name, a in arrays.items():
+        if a.shape != v.shape:
+            raise ValueError(f"{name}: expected shape {list(v.shape)} (from valid), got {list(a.shape)}")
+    for name in ("phi", "theta", "r"):
+        if not np.all(np.isfinite(arrays[name][v])):
+            raise ValueError(f"{name}: non-finite value at a valid detection")
+    if np.any(arrays["r"][v] <= 0):
+        raise ValueError("r: range <= 0 at a valid detection")
+    if np.any(np.isnan(arrays["score_db"][v])):
+        raise ValueError("score_db: NaN at a valid detection")
+
+    p, t, rr = arrays["phi"], arrays["theta"], arrays["r"]
+    x = rr * np.cos(t) * np.cos(p)
+    yy = rr * np.cos(t) * np.sin(p)
+    z = rr * np.sin(t)
+    with atomic_write(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(DETECTION_COLUMNS)
+        for i, k in np.argwhere(v):
+            w.writerow([int(i), _fmt(np.degrees(p[i, k])), _fmt(np.degrees(t[i, k])), _fmt(rr[i, k]),
+                        _fmt(x[i, k]), _fmt(yy[i, k]), _fmt(z[i, k]), _fmt(arrays["score_db"][i, k])])
+
+
+def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = None) -> DetectionArrays:
+    """Read a detections CSV back into padded `[S, Kmax]` arrays (radians, metres).
+
+    Columns may come in any order (extra columns are ignored); detections of a scene fill its
+    slots in file order. `x_m, y_m, z_m` must be numbers but are not checked against
+    (phi, theta, r).
+
+    Args:
+      path: the `.csv` file.
+      n_scenes: S; default `1 + ` the largest scene index (0 for a file without rows).
+      k_max: slots per scene; default the largest number of detections in one scene.
+
+    Raises:
+      DetectionsFileError: missing file, missing column, a non-numeric or NaN value, a scene
+        index out of range, or more than `k_max` detections in a scene (one line naming the
+        line and the column).
+    """
+    path = os.fspath(path)
+
+    def fail(line, column, problem):
+        raise DetectionsFileError(path, line, column, problem)
+
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        fail(None, None, "no such file")
+    except IsADirectoryError:
+        fail(None, None, "is a directory, expected a .csv file")
+    rows: list[tuple[int, int, list[float]]] = []  # (line, scene, values)
+    try:
+        with fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                fail(1, None, f"empty file, expected the header {','.join(DETECTION_COLUMNS)}")
+            header = [h.strip() for h in header]
+            col = {}
+            for j, name in enumerate(header):
+                if name in col:
+                    fail(1, name, "appears twice in the header")
+                col[name] = j
+            for name in DETECTION_COLUMNS:
+                if name not in col:
+                    fail(1, name, f"missing from the header (expected {','.join(DETECTION_COLUMNS)})")
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    fail(line, None, f"expected {len(header)} fields, got {len(row)}")
+                scene_text = row[col["scene"]].strip()
+                try:
+                    scene = int(scene_text)
+                except ValueError:
+                    fail(line, "scene", f"not an integer scene index: {scene_text!r}")
+                if scene < 0 or (n_scenes is not None and scene >= n_scenes):
+                    bound = f"[0, {n_scenes})" if n_scenes is not None else ">= 0"
+                    fail(line, "scene", f"index {scene} out of range (expected {bound})")
+                values = []
+                for name in DETECTION_COLUMNS[1:]:
+                    text = row[col[name]].strip()
+                    try:
+                        v = float(text)
+                    except ValueError:
+                        fail(line, name, f"not a number: {text!r}")
+                    if math.isnan(v):
+                        fail(line, name, "NaN")
+                    if name != "score_db" and math.isinf(v):
+                        fail(line, name, f"not finite: {text!r}")
+                    values.append(v)
+                if values[2] <= 0:
+                    fail(line, "r_m", f"range must be > 0, got {values[2]}")
+                rows.append((line, scene, values))
+    except UnicodeDecodeError:
+        fail(None, None, "not a UTF-8 text file")
+    except csv.Error as e:
+        fail(None, None, f"malformed CSV ({e})")
+
+    counts: dict[int, int] = {}
+    for line, scene, _ in rows:
+        counts[scene] = counts.get(scene, 0) + 1
+        if k_max is not None and counts[scene] > k_max:
+            fail(line, "scene", f"scene {scene} has more than k_max = {k_max} detections")
+    s = n_scenes if n_scenes is not None else (max(counts) + 1 if counts else 0)
+    k = k_max if k_max is not None else max(counts.values(), default=0)
+    out = np.full((4, s, k), np.nan)
+    valid = np.zeros((s, k), bool)
+    slot = dict.fromkeys(counts, 0)
+    for _, scene, (phi_deg, theta_deg, r_m, _x, _y, _z, score) in rows:
+        j = slot[scene]
+        slot[scene] += 1
+        out[:, scene, j] = (np.radians(phi_deg), np.radians(theta_deg), r_m, score)
+        valid[scene, j] = True
+    return DetectionArrays(out[0], out[1], out[2], out[3], valid)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON reports
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj):
+    """Plain JSON types: arrays to lists, NumPy/jax scalars to Python, NaN/Inf to None."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "__array__"):  # np.ndarray, jax.Array
+        a = np.asarray(obj)
+        if a.dtype.kind in "biuf":
+            return _jsonable(a.tolist())
+        if a.dtype.kind == "U":
+            return a.tolist()
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+
+
+def write_json(path, obj, *, indent: int = 2) -> None:
+    """Write `obj` as JSON (atomic). NaN and +-Inf become `null`; arrays become lists."""
+    text = json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
+    with atomic_write(path, "w") as fh:
+        fh.write(text + "\n")
