@@ -1,0 +1,346 @@
+"""The `rismvdr` command line: simulate, localize, evaluate, plot, demo, methods.
+
+Every command has `--help`; units are in flag names (`*_deg`, `*_m`, `*_db`). Files follow
+SPEC section 8 and are written atomically. A malformed input gives a one-line error naming
+the key and a non-zero exit status (2).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("rismvdr")
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        try:
+            return tuple(float(x) for x in text.split(","))
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items) -> dict:
+    """`["k_min=3", "snr_db=10,10"]` -> `{"k_min": 3, "snr_db": (10.0, 10.0)}`."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        value = _parse_value(value)
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _scenario_from_meta(meta: dict | None):
+    from rismvdr.physics.scenarios import SceneConfig
+
+    if not meta or "config" not in meta:
+        return None
+    fields = {f.name for f in dataclasses.fields(SceneConfig)}
+    cfg = {k: (tuple(tuple(r) for r in v) if k == "positions" and v is not None else
+               tuple(v) if isinstance(v, list) else v)
+           for k, v in meta["config"].items() if k in fields}
+    try:
+        return SceneConfig(**cfg)
+    except (TypeError, ValueError):
+        return None
+
+
+def _settings(args, sf):
+    """Localizer settings: the scene file's scenario box if recorded, then CLI overrides."""
+    from rismvdr.detect import DetectorConfig
+    from rismvdr.methods import LocalizerSettings, settings_for_scenario
+
+    cfg = _scenario_from_meta(sf.meta)
+    base = settings_for_scenario(cfg) if cfg is not None else LocalizerSettings()
+    det = base.detector
+    det_kw = {k: v for k, v in dict(
+        threshold_mode=args.threshold_mode, threshold_db=args.threshold_db, mad_z=args.mad_z,
+        k_max=args.k_max, refine=None if not args.no_refine else False,
+    ).items() if v is not None}
+    kw = {k: v for k, v in dict(
+        phi_deg=args.phi_range_deg and tuple(args.phi_range_deg),
+        theta_deg=args.theta_range_deg and tuple(args.theta_range_deg),
+        r_m=args.r_range_m and tuple(args.r_range_m),
+        phi_step_deg=args.phi_step_deg, theta_step_deg=args.theta_step_deg, n_planes=args.planes,
+        steering_model=args.steering_model, precision=args.precision, batch_size=args.batch_size,
+    ).items() if v is not None}
+    det = dataclasses.replace(det, **det_kw)
+    det.validate()
+    return base.replace(detector=det, **kw)
+
+
+def _add_localizer_flags(p):
+    g = p.add_argument_group("search grid and detector (defaults: the scene file's scenario, else the seed box)")
+    g.add_argument("--phi-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"), help="azimuth search box, degrees (default -60 60)")
+    g.add_argument("--theta-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"), help="elevation search box, degrees (default -30 30; a linear array uses 0 0)")
+    g.add_argument("--r-range-m", type=float, nargs=2, metavar=("MIN", "MAX"), help="range search box, metres (default 0.5 10)")
+    g.add_argument("--phi-step-deg", type=float, help="azimuth grid step, degrees (default 1)")
+    g.add_argument("--theta-step-deg", type=float, help="elevation grid step, degrees (default 1)")
+    g.add_argument("--planes", type=int, help="number of range planes, uniform in 1/r (default 16)")
+    g.add_argument("--threshold-mode", choices=("db", "mad", "none"), help="peak threshold: 'db' = within --threshold-db of the map maximum (default), 'mad' = above median + z*MAD of the map in dB, 'none' = every local maximum")
+    g.add_argument("--threshold-db", type=float, help="dB below the map maximum for mode 'db' (default 12)")
+    g.add_argument("--mad-z", type=float, help="z for mode 'mad' (default 5)")
+    g.add_argument("--k-max", type=int, help="at most this many detections per scene (default 5)")
+    g.add_argument("--no-refine", action="store_true", help="skip the continuous 3-D refinement of grid peaks")
+    g.add_argument("--steering-model", choices=("exact", "fresnel", "far"), help="steering model of the search (default: the scenario's, else exact)")
+    g.add_argument("--precision", choices=("highest", "fast"), help="matmul precision: 'highest' (default) or 'fast' (TF32 on recent GPUs)")
+    g.add_argument("--batch-size", type=int, help="scenes per jitted call (default 32)")
+
+
+# ------------------------------------------------------------------------------------------
+# Commands
+# ------------------------------------------------------------------------------------------
+def cmd_simulate(args) -> int:
+    import jax
+
+    from rismvdr.io import save_scenes, scene_file_from_scenes
+    from rismvdr.physics.scenarios import get_scenario, scenario_geometry
+    from rismvdr.physics.simulate import simulate
+
+    cfg = get_scenario(args.scenario, **parse_overrides(args.set))
+    t0 = time.perf_counter()
+    scenes = simulate(cfg, jax.random.key(args.seed), args.scenes, batch_size=args.batch_size)
+    meta = dict(scenario=cfg.name, seed=args.seed, n_scenes=args.scenes, config=dataclasses.asdict(cfg),
+                generator="rismvdr simulate")
+    save_scenes(args.out, scene_file_from_scenes(scenes, scenario_geometry(cfg), meta=meta))
+    print(f"wrote {args.scenes} scenes ({cfg.name}, seed {args.seed}) to {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_localize(args) -> int:
+    import numpy as np
+
+    from rismvdr.io import load_scenes, scenes_from_file, write_detections_csv
+    from rismvdr.methods import localize
+
+    sf = load_scenes(args.scenes)
+    settings = _settings(args, sf)
+    scenes = scenes_from_file(sf, model=settings.steering_model)
+    res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet)
+    d = res.detections
+    write_detections_csv(args.out, d.phi, d.theta, d.r, d.score_db, d.valid)
+    if args.maps_out:
+        from rismvdr.io import atomic_write
+
+        phi, theta, r = res.grid.arrays()
+        with atomic_write(args.maps_out, "wb") as f:
+            np.savez(f, power_db=res.power_db, plane=res.plane, grid_phi=phi, grid_theta=theta, grid_r=r)
+    n = int(d.valid.sum())
+    print(f"{args.method}: {n} detections in {sf.n_scenes} scenes ({res.seconds:.1f} s) -> {args.out}")
+    return 0
+
+
+def _load_maps(path):
+    import numpy as np
+
+    from rismvdr.physics.spectra import Grid
+
+    with np.load(path, allow_pickle=False) as z:
+        for key in ("power_db", "plane", "grid_phi", "grid_theta", "grid_r"):
+            if key not in z:
+                raise ValueError(f"{path}: key '{key}': missing (write it with localize --maps-out)")
+        grid = Grid(tuple(z["grid_phi"].tolist()), tuple(z["grid_theta"].tolist()), tuple(z["grid_r"].tolist()))
+        return z["power_db"], z["plane"], grid
+
+
+def cmd_evaluate(args) -> int:
+    from rismvdr import metrics
+    from rismvdr.evaluation import evaluate_detections, scene_pssr_db, truth_crb
+    from rismvdr.io import load_scenes, read_detections_csv, scenes_from_file, write_json
+
+    sf = load_scenes(args.scenes)
+    if not sf.has_truth:
+        raise ValueError(f"{args.scenes}: key 'gt_phi': missing, evaluation needs the truth")
+    det = read_detections_csv(args.detections, n_scenes=sf.n_scenes)
+    cfg = _scenario_from_meta(sf.meta)
+    model = cfg.steering_model if cfg is not None else "exact"
+    scenes = scenes_from_file(sf, model=model)
+    pssr = None
+    if args.maps:
+        power_db, _, grid = _load_maps(args.maps)
+        if power_db.shape[0] != sf.n_scenes:
+            raise ValueError(f"{args.maps}: key 'power_db': {power_db.shape[0]} scenes, the scene file has {sf.n_scenes}")
+        pssr = scene_pssr_db(power_db, det.phi, det.theta, det.valid, grid)
+    crb = truth_crb(scenes, sf.geometry(), model=model) if not args.no_crb else None
+    gates = metrics.Gates.from_deg(args.gate_phi_deg, args.gate_theta_deg, args.gate_r_m)
+    ev = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, score_db=det.score_db,
+                             pssr=pssr, crb=crb, gates=gates, snr_bin_db=args.snr_bin_db)
+    label = args.label or Path(args.detections).stem
+    out = dict(method=label, test_set=_test_set(sf, args.scenes), **ev)
+    write_json(args.out, metrics.to_jsonable(out))
+    print(metrics.format_table({label: ev}))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _test_set(sf, path) -> dict:
+    meta = sf.meta or {}
+    return dict(file=str(path), scenario=meta.get("scenario"), seed=meta.get("seed"), n_scenes=sf.n_scenes)
+
+
+def cmd_plot(args) -> int:
+    from rismvdr import plots
+
+    if args.what == "scene":
+        from rismvdr.io import load_scenes, read_detections_csv, scenes_from_file
+        from rismvdr.methods import localize
+
+        sf = load_scenes(args.scenes)
+        if not 0 <= args.index < sf.n_scenes:
+            raise ValueError(f"--index: must lie in [0, {sf.n_scenes - 1}], got {args.index}")
+        settings = _settings(args, sf)
+        scenes = scenes_from_file(sf, model=settings.steering_model)[args.index: args.index + 1]
+        res = localize(args.method, scenes, sf.geometry(), settings, progress=False)
+        d = res.detections
+        if args.detections:
+            fd = read_detections_csv(args.detections, n_scenes=sf.n_scenes)
+            dets = tuple(a[args.index][fd.valid[args.index]] for a in (fd.phi, fd.theta, fd.r))
+        else:
+            dets = tuple(a[0][d.valid[0]] for a in (d.phi, d.theta, d.r))
+        truth = None
+        if sf.has_truth:
+            m = sf.truth_mask[args.index]
+            truth = tuple(a[args.index][m] for a in (sf.gt_phi, sf.gt_theta, sf.gt_r))
+        plots.plot_scene_map(args.out, res.power_db[0], res.plane[0], res.grid, truth=truth, detections=dets,
+                             title=f"{args.method} 2.5D spectrum, scene {args.index} of {args.scenes}")
+    else:
+        ms = {}
+        for path in args.metrics:
+            with open(path) as f:
+                m = json.load(f)
+            ms[m.get("method", Path(path).stem)] = m
+        plots.plot_snr_curves(args.out, ms, title="per-SNR-bin metrics")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from rismvdr.methods import METHODS
+
+    for m in METHODS.values():
+        flags = [t for t, on in (("needs truth", m.needs_truth), ("full-array only", m.full_array_only),
+                                 ("RIS only", m.ris_only)) if on]
+        print(f"{m.name:16s} {m.description}" + (f" [{', '.join(flags)}]" if flags else ""))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from rismvdr.demo import run_demo
+
+    run_demo(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods, scenario=args.scenario)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# Parser
+# ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from rismvdr.methods import METHODS
+
+    p = argparse.ArgumentParser(
+        prog="rismvdr",
+        description="Near-field multi-source localization (azimuth, elevation, range; number of sources unknown) "
+                    "through a reconfigurable intelligent surface or a planar array.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="simulate a test set of scenes into a .npz scene file (SPEC section 8)",
+                       description="Simulate scenes of a named scenario (SPEC section 4) as a pure function of (scenario, seed).")
+    s.add_argument("--scenario", default="seed", help="scenario name: 'seed' (RIS, M=16, L=16) or 'full' (full array, L=64) (default seed)")
+    s.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
+    s.add_argument("--seed", type=int, default=0, help="PRNG seed; (scenario, seed, scenes) names a test set (default 0)")
+    s.add_argument("--out", required=True, help="output scene file (.npz)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a scenario field, e.g. --set k_min=3 --set k_max=3 --set snr_db=10,10 "
+                        "(angles in *_deg fields in degrees, ranges in metres); repeatable")
+    s.add_argument("--batch-size", type=int, default=256, help="scenes per jitted call (memory bound; results do not depend on it)")
+    s.set_defaults(func=cmd_simulate)
+
+    loc = sub.add_parser("localize", help="localize the sources of every scene of a scene file",
+                         description="Run a registered method through the shared 2.5D spectrum + K-free detector.")
+    loc.add_argument("scenes", help="scene file (.npz)")
+    loc.add_argument("--method", default="mvdr-als", choices=list(METHODS), help="localization method (see `rismvdr methods`)")
+    loc.add_argument("--out", required=True, help="detections CSV: scene,phi_deg,theta_deg,r_m,x_m,y_m,z_m,score_db")
+    loc.add_argument("--maps-out", help="optional .npz with the 2.5D maps (dB) for PSSR and plots")
+    loc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_localizer_flags(loc)
+    loc.set_defaults(func=cmd_localize)
+
+    ev = sub.add_parser("evaluate", help="score detections against the truth in the scene file (SPEC section 7)")
+    ev.add_argument("scenes", help="scene file (.npz) with truth")
+    ev.add_argument("detections", help="detections CSV from `rismvdr localize`")
+    ev.add_argument("--out", required=True, help="metrics JSON")
+    ev.add_argument("--label", help="method label stored in the JSON (default: the CSV file name)")
+    ev.add_argument("--maps", help="maps .npz from `localize --maps-out` to report PSSR (dB)")
+    ev.add_argument("--no-crb", action="store_true", help="skip the Cramer-Rao bound (RMSE / sqrt(CRB))")
+    ev.add_argument("--gate-phi-deg", type=float, default=5.0, help="azimuth gate of a true positive, degrees (default 5)")
+    ev.add_argument("--gate-theta-deg", type=float, default=5.0, help="elevation gate, degrees (default 5)")
+    ev.add_argument("--gate-r-m", type=float, default=1.0, help="range gate, metres (default 1)")
+    ev.add_argument("--snr-bin-db", type=float, default=5.0, help="width of the SNR bins of the breakdown, dB (default 5)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pl = sub.add_parser("plot", help="plots: a scene's 2.5D map, or metrics against SNR")
+    psub = pl.add_subparsers(dest="what", required=True, metavar="WHAT")
+    ps = psub.add_parser("scene", help="2.5D spectrum of one scene with truth (circles) and detections (crosses)")
+    ps.add_argument("scenes", help="scene file (.npz)")
+    ps.add_argument("--index", type=int, default=0, help="scene index, 0-based (default 0)")
+    ps.add_argument("--method", default="mvdr-als", choices=list(METHODS), help="method whose spectrum is drawn")
+    ps.add_argument("--detections", help="optional detections CSV to mark instead of the method's own")
+    ps.add_argument("--out", required=True, help="output PNG")
+    _add_localizer_flags(ps)
+    ps.set_defaults(func=cmd_plot)
+    pm = psub.add_parser("snr", help="F1, median position error and azimuth RMSE with sqrt(CRB) against SNR, per method")
+    pm.add_argument("metrics", nargs="+", help="metrics JSON files from `rismvdr evaluate`")
+    pm.add_argument("--out", required=True, help="output PNG")
+    pm.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", help="simulate a seed-regime test set, localize it with every non-learned method, evaluate, report")
+    d.add_argument("--out", default="demo_report", help="report folder (default demo_report)")
+    d.add_argument("--scenes", type=int, default=200, help="test-set size (default 200; the README table uses 1000)")
+    d.add_argument("--seed", type=int, default=0, help="PRNG seed of the test set (default 0)")
+    d.add_argument("--scenario", default="seed", help="scenario name (default seed)")
+    d.add_argument("--methods", nargs="+", help="methods to run (default: every non-learned method that applies)")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("methods", help="list the registered localization methods")
+    m.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"rismvdr {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

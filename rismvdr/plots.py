@@ -1,0 +1,137 @@
+"""Plots for people: a scene's 2.5D spectrum with truth and detections, and per-method curves
+against SNR (F1, position error, RMSE with the CRB). Matplotlib with the Agg backend; every
+figure is written atomically (`rismvdr.io.atomic_write`).
+"""
+from __future__ import annotations
+
+import io as _io
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rismvdr.io import atomic_write  # noqa: E402
+from rismvdr.physics.spectra import Grid  # noqa: E402
+
+__all__ = ["plot_scene_map", "plot_snr_curves", "plot_error_cdf", "save_figure"]
+
+
+def save_figure(fig, path) -> None:
+    """Write a figure as PNG atomically, then close it."""
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def plot_scene_map(path, power_db: np.ndarray, plane: np.ndarray, grid: Grid, *, truth=None,
+                   detections=None, title: str = "") -> None:
+    """The plane-maximised spectrum of one scene (dB, relative to its maximum) with the
+    best range plane beside it; truth as white circles, detections as red crosses.
+
+    Args:
+      power_db: `[T, P]` map in dB.
+      plane: `[T, P]` best plane index.
+      grid: the map's grid.
+      truth: optional (phi, theta, r) arrays of the true sources (radians, metres).
+      detections: optional (phi, theta, r) arrays of the detections.
+    """
+    phi, theta, r = (np.rad2deg(a) if i < 2 else a for i, a in enumerate(grid.arrays()))
+    rel = power_db - np.max(power_db)
+    single_row = len(theta) == 1
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    if single_row:  # linear array: a curve over phi
+        axes[0].plot(phi, rel[0], color="k")
+        axes[0].set_ylabel("spectrum (dB rel. max)")
+        axes[1].plot(phi, np.asarray(r)[plane[0]], color="k")
+        axes[1].set_ylabel("best range plane (m)")
+    else:
+        ext = [phi[0], phi[-1], theta[0], theta[-1]]
+        im = axes[0].imshow(rel, origin="lower", extent=ext, aspect="auto", vmin=-30, vmax=0, cmap="viridis")
+        fig.colorbar(im, ax=axes[0], label="MVDR spectrum, dB rel. max")
+        im2 = axes[1].imshow(np.asarray(r)[plane], origin="lower", extent=ext, aspect="auto", cmap="magma")
+        fig.colorbar(im2, ax=axes[1], label="range of the best plane (m)")
+        for ax in axes:
+            ax.set_ylabel("elevation theta (deg)")
+    for ax in axes:
+        ax.set_xlabel("azimuth phi (deg)")
+        for pts, style in ((truth, dict(marker="o", facecolors="none", edgecolors="w", s=90, label="truth")),
+                           (detections, dict(marker="x", color="r", s=60, label="detection"))):
+            if pts is None or len(pts[0]) == 0:
+                continue
+            y = np.zeros(len(pts[0])) if single_row else np.rad2deg(pts[1])
+            if single_row:
+                y = np.interp(np.rad2deg(pts[0]), phi, rel[0]) if ax is axes[0] else pts[2]
+            ax.scatter(np.rad2deg(pts[0]), y, **style)
+            if ax is axes[0]:
+                for px, py, pr in zip(np.rad2deg(pts[0]), y, pts[2]):
+                    ax.annotate(f"{pr:.1f} m", (px, py), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7, color=style.get("color", "w"))
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def _bins(metrics: Mapping) -> tuple[list[float], list[str]]:
+    per = metrics.get("per_snr_bin") or {}
+    keyed = sorted(per, key=lambda b: float(b.strip("[)").split(",")[0]))
+    centres = [float(b.strip("[)").split(",")[0]) + 2.5 for b in keyed]
+    return centres, keyed
+
+
+def _val(x):
+    return math.nan if x is None else float(x)
+
+
+def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: str = "") -> None:
+    """F1, median position error and azimuth RMSE (with sqrt CRB) against SNR, per method.
+
+    Args:
+      metrics_by_method: method -> metrics dict of `rismvdr.metrics.evaluate` (with
+        `per_snr_bin`).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    crb_drawn = False
+    for name, m in metrics_by_method.items():
+        x, keys = _bins(m)
+        if not keys:
+            continue
+        per = m["per_snr_bin"]
+        axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], marker="o", label=name)
+        axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], marker="o", label=name)
+        axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], marker="o", label=name)
+        crb = [_val(per[k].get("sqrt_crb_phi_deg")) for k in keys]
+        if not crb_drawn and np.any(np.isfinite(crb)):
+            axes[2].semilogy(x, crb, "k--", label="sqrt(CRB) (matched sources)")
+            crb_drawn = True
+    axes[0].set_ylabel("F1")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_ylabel("median 3-D position error over TPs (m)")
+    axes[2].set_ylabel("azimuth RMSE over TPs (deg)")
+    for ax in axes:
+        ax.set_xlabel("SNR bin centre (dB)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_error_cdf(path, errors_by_method: Mapping[str, Sequence[float]], *, title: str = "") -> None:
+    """Empirical CDF of the 3-D position error over true positives, per method."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, e in errors_by_method.items():
+        e = np.sort(np.asarray(e, float))
+        if e.size:
+            ax.semilogx(np.maximum(e, 1e-4), np.arange(1, e.size + 1) / e.size, label=name)
+    ax.set_xlabel("3-D position error (m)")
+    ax.set_ylabel("fraction of true positives")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    save_figure(fig, path)
