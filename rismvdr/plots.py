@@ -52,7 +52,8 @@ def plot_scene_map(path, power_db: np.ndarray, plane: np.ndarray, grid: Grid, *,
         axes[1].set_ylabel("best range plane (m)")
     else:
         ext = [phi[0], phi[-1], theta[0], theta[-1]]
-        im = axes[0].imshow(rel, origin="lower", extent=ext, aspect="auto", vmin=-30, vmax=0, cmap="viridis")
+        lo = max(float(np.min(rel)), -30.0)  # a flat estimated map still shows its structure
+        im = axes[0].imshow(rel, origin="lower", extent=ext, aspect="auto", vmin=min(lo, -0.1), vmax=0, cmap="viridis")
         fig.colorbar(im, ax=axes[0], label="MVDR spectrum, dB rel. max")
         im2 = axes[1].imshow(np.asarray(r)[plane], origin="lower", extent=ext, aspect="auto", cmap="magma")
         fig.colorbar(im2, ax=axes[1], label="range of the best plane (m)")
