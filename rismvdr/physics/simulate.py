@@ -160,7 +160,7 @@ def _simulate_one(cfg: SceneConfig, key):
     snr_db = _uniform(k_snr, (), cfg.snr_db, real)
 
     a = steering(geometry, phi, theta, r, model=cfg.steering_model, dtype=cdtype)  # [K, N]
-    s = _crandn(k_sym, (l, cfg.k_max), cdtype) * jnp.sqrt(power).astype(cdtype)  # [L, K]
+    s = _crandn(k_sym, (l, cfg.k_max), cdtype) * jnp.sqrt(power).astype(cdtype)[None, :]  # [L, K]
     x = jnp.matmul(s, a, precision=_HI)  # [L, N]: x_l = A s_l
     if cfg.mode == "ris":
         h = _crandn(k_h, (m, n), cdtype, var=1.0 / n)

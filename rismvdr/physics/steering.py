@@ -55,7 +55,7 @@ def path_difference(geometry: ArrayGeometry, phi, theta, r, *, model: SteeringMo
     proj = jnp.einsum("...c,nc->...n", uhat, p, precision=jax.lax.Precision.HIGHEST)  # p.uhat
     if model == "far":
         return -proj
-    p2 = jnp.sum(p * p, axis=-1)  # [N]
+    p2 = jnp.broadcast_to(jnp.sum(p * p, axis=-1), proj.shape)  # |p_n|^2, [..., N] (explicit: no rank promotion)
     rr = r[..., None].astype(dtype)
     if model == "fresnel":
         return -proj + (p2 - proj * proj) / (2.0 * rr)
