@@ -203,7 +203,8 @@ def refine_peaks(op: SpectrumOperator, geometry: ArrayGeometry, grid: Grid, cfg:
             vals = jnp.maximum(jnp.abs(vals), cfg.curvature_floor)
             step = vecs @ ((vecs.T @ g) / vals)
             step = jnp.clip(step, -cfg.max_step_cells, cfg.max_step_cells) * mask
-            cands = jnp.clip(z[None, :] + jnp.array([1.0, 0.5, 0.25], dtype)[:, None] * step, zlo, zhi)
+            frac = jnp.array([1.0, 0.5, 0.25], dtype)[:, None]
+            cands = jnp.clip(z[None, :] + frac * step[None, :], zlo[None, :], zhi[None, :])
             fc = jax.vmap(log_p)(cands)
             fc = jnp.where(jnp.isfinite(fc), fc, -jnp.inf)
             best = jnp.argmax(fc)
@@ -216,7 +217,7 @@ def refine_peaks(op: SpectrumOperator, geometry: ArrayGeometry, grid: Grid, cfg:
 
     z0 = jnp.stack([phi / steps_j[0], theta / steps_j[1], (1.0 / r) / steps_j[2]], axis=-1)
     z, f = jax.vmap(refine_one)(z0)
-    x = z * steps_j
+    x = z * steps_j[None, :]
     return x[:, 0], x[:, 1], 1.0 / x[:, 2], f * (10.0 / np.log(10.0))
 
 

@@ -46,7 +46,7 @@ class SceneConfig:
     phi_deg: tuple[float, float] = (-60.0, 60.0)
     theta_deg: tuple[float, float] = (-30.0, 30.0)  # fixed to (0, 0) for a linear array
     r_m: tuple[float, float] = (0.5, 10.0)
-    power_db: tuple[float, float] = (-6.0, 0.0)  # per-source power relative to the strongest
+    power_db: tuple[float, float] = (-6.0, 0.0)  # per-source power, dB re 1, drawn independently
     # --- separation rule: no two sources inside each other's detection gate (SPEC 7) -------
     gate_phi_deg: float = 5.0
     gate_theta_deg: float = 5.0
@@ -57,6 +57,10 @@ class SceneConfig:
 
     def replace(self, **overrides) -> "SceneConfig":
         """A copy with fields overridden (tuples accepted as lists)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for k in overrides:
+            if k not in known:
+                raise ValueError(f"{k}: not a scenario field; known fields: {', '.join(sorted(known))}")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         if "positions" in fixed and fixed["positions"] is not None:
             fixed["positions"] = tuple(tuple(float(c) for c in row) for row in fixed["positions"])

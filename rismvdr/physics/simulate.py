@@ -78,35 +78,55 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _uniform(key, shape, lo_hi, dtype):
-    lo, hi = lo_hi
-    return jax.random.uniform(key, shape, dtype, minval=lo, maxval=hi)
+class _Draws:
+    """All of a scene's randomness from two draws (one uniform block, one normal block),
+    consumed in a fixed order. Few PRNG call sites keep compilation fast on the CPU."""
+
+    def __init__(self, key, n_uniform: int, n_normal: int, real):
+        ku, kn = jax.random.split(key)
+        self.u = jax.random.uniform(ku, (n_uniform,), real)
+        self.z = jax.random.normal(kn, (n_normal,), real)
+        self.iu = self.iz = 0
+
+    def uniform(self, shape, lo_hi):
+        size = int(np.prod(shape, dtype=np.int64))
+        u = self.u[self.iu: self.iu + size].reshape(shape)
+        self.iu += size
+        lo, hi = lo_hi
+        return lo + (hi - lo) * u
+
+    def crandn(self, shape, dtype, var=1.0):
+        """Circular complex Gaussian CN(0, var)."""
+        size = int(np.prod(shape, dtype=np.int64))
+        z = self.z[self.iz: self.iz + 2 * size]
+        self.iz += 2 * size
+        scale = jnp.sqrt(jnp.asarray(var, z.dtype) / 2.0)
+        return jax.lax.complex(z[:size].reshape(shape) * scale, z[size:].reshape(shape) * scale).astype(dtype)
 
 
-def _crandn(key, shape, dtype, var=1.0):
-    """Circular complex Gaussian CN(0, var)."""
-    real = jnp.finfo(dtype).dtype
-    kr, ki = jax.random.split(key)
-    scale = jnp.sqrt(jnp.asarray(var, real) / 2.0)
-    return jax.lax.complex(
-        jax.random.normal(kr, shape, real) * scale, jax.random.normal(ki, shape, real) * scale
-    ).astype(dtype)
+def _draw_sizes(cfg: SceneConfig) -> tuple[int, int]:
+    n, m, l = cfg.n_elements, cfg.n_measurements, cfg.n_snapshots
+    n_u = 1 + 3 * cfg.n_candidates + cfg.k_max + 1
+    n_u += (l * n if cfg.codebook == "random" else cfg.nh * cfg.nv) if cfg.mode == "ris" else 0
+    n_z = 2 * (l * cfg.k_max + l * m + (m * n if cfg.mode == "ris" else 0))
+    return n_u, n_z
 
 
-def _sample_sources(cfg: SceneConfig, key, real):
+def _sample_sources(cfg: SceneConfig, draws: _Draws, real):
     """Sequential rejection sampling: draw `n_candidates` sources, accept each that is outside
     the detection gate of every source accepted before, until K are accepted.
 
     Returns (phi, theta, r, mask, shortfall) with `[K_max]` arrays; shortfall > 0 only when the
     box is too small for K separated sources.
     """
-    kk, kphi, kth, kr = jax.random.split(key, 4)
     k_max, n_cand = cfg.k_max, cfg.n_candidates
-    n_src = jax.random.randint(kk, (), cfg.k_min, cfg.k_max + 1)
+    n_src = jnp.minimum(
+        jnp.floor(draws.uniform((), (cfg.k_min, cfg.k_max + 1))).astype(jnp.int32), cfg.k_max
+    )
     deg = np.pi / 180.0
-    phi_c = _uniform(kphi, (n_cand,), (cfg.phi_deg[0] * deg, cfg.phi_deg[1] * deg), real)
-    th_c = _uniform(kth, (n_cand,), (cfg.theta_deg[0] * deg, cfg.theta_deg[1] * deg), real)
-    r_c = _uniform(kr, (n_cand,), cfg.r_m, real)
+    phi_c = draws.uniform((n_cand,), (cfg.phi_deg[0] * deg, cfg.phi_deg[1] * deg))
+    th_c = draws.uniform((n_cand,), (cfg.theta_deg[0] * deg, cfg.theta_deg[1] * deg))
+    r_c = draws.uniform((n_cand,), cfg.r_m)
     g_phi, g_th, g_r = cfg.gate_phi_deg * deg, cfg.gate_theta_deg * deg, cfg.gate_r_m
 
     def accept(carry, cand):
@@ -132,14 +152,16 @@ def _sample_sources(cfg: SceneConfig, key, real):
     return phi, th, r, mask, n_src - count
 
 
-def _ris_codes(cfg: SceneConfig, key, cdtype, real):
+def _ris_codes(cfg: SceneConfig, draws: _Draws, cdtype, real):
     n, l = cfg.n_elements, cfg.n_snapshots
     if cfg.codebook == "random":
-        ph = jax.random.uniform(key, (l, n), real, 0.0, 2.0 * np.pi)
+        ph = draws.uniform((l, n), (0.0, 2.0 * np.pi))
         return jax.lax.complex(jnp.cos(ph), jnp.sin(ph)).astype(cdtype)
-    # 2-D DFT beams: c_l[v * nh + h] = exp(j 2 pi (h bh_l / nh + v bv_l / nv)), distinct beams.
+    # 2-D DFT beams: c_l[v * nh + h] = exp(j 2 pi (h bh_l / nh + v bv_l / nv)); distinct beams
+    # (a random permutation of the nh * nv beams, cycled if L exceeds their number).
     nh, nv = cfg.nh, cfg.nv
-    beam = jax.random.choice(key, nh * nv, (l,), replace=l > nh * nv)
+    perm = jnp.argsort(draws.uniform((nh * nv,), (0.0, 1.0)))
+    beam = perm[jnp.arange(l) % (nh * nv)]
     bh, bv = (beam % nh).astype(real), (beam // nh).astype(real)
     h = jnp.tile(jnp.arange(nh, dtype=real), nv)
     v = jnp.repeat(jnp.arange(nv, dtype=real), nh)
@@ -152,25 +174,25 @@ def _simulate_one(cfg: SceneConfig, key):
     real = jnp.finfo(cdtype).dtype
     geometry = scenario_geometry(cfg).astype(real)
     n, m, l = cfg.n_elements, cfg.n_measurements, cfg.n_snapshots
-    k_src, k_pow, k_sym, k_h, k_code, k_noise, k_snr = jax.random.split(key, 7)
+    draws = _Draws(key, *_draw_sizes(cfg), real)
 
-    phi, theta, r, mask, shortfall = _sample_sources(cfg, k_src, real)
-    p_db = _uniform(k_pow, (cfg.k_max,), cfg.power_db, real)
+    phi, theta, r, mask, shortfall = _sample_sources(cfg, draws, real)
+    p_db = draws.uniform((cfg.k_max,), cfg.power_db)
     power = jnp.where(mask, 10.0 ** (p_db / 10.0), 0.0).astype(real)
-    snr_db = _uniform(k_snr, (), cfg.snr_db, real)
+    snr_db = draws.uniform((), cfg.snr_db)
 
     a = steering(geometry, phi, theta, r, model=cfg.steering_model, dtype=cdtype)  # [K, N]
-    s = _crandn(k_sym, (l, cfg.k_max), cdtype) * jnp.sqrt(power).astype(cdtype)[None, :]  # [L, K]
+    s = draws.crandn((l, cfg.k_max), cdtype) * jnp.sqrt(power).astype(cdtype)[None, :]  # [L, K]
     x = jnp.matmul(s, a, precision=_HI)  # [L, N]: x_l = A s_l
     if cfg.mode == "ris":
-        h = _crandn(k_h, (m, n), cdtype, var=1.0 / n)
-        codes = _ris_codes(cfg, k_code, cdtype, real)
+        h = draws.crandn((m, n), cdtype, var=1.0 / n)
+        codes = _ris_codes(cfg, draws, cdtype, real)
         y_clean = jnp.matmul(codes * x, h.T, precision=_HI)  # [L, M]: H diag(c_l) x_l
     else:
         h, codes, y_clean = None, None, x
     sig_pow = jnp.mean(jnp.abs(y_clean) ** 2)
     noise_var = (sig_pow / 10.0 ** (snr_db / 10.0)).astype(real)
-    y = y_clean + _crandn(k_noise, (l, m), cdtype, var=noise_var)
+    y = y_clean + draws.crandn((l, m), cdtype, var=noise_var)
     r_true = jnp.einsum("kn,k,km->nm", a, power.astype(cdtype), jnp.conj(a), precision=_HI)
     scene = Scene(
         y=y, H=h, codes=codes, noise_var=noise_var, snr_db=snr_db,
