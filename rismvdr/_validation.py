@@ -68,8 +68,9 @@ def check_shape(name: str, x, shape) -> None:
 
 def check_complex(name: str, x) -> None:
     """Raise unless `x` has a complex dtype."""
-    if not np.issubdtype(np.result_type(x), np.complexfloating):
-        raise ValueError(f"{name}: expected a complex dtype, got {np.result_type(x)}")
+    dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+    if not np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name}: expected a complex dtype, got {dtype}")
 
 
 def check_hermitian(name: str, x, rtol: float | None = None) -> None:

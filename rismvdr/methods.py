@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rismvdr.detect import DetectorConfig, Detections, detect
+from rismvdr.physics.compressive import CompressiveConfig, f_thresholds, localize_compressive
 from rismvdr.physics.covariance import estimate_covariance
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.order import estimate_order
@@ -85,12 +86,25 @@ class LocalizerSettings:
     als_lam: float = 1e-2
     ridge_lam: float = 1e-2
     batch_size: int = 32  # scenes per jitted call
+    somp_phi_step_deg: float = 2.0  # compressive methods: SOMP dictionary grid
+    somp_theta_step_deg: float = 2.0
+    somp_planes: int = 8
+    somp_pfa: float = 0.01  # per-scene false-alarm bound of the K-free stopping rule
+    ml_iters: int = 10  # Levenberg-Marquardt iterations after each greedy step (ML refinement)
     max_chunk_mb: float = 256.0  # bound on the grid-evaluation intermediate per chunk
 
     def grid(self, linear: bool = False) -> Grid:
         theta = (0.0, 0.0) if linear and self.theta_deg[0] != self.theta_deg[1] else self.theta_deg
         return make_grid(self.phi_deg, theta, self.r_m, phi_step_deg=self.phi_step_deg,
                          theta_step_deg=self.theta_step_deg, n_planes=self.n_planes)
+
+    def somp_grid(self, linear: bool = False) -> Grid:
+        theta = (0.0, 0.0) if linear and self.theta_deg[0] != self.theta_deg[1] else self.theta_deg
+        return make_grid(self.phi_deg, theta, self.r_m, phi_step_deg=self.somp_phi_step_deg,
+                         theta_step_deg=self.somp_theta_step_deg, n_planes=self.somp_planes)
+
+    def compressive(self) -> CompressiveConfig:
+        return CompressiveConfig(k_max=self.detector.k_max, pfa=self.somp_pfa, ml_iters=self.ml_iters)
 
     def replace(self, **kw) -> "LocalizerSettings":
         return dataclasses.replace(self, **kw)
@@ -180,12 +194,30 @@ def _bartlett(scenes: Scene, geometry, s: LocalizerSettings):
 
 
 class Method(NamedTuple):
+    """A registered localizer. Spectrum methods give `build`: (scenes, geometry, settings) ->
+    (SpectrumOperator [B], cap [B] | None), then the shared spectrum + detector run. Direct
+    methods (compressive ML) give `run`: (scenes, geometry, settings, context) ->
+    (Detections [B], Spectrum25D [B]) and finish with the detector's gate NMS themselves."""
+
     name: str
     description: str
-    build: Callable  # (scenes, geometry, settings) -> (SpectrumOperator [B], cap [B] | None)
+    build: Callable | None = None
     needs_truth: bool = False
     full_array_only: bool = False
     ris_only: bool = False
+    run: Callable | None = None
+    grid: str = "spectrum"  # which grid the maps use: "spectrum" or "somp"
+
+
+def _compressive(ml: bool):
+    def run(scenes: Scene, geometry, s: LocalizerSettings, ctx):
+        det = s.detector
+        gates = (np.deg2rad(det.gate_phi_deg), np.deg2rad(det.gate_theta_deg), det.gate_r_m)
+        res, spec = localize_compressive(
+            scenes.y, scenes.H, scenes.codes, ctx["a_flat"], ctx["thresholds"], geometry, ctx["grid"],
+            s.compressive(), gates=gates, ml=ml, model=s.steering_model)
+        return Detections(res.phi, res.theta, res.r, res.score_db, res.valid), spec
+    return run
 
 
 METHODS: dict[str, Method] = {
@@ -200,6 +232,10 @@ METHODS: dict[str, Method] = {
         Method("music-aic", "MUSIC, order from AIC with L snapshots", _music("aic")),
         Method("music-oracle-k", "MUSIC with the true K given (the seed's oracle benchmark)", _music("oracle"), needs_truth=True),
         Method("bartlett", "Bartlett beamformer on the default covariance", _bartlett),
+        Method("somp", "simultaneous OMP on the measurements, K-free F-test stopping (grid positions)",
+               run=_compressive(False), grid="somp"),
+        Method("somp-ml", "SOMP + off-grid variable-projection ML (Levenberg-Marquardt) + order re-test",
+               run=_compressive(True), grid="somp"),
     )
 }
 
@@ -278,20 +314,33 @@ def localize(
     if m.needs_truth and scenes.mask.shape[-1] == 0:
         raise ValueError(f"method: {method!r} needs scenes with truth")
     t0 = time.perf_counter()
-    grid = settings.grid(geometry.linear)
-    a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
     n_scenes = int(scenes.y.shape[0])
     bs = max(1, min(settings.batch_size, n_scenes))
-    build = jax.jit(m.build, static_argnums=(2,))
+    if m.run is None:
+        grid = settings.grid(geometry.linear)
+        a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
+        build = jax.jit(m.build, static_argnums=(2,))
+    else:
+        grid = settings.somp_grid(geometry.linear)
+        a_flat = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
+        a_flat = a_flat.reshape(-1, a_flat.shape[-1])
+        ccfg = settings.compressive()
+        thresholds = f_thresholds(int(scenes.y.shape[-1]), int(scenes.y.shape[-2]), ccfg.k_max,
+                                  int(a_flat.shape[0]), ccfg)
+        ctx = dict(a_flat=a_flat, thresholds=thresholds, grid=grid)
     parts, maps, planes, orders = [], [], [], []
     bar = tqdm(total=n_scenes, desc=method, unit="scene", disable=not progress, leave=False)
     for lo in range(0, n_scenes, bs):
         hi = min(lo + bs, n_scenes)
         batch = _pad_batch(scenes, lo, hi, bs)
-        op, cap = build(batch, geometry, settings)
-        spec = spectrum_25d(op, a_grid, precision=settings.precision, max_chunk_mb=settings.max_chunk_mb)
-        det = detect(op, spec, geometry, grid, settings.detector, cap=cap,
-                     model=settings.steering_model, precision=settings.precision)
+        cap = None
+        if m.run is None:
+            op, cap = build(batch, geometry, settings)
+            spec = spectrum_25d(op, a_grid, precision=settings.precision, max_chunk_mb=settings.max_chunk_mb)
+            det = detect(op, spec, geometry, grid, settings.detector, cap=cap,
+                         model=settings.steering_model, precision=settings.precision)
+        else:
+            det, spec = m.run(batch, geometry, settings, ctx)
         det, spec = jax.device_get((det, spec))
         n = hi - lo
         parts.append(Detections(*(np.asarray(x)[:n] for x in det)))

@@ -1,0 +1,433 @@
+"""Compressive maximum-likelihood localization: work on the measurements, not on a covariance.
+
+Each source has 3 geometric parameters and L symbols, so in the RIS regime (M L = 256
+measurements, N = 144 surface elements) the sources are identifiable from `y` although no
+covariance of the surface field is. Model of one scene (SPEC section 3):
+`y_l = G_l A(eta) s_l + n_l`, `G_l = H diag(c_l)` (`G_l = I_N` in full-array mode).
+
+1. **Greedy initialisation (SOMP).** The dictionary holds, for every point `g` of a 2.5D grid
+   and every snapshot, the atom `d_{l,g} = G_l a(eta_g)` (`[L, M, G]`, built once per scene with
+   one batched product; grid steering vectors built once for all scenes). Each step picks the
+   atom that explains the most residual energy summed over snapshots,
+   `sum_l |d_{l,g}^H r_l|^2 / ||d_{l,g}||^2` (normalised per snapshot), then refits all symbols
+   of the chosen atoms jointly by least squares.
+2. **K-free stopping (no noise level needed).** After step k the energy the new atom explains,
+   per complex degree of freedom, is compared with the residual's: under "no further source"
+   and for a fixed atom, `F_k = ((RSS_{k-1} - RSS_k) / L) / (RSS_k / (M L - k L))` follows
+   `F(2L, 2(ML - kL))`. The greedy step takes the best of the dictionary, so the threshold is
+   Bonferroni-corrected: `tau_k = F.isf(pfa / G_eff)` with `G_eff = oversample * G` (a
+   continuous maximum sits between grid atoms). The order is the number of leading steps
+   whose `F_k > tau_k`. `pfa` bounds the per-scene false-alarm probability (the Bonferroni bound
+   is conservative; the measured rate on noise-only scenes is in `benchmarks/README.md` and
+   tested).
+3. **Off-grid maximum likelihood (variable projection).** The symbols are solved in closed
+   form, so the concentrated cost is `J(eta) = sum_l ||P_perp(B_l(eta)) y_l||^2` with
+   `B_l = G_l A(eta)`. It is minimised by Levenberg-Marquardt on the residual vector, with its
+   Jacobian from `jax.jacfwd` through the shared steering function and the least-squares solve,
+   in scaled coordinates `(phi/dphi, theta/dtheta, (1/r)/du)`, inside the scenario box and a trust
+   region around the start, for a fixed number of iterations (jits and vmaps).
+4. **Order re-test.** Each source's contribution `RSS_without_k - RSS` is tested with the same
+   F statistic; the least significant source is dropped while it fails the test (fixed loop), and
+   duplicates are merged by NMS at the detection gate.
+
+For a linear array theta is known and not refined (SPEC section 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from rismvdr.physics.geometry import ArrayGeometry
+from rismvdr.physics.spectra import Grid, Spectrum25D
+from rismvdr.physics.steering import steering
+
+__all__ = [
+    "CompressiveConfig",
+    "CompressiveResult",
+    "f_thresholds",
+    "scene_operators",
+    "dictionary",
+    "somp",
+    "somp_ml",
+    "ml_refine",
+    "order_retest",
+]
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressiveConfig:
+    """Settings of the compressive localizer (hashable: static under jit)."""
+
+    k_max: int = 5  # at most this many sources
+    pfa: float = 0.01  # per-scene false-alarm bound of the stopping rule (Bonferroni)
+    oversample: float = 4.0  # G_eff = oversample * G: off-grid maxima of the noise
+    ml_iters: int = 10  # Levenberg-Marquardt iterations after each greedy step (fixed count)
+    trust_cells: float = 3.0  # ML trust region around the start, in grid cells / planes
+    max_step_cells: float = 1.0  # per-iteration step bound, grid cells
+    retest: bool = True  # drop sources that fail the F test after ML
+
+    def validate(self) -> None:
+        if self.k_max < 1:
+            raise ValueError(f"k_max: must be >= 1, got {self.k_max}")
+        if not 0.0 < self.pfa < 1.0:
+            raise ValueError(f"pfa: must lie in (0, 1), got {self.pfa}")
+        if self.oversample < 1.0:
+            raise ValueError(f"oversample: must be >= 1, got {self.oversample}")
+        if self.ml_iters < 0:
+            raise ValueError(f"ml_iters: must be >= 0, got {self.ml_iters}")
+
+
+class CompressiveResult(NamedTuple):
+    """Per-scene result (batch axes lead). Angles radians, range metres.
+
+    phi, theta, r: `[K_max]` estimates; score_db: `10 log10` of each source's F statistic;
+    valid: `[K_max]` bool; n_greedy: SOMP's order; rss: final residual energy.
+    """
+
+    phi: jax.Array
+    theta: jax.Array
+    r: jax.Array
+    score_db: jax.Array
+    valid: jax.Array
+    n_greedy: jax.Array
+    rss: jax.Array
+
+
+def f_thresholds(n_meas: int, n_snap: int, k_max: int, n_atoms: int, cfg: CompressiveConfig) -> np.ndarray:
+    """`[k_max]` thresholds `tau_k` of the F test for k = 1..k_max (host, SciPy).
+
+    Args:
+      n_meas: M; n_snap: L; n_atoms: dictionary size G.
+    """
+    if n_meas <= k_max:
+        raise ValueError(f"n_meas: M = {n_meas} must exceed k_max = {k_max} for the order test")
+    alpha = cfg.pfa / (cfg.oversample * n_atoms)
+    k = np.arange(1, k_max + 1)
+    return stats.f.isf(alpha, 2 * n_snap, 2 * (n_meas - k) * n_snap).astype(np.float64)
+
+
+def scene_operators(H, codes, n_snapshots: int, n_elements: int, dtype):
+    """`G_l` of every snapshot: `[L, M, N]` in RIS mode, `[1, N, N]` (shared identity) in
+    full-array mode."""
+    if H is None:
+        return jnp.eye(n_elements, dtype=dtype)[None]
+    return H[None, :, :] * codes[:, None, :]
+
+
+def _apply(E, A):
+    """`G_l a_j` for columns `A` `[N, J]`: `[L, M, J]` (or `[1, N, J]` shared)."""
+    return jnp.einsum("lmn,nj->lmj", E, A, precision=_HI)
+
+
+def dictionary(E, a_flat):
+    """SOMP dictionary `[L, M, G]` from `G_l` `[L, M, N]` and grid steering `a_flat` `[G, N]`."""
+    return _apply(E, a_flat.T)
+
+
+def _correlate(D, R):
+    """`d_{l,g}^H r_l`: `[L, G]` from `D` `[L|1, M, G]` and residuals `R` `[L, M]`."""
+    if D.shape[0] == 1:
+        return jnp.matmul(R, jnp.conj(D[0]), precision=_HI)
+    return jnp.einsum("lmg,lm->lg", jnp.conj(D), R, precision=_HI)
+
+
+def _abs2(x):
+    return jnp.real(x) ** 2 + jnp.imag(x) ** 2
+
+
+def _ls_fit(B, y, mask):
+    """Joint least-squares symbols for columns `B` `[L|1, M, K]` (masked columns ignored).
+
+    Returns (s `[L, K]`, residual `[L, M]`).
+    """
+    l = y.shape[0]
+    B = B * mask.astype(B.dtype)[None, None, :]
+    B = jnp.broadcast_to(B, (l,) + B.shape[1:])
+    gram = jnp.einsum("lmk,lmj->lkj", jnp.conj(B), B, precision=_HI)
+    diag = jnp.real(jnp.diagonal(gram, axis1=-2, axis2=-1))  # [L, K]
+    scale = jnp.maximum(jnp.sum(diag, -1, keepdims=True) / jnp.maximum(jnp.sum(mask), 1), 1e-30)
+    ridge = jnp.where(mask[None, :], 1e-7 * scale, scale)  # identity on masked slots
+    gram = gram + jax.vmap(jnp.diag)(ridge.astype(gram.dtype))
+    rhs = jnp.einsum("lmk,lm->lk", jnp.conj(B), y, precision=_HI)
+    chol = jnp.linalg.cholesky(gram)
+    s = jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
+    resid = y - jnp.einsum("lmk,lk->lm", B, s, precision=_HI)
+    return s, resid
+
+
+def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
+    """Simultaneous OMP with joint refits and the K-free F-test stopping rule (one scene).
+
+    Args:
+      y: `[L, M]` measurements.
+      D: `[L|1, M, G]` dictionary; norms: `[L|1, G]` `||d_{l,g}||^2`.
+      thresholds: `[K_max]` from `f_thresholds`.
+
+    Returns:
+      (idx `[K_max]` atom indices, order `[]` int32, F statistics `[K_max]`, first-step score
+      map `[G]`).
+    """
+    l, m = y.shape
+    k_max = cfg.k_max
+
+    def step(k, carry):
+        idx, mask, resid, rss, fstat, first = carry
+        score = jnp.sum(_abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)  # [G]
+        first = jnp.where(k == 0, score, first)
+        g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
+        idx = idx.at[k].set(g.astype(jnp.int32))
+        mask = mask.at[k].set(True)
+        _, resid_new = _ls_fit(D[:, :, idx], y, mask)
+        rss_new = jnp.sum(_abs2(resid_new))
+        dof = (m - (k + 1)) * l
+        f = ((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30)
+        fstat = fstat.at[k].set(f)
+        return idx, mask, resid_new, rss_new, fstat, first
+
+    real = jnp.real(y).dtype
+    init = (jnp.zeros(k_max, jnp.int32), jnp.zeros(k_max, bool), y, jnp.sum(_abs2(y)),
+            jnp.zeros(k_max, real), jnp.zeros(D.shape[-1], real))
+    idx, _, _, _, fstat, first = jax.lax.fori_loop(0, k_max, step, init)
+    passed = fstat > thresholds.astype(real)
+    order = jnp.sum(jnp.cumprod(passed.astype(jnp.int32)))
+    return idx, order.astype(jnp.int32), fstat, first
+
+
+def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
+            cfg: CompressiveConfig, *, model: str = "exact"):
+    """Greedy picks with an off-grid ML refinement of all picked sources after every step.
+
+    Step k picks the dictionary atom that explains the most of the current residual, refines
+    the k sources jointly (`ml_refine`), and tests the energy the k-th source explains with
+    the F statistic of the refined fit, so a grid mismatch left by an earlier source is not
+    mistaken for a new one. The order is the number of leading steps that pass; the sources
+    are those of the refined fit at that order.
+
+    Args:
+      y: `[L, M]`; E: `[L|1, M, N]`; D, norms: dictionary and atom norms (see `somp`).
+      grid_coords: (phi, theta, r) `[G]` each, the dictionary's grid points.
+
+    Returns:
+      (phi, theta, r `[K_max]`, mask `[K_max]`, order, F statistics `[K_max]`, first-step score
+      map `[G]`).
+    """
+    l, m = y.shape
+    k_max = cfg.k_max
+    real = jnp.real(y).dtype
+    gphi, gth, gr = grid_coords
+
+    def step(k, carry):
+        eta, mask, resid, rss, fstat, hist, first = carry
+        score = jnp.sum(_abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+        first = jnp.where(k == 0, score, first)
+        g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
+        eta = eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]]))
+        mask = mask.at[k].set(True)
+        phi, theta, r, _ = ml_refine(y, E, geometry, grid, eta[:, 0], eta[:, 1], eta[:, 2], mask, cfg,
+                                     model=model)
+        eta = jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta)
+        a = steering(geometry, eta[:, 0], eta[:, 1], eta[:, 2], model=model, dtype=y.dtype)
+        _, resid_new = _ls_fit(_apply(E, a.T), y, mask)
+        rss_new = jnp.sum(_abs2(resid_new))
+        dof = (m - (k + 1)) * l
+        fstat = fstat.at[k].set(((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30))
+        hist = hist.at[k + 1].set(eta)
+        return eta, mask, resid_new, rss_new, fstat, hist, first
+
+    eta0 = jnp.concatenate([jnp.zeros((k_max, 2), real), jnp.full((k_max, 1), float(grid.r[-1]), real)], -1)
+    init = (eta0, jnp.zeros(k_max, bool), y, jnp.sum(_abs2(y)), jnp.zeros(k_max, real),
+            jnp.broadcast_to(eta0, (k_max + 1, k_max, 3)), jnp.zeros(D.shape[-1], real))
+    _, _, _, _, fstat, hist, first = jax.lax.fori_loop(0, k_max, step, init)
+    passed = fstat > thresholds.astype(real)
+    order = jnp.sum(jnp.cumprod(passed.astype(jnp.int32))).astype(jnp.int32)
+    eta = hist[order]
+    mask = jnp.arange(k_max) < order
+    return eta[:, 0], eta[:, 1], eta[:, 2], mask, order, fstat, first
+
+
+def _grid_scaling(grid: Grid):
+    phi, theta, r = grid.arrays()
+    dphi = float(np.diff(phi).mean()) if len(phi) > 1 else np.deg2rad(1.0)
+    dth = float(np.diff(theta).mean()) if len(theta) > 1 else dphi
+    inv = 1.0 / r
+    du = float(np.abs(np.diff(inv)).mean()) if len(r) > 1 else 0.1 * float(inv[0])
+    lo = np.array([phi.min() / dphi, theta.min() / dth, inv.min() / du])
+    hi = np.array([phi.max() / dphi, theta.max() / dth, inv.max() / du])
+    return np.array([dphi, dth, du]), lo, hi
+
+
+def _columns(geometry, E, z, steps, model, dtype):
+    x = z * steps[None, :]
+    a = steering(geometry, x[:, 0], x[:, 1], 1.0 / x[:, 2], model=model, dtype=dtype)  # [K, N]
+    return _apply(E, a.T)
+
+
+def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cfg: CompressiveConfig,
+              *, model: str = "exact"):
+    """Variable-projection ML refinement of `K` sources of one scene by Levenberg-Marquardt.
+
+    Args:
+      y: `[L, M]`; E: `[L|1, M, N]` from `scene_operators`.
+      grid: sets the scaling (grid steps) and the box (grid extents).
+      phi, theta, r, mask: `[K]` starting points and which slots are sources.
+
+    Returns:
+      (phi, theta, r) refined `[K]`, final residual energy.
+    """
+    steps_np, lo_np, hi_np = _grid_scaling(grid)
+    real = jnp.real(y).dtype
+    steps = jnp.asarray(steps_np, real)
+    geo = geometry.astype(real)
+    free = jnp.asarray([1.0, 0.0 if geometry.linear else 1.0, 1.0], real)
+    fmask = mask.astype(real)[:, None] * free[None, :]  # [K, 3]
+    k = phi.shape[0]
+    z0 = jnp.stack([phi / steps[0], theta / steps[1], (1.0 / r) / steps[2]], axis=-1)
+    zlo = jnp.maximum(jnp.asarray(lo_np, real)[None, :], z0 - cfg.trust_cells)
+    zhi = jnp.minimum(jnp.asarray(hi_np, real)[None, :], z0 + cfg.trust_cells)
+    zlo, zhi = jnp.minimum(zlo, z0), jnp.maximum(zhi, z0)
+
+    def residual(zf):
+        z = zf.reshape(k, 3)
+        _, e = _ls_fit(_columns(geo, E, z, steps, model, y.dtype), y, mask)
+        return jnp.concatenate([jnp.real(e).reshape(-1), jnp.imag(e).reshape(-1)])
+
+    def cost(zf):
+        return jnp.sum(residual(zf) ** 2)
+
+    fm = fmask.reshape(-1)
+
+    def body(_, carry):
+        zf, c, lam = carry
+        e = residual(zf)
+        J = jax.jacfwd(residual)(zf) * fm[None, :]
+        g = J.T @ e
+        JtJ = J.T @ J
+        d = jnp.diagonal(JtJ)
+        A = JtJ + lam * jnp.diag(jnp.maximum(d, 1e-12 * jnp.max(d) + 1e-30)) + jnp.diag(1.0 - fm)
+        step = -jnp.linalg.solve(A, g) * fm
+        # Scale the whole step (clipping components separately would bend the LM direction).
+        step = step * (cfg.max_step_cells / jnp.maximum(jnp.max(jnp.abs(step)), cfg.max_step_cells))
+        cand = jnp.clip((zf + step).reshape(k, 3), zlo, zhi).reshape(-1)
+        c_new = cost(cand)
+        better = jnp.isfinite(c_new) & (c_new < c)
+        return (jnp.where(better, cand, zf), jnp.where(better, c_new, c),
+                jnp.where(better, lam * 0.3, lam * 4.0))
+
+    zf0 = z0.reshape(-1)
+    zf, c, _ = jax.lax.fori_loop(0, cfg.ml_iters, body, (zf0, cost(zf0), jnp.asarray(1e-2, real)))
+    x = zf.reshape(k, 3) * steps[None, :]
+    return x[:, 0], x[:, 1], 1.0 / x[:, 2], c
+
+
+def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
+    """Drop, one at a time, the least significant source while its F statistic fails.
+
+    Args:
+      B: `[L|1, M, K]` columns `G_l a(eta_k)` of the current sources; mask `[K]`.
+
+    Returns:
+      (mask, F statistic per source `[K]` for the final set).
+    """
+    l, m = y.shape
+    k_all = mask.shape[0]
+    real = jnp.real(y).dtype
+
+    def fstats(mask):
+        _, e = _ls_fit(B, y, mask)
+        rss = jnp.sum(_abs2(e))
+        order = jnp.sum(mask)
+        dof = jnp.maximum((m - order) * l, 1)
+
+        def without(j):
+            _, ej = _ls_fit(B, y, mask & (jnp.arange(k_all) != j))
+            return jnp.sum(_abs2(ej))
+
+        rss_wo = jax.vmap(without)(jnp.arange(k_all))
+        f = ((rss_wo - rss) / l) / jnp.maximum(rss / dof, 1e-30)
+        return jnp.where(mask, f, jnp.inf), order
+
+    def body(_, mask):
+        f, order = fstats(mask)
+        tau = thresholds[jnp.clip(order - 1, 0, k_all - 1)].astype(real)
+        j = jnp.argmin(f)
+        drop = (order > 0) & (f[j] <= tau)
+        return jnp.where(drop, mask & (jnp.arange(k_all) != j), mask)
+
+    mask = jax.lax.fori_loop(0, k_all, body, mask)
+    f, _ = fstats(mask)
+    return mask, jnp.where(mask, f, 0.0)
+
+
+def _plane_max(score, grid: Grid) -> Spectrum25D:
+    t, p, rr = grid.shape
+    vol = score.reshape(t, p, rr)
+    return Spectrum25D(jnp.max(vol, axis=-1), jnp.argmax(vol, axis=-1).astype(jnp.int32))
+
+
+def localize_compressive(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
+                         cfg: CompressiveConfig, *, gates=(np.deg2rad(5.0), np.deg2rad(5.0), 1.0),
+                         ml: bool = True, model: str = "exact"):
+    """SOMP (+ ML + order re-test) for a batch of scenes (jit + vmap inside).
+
+    Args:
+      y: `[S, L, M]`; H: `[S, M, N]` or None; codes: `[S, L, N]` or None.
+      a_flat: `[G, N]` steering of `grid` flattened in (theta, phi, plane) order
+        (`grid_steering(...).reshape(-1, N)`), built once.
+      thresholds: `[K_max]` from `f_thresholds`.
+      gates: (phi rad, theta rad, r m) gate of the final duplicate merge.
+
+    Returns:
+      (`CompressiveResult` with `[S, K_max]` arrays, `Spectrum25D` of SOMP's first-step score).
+    """
+    cfg.validate()
+    return _localize_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, grid=grid, cfg=cfg,
+                           gates=tuple(float(g) for g in gates), ml=ml, model=model)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "ml", "model"))
+def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gates, ml, model):
+    from rismvdr.detect import DetectorConfig, _greedy_nms
+
+    det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
+                         gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)
+    phi_g, th_g, r_g = grid.arrays()
+    t, p, rr = grid.shape
+    real = jnp.real(y).dtype
+    flat_phi = jnp.asarray(np.broadcast_to(phi_g[None, :, None], (t, p, rr)).reshape(-1), real)
+    flat_th = jnp.asarray(np.broadcast_to(th_g[:, None, None], (t, p, rr)).reshape(-1), real)
+    flat_r = jnp.asarray(np.broadcast_to(r_g[None, None, :], (t, p, rr)).reshape(-1), real)
+    l, n = y.shape[1], a_flat.shape[-1]
+    geo = geometry.astype(real)
+
+    def one(y1, h1, c1):
+        E = scene_operators(h1, c1, l, n, y1.dtype)
+        D = dictionary(E, a_flat)
+        norms = jnp.sum(_abs2(D), axis=1)
+        rss = jnp.zeros((), real)
+        if ml:
+            phi, theta, r, mask, order, f, first = somp_ml(
+                y1, E, D, norms, (flat_phi, flat_th, flat_r), thresholds, geo, grid, cfg, model=model)
+            a = steering(geo, phi, theta, r, model=model, dtype=y1.dtype)
+            if cfg.retest:
+                mask, f = order_retest(y1, _apply(E, a.T), mask, thresholds, cfg)
+            _, e = _ls_fit(_apply(E, a.T), y1, mask)
+            rss = jnp.sum(_abs2(e))
+        else:
+            idx, order, f, first = somp(y1, D, norms, thresholds, cfg)
+            mask = jnp.arange(cfg.k_max) < order
+            phi, theta, r = flat_phi[idx], flat_th[idx], flat_r[idx]
+        score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
+        phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, mask, det, cfg.k_max)
+        res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid, order, rss)
+        return res, _plane_max(first, grid)
+
+    h_axis = None if H is None else 0
+    return jax.vmap(one, in_axes=(0, h_axis, h_axis))(y, H, codes)

@@ -1,0 +1,118 @@
+"""Compressive ML localizer (SOMP + variable-projection ML + order test): physics checks.
+
+- noise-free scenes: every source recovered within 0.05 deg and 1 cm;
+- single source at 10 dB: RMSE within 1.5 x sqrt(CRB) in phi, theta (and r for r <= 5 m);
+- the K-free stopping rule's false-alarm rate on noise-only scenes is within its stated bound;
+- batching gives the same results as one scene at a time;
+- the F-test thresholds against SciPy.
+"""
+import numpy as np
+import pytest
+from scipy import stats
+
+from rismvdr.evaluation import evaluate_detections, truth_crb
+from rismvdr.methods import localize, settings_for_scenario
+from rismvdr.physics.compressive import CompressiveConfig, f_thresholds
+from rismvdr.physics.scenarios import get_scenario, scenario_geometry
+from rismvdr.physics.simulate import simulate
+
+# Accuracy bars of the issue (stated once).
+NOISE_FREE_ANGLE_DEG = 0.05
+NOISE_FREE_RANGE_M = 0.01
+CRB_FACTOR = 1.5
+
+
+def _run(cfg, n, seed=0, method="somp-ml", **settings):
+    scenes = simulate(cfg, seed, n)
+    geometry = scenario_geometry(cfg)
+    res = localize(method, scenes, geometry, settings_for_scenario(cfg, **settings), progress=False)
+    return scenes, geometry, res.detections
+
+
+def _matched_errors(scenes, det):
+    """Per true source: the nearest valid detection's |dphi|, |dtheta| (deg), |dr| (m)."""
+    out = []
+    for s in range(scenes.phi.shape[0]):
+        m = np.asarray(scenes.mask[s])
+        v = np.asarray(det.valid[s])
+        for k in np.flatnonzero(m):
+            t = np.array([scenes.phi[s, k], scenes.theta[s, k], scenes.r[s, k]], float)
+            e = np.stack([det.phi[s][v], det.theta[s][v], det.r[s][v]], -1).astype(float)
+            if e.size == 0:
+                out.append([np.inf] * 3)
+                continue
+            d = np.abs(e - t[None, :])
+            j = np.argmin(np.hypot(d[:, 0] / np.deg2rad(5), d[:, 1] / np.deg2rad(5)) + d[:, 2])
+            out.append([np.rad2deg(d[j, 0]), np.rad2deg(d[j, 1]), d[j, 2]])
+    return np.asarray(out)
+
+
+def test_thresholds_match_scipy():
+    cfg = CompressiveConfig(pfa=0.01, oversample=4.0)
+    tau = f_thresholds(16, 16, 5, 1000, cfg)
+    for k in range(1, 6):
+        assert tau[k - 1] == pytest.approx(stats.f.isf(0.01 / 4000, 32, 2 * (16 - k) * 16))
+    with pytest.raises(ValueError, match="n_meas"):
+        f_thresholds(4, 16, 5, 1000, cfg)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_noise_free_recovery(k):
+    cfg = get_scenario("seed", k_min=k, k_max=k, snr_db=(150.0, 150.0), dtype="complex128")
+    scenes, _, det = _run(cfg, 6, seed=3)
+    err = _matched_errors(scenes, det)
+    assert np.all(np.asarray(det.valid).sum(1) == k), "K-free order must equal K without noise"
+    assert np.max(err[:, 0]) <= NOISE_FREE_ANGLE_DEG
+    assert np.max(err[:, 1]) <= NOISE_FREE_ANGLE_DEG
+    assert np.max(err[:, 2]) <= NOISE_FREE_RANGE_M
+
+
+def test_single_source_efficiency_10db():
+    cfg = get_scenario("seed", k_min=1, k_max=1, snr_db=(10.0, 10.0))
+    scenes, geometry, det = _run(cfg, 200, seed=11)
+    crb = truth_crb(scenes, geometry)
+    ev = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, crb=crb)
+    assert ev["recall"] >= 0.97
+    assert ev["rmse_over_sqrt_crb_phi"] <= CRB_FACTOR
+    assert ev["rmse_over_sqrt_crb_theta"] <= CRB_FACTOR
+    near = np.asarray(scenes.r[:, 0]) <= 5.0
+    sub = scenes[np.flatnonzero(near)]
+    ev_near = evaluate_detections(sub, det.phi[near], det.theta[near], det.r[near], det.valid[near],
+                                  crb=truth_crb(sub, geometry))
+    assert ev_near["rmse_over_sqrt_crb_r"] <= CRB_FACTOR
+
+
+def test_false_alarm_rate_on_noise_only_scenes():
+    # SNR -200 dB: the signal is 1e-20 of the noise, so the scenes are noise only.
+    pfa = 0.01
+    n = 300
+    cfg = get_scenario("seed", snr_db=(-200.0, -200.0))
+    _, _, det = _run(cfg, n, seed=5, method="somp", somp_pfa=pfa)
+    alarms = int(np.sum(np.asarray(det.valid).any(axis=1)))
+    # Bonferroni makes the rule conservative: the count must not exceed what a rate of pfa
+    # gives with probability 0.999.
+    assert alarms <= stats.binom.ppf(0.999, n, pfa)
+    _, _, det_ml = _run(cfg, 100, seed=6, method="somp-ml", somp_pfa=pfa)
+    assert int(np.sum(np.asarray(det_ml.valid).any(axis=1))) <= stats.binom.ppf(0.999, 100, pfa)
+
+
+def test_batching_matches_one_at_a_time():
+    cfg = get_scenario("seed", snr_db=(10.0, 10.0))
+    scenes = simulate(cfg, 2, 4)
+    geometry = scenario_geometry(cfg)
+    st = settings_for_scenario(cfg)
+    batch = localize("somp-ml", scenes, geometry, st.replace(batch_size=4), progress=False).detections
+    for i in range(4):
+        one = localize("somp-ml", scenes[i:i + 1], geometry, st.replace(batch_size=1), progress=False).detections
+        np.testing.assert_array_equal(one.valid[0], batch.valid[i])
+        v = one.valid[0]
+        np.testing.assert_allclose(one.phi[0][v], batch.phi[i][v], atol=1e-5)
+        np.testing.assert_allclose(one.theta[0][v], batch.theta[i][v], atol=1e-5)
+        np.testing.assert_allclose(one.r[0][v], batch.r[i][v], rtol=1e-4)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="pfa"):
+        CompressiveConfig(pfa=0.0).validate()
+    with pytest.raises(ValueError, match="k_max"):
+        CompressiveConfig(k_max=0).validate()
