@@ -8,6 +8,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One BLAS thread per test process: with several workers on 2 cores, threaded OpenBLAS calls
+# (NumPy references, jax LAPACK) were measured to stall for seconds.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 

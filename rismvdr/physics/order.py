@@ -34,7 +34,7 @@ def information_criteria(eigvals, n_snapshots: int):
     # Suffix sums give the noise-set means for every k in one pass.
     suffix_log = jnp.flip(jnp.cumsum(jnp.flip(loglam, -1), -1), -1)  # sum_{i >= k} log l_i
     suffix_sum = jnp.flip(jnp.cumsum(jnp.flip(lam, -1), -1), -1)
-    k = jnp.arange(p, dtype=lam.dtype)
+    k = jnp.broadcast_to(jnp.arange(p, dtype=lam.dtype), lam.shape)  # explicit: batched input
     m = p - k
     log_g = suffix_log / m
     log_a = jnp.log(jnp.maximum(suffix_sum / m, tiny))
