@@ -149,17 +149,6 @@ def detect_peaks_2d(power, plane, grid: Grid, cfg: DetectorConfig, cap=None):
     return tuple(x[: cfg.k_max] for x in out)
 
 
-def _grid_steps(grid: Grid):
-    phi, theta, r = grid.arrays()
-    dphi = float(np.diff(phi).mean()) if len(phi) > 1 else np.deg2rad(1.0)
-    dth = float(np.diff(theta).mean()) if len(theta) > 1 else dphi
-    inv = 1.0 / r
-    du = float(np.abs(np.diff(inv)).mean()) if len(r) > 1 else 0.1 * float(inv[0])
-    lo = np.array([phi.min() / dphi, theta.min() / dth, inv.min() / du])
-    hi = np.array([phi.max() / dphi, theta.max() / dth, inv.max() / du])
-    return np.array([dphi, dth, du]), lo, hi
-
-
 def refine_peaks(op: SpectrumOperator, geometry: ArrayGeometry, grid: Grid, cfg: DetectorConfig,
                  phi, theta, r, *, model: str = "exact", precision: str = "highest"):
     """Continuous 3-D refinement of peaks of one scene (damped saddle-free Newton on log P).
@@ -176,7 +165,7 @@ def refine_peaks(op: SpectrumOperator, geometry: ArrayGeometry, grid: Grid, cfg:
     Returns:
       (phi, theta, r, log10-power score in dB) refined, `[K]` each.
     """
-    steps, lo, hi = _grid_steps(grid)
+    steps, lo, hi = grid.scaling()
     dtype = jnp.real(op.W).dtype
     steps_j = jnp.asarray(steps, dtype)
     mask = jnp.asarray([1.0, 0.0 if geometry.linear else 1.0, 1.0], dtype)

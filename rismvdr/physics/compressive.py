@@ -253,17 +253,6 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
     return eta[:, 0], eta[:, 1], eta[:, 2], mask, order, fstat, first
 
 
-def _grid_scaling(grid: Grid):
-    phi, theta, r = grid.arrays()
-    dphi = float(np.diff(phi).mean()) if len(phi) > 1 else np.deg2rad(1.0)
-    dth = float(np.diff(theta).mean()) if len(theta) > 1 else dphi
-    inv = 1.0 / r
-    du = float(np.abs(np.diff(inv)).mean()) if len(r) > 1 else 0.1 * float(inv[0])
-    lo = np.array([phi.min() / dphi, theta.min() / dth, inv.min() / du])
-    hi = np.array([phi.max() / dphi, theta.max() / dth, inv.max() / du])
-    return np.array([dphi, dth, du]), lo, hi
-
-
 def _columns(geometry, E, z, steps, model, dtype):
     x = z * steps[None, :]
     a = steering(geometry, x[:, 0], x[:, 1], 1.0 / x[:, 2], model=model, dtype=dtype)  # [K, N]
@@ -282,7 +271,7 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
     Returns:
       (phi, theta, r) refined `[K]`, final residual energy.
     """
-    steps_np, lo_np, hi_np = _grid_scaling(grid)
+    steps_np, lo_np, hi_np = grid.scaling()
     real = jnp.real(y).dtype
     steps = jnp.asarray(steps_np, real)
     geo = geometry.astype(real)

@@ -84,6 +84,23 @@ class Grid:
         """`(n_theta, n_phi, n_planes)`."""
         return len(self.theta), len(self.phi), len(self.r)
 
+    def scaling(self):
+        """Grid steps and box in the scaled coordinates `(phi/dphi, theta/dtheta, (1/r)/du)`
+        used by off-grid refinement (curvature O(1) per cell).
+
+        Returns:
+          (steps `[3]` = (dphi rad, dtheta rad, du 1/m), lower `[3]`, upper `[3]` box corners in
+          scaled units). A single theta row uses dphi as its step; a single plane 0.1 / r.
+        """
+        phi, theta, r = self.arrays()
+        dphi = float(np.diff(phi).mean()) if len(phi) > 1 else np.deg2rad(1.0)
+        dth = float(np.diff(theta).mean()) if len(theta) > 1 else dphi
+        inv = 1.0 / r
+        du = float(np.abs(np.diff(inv)).mean()) if len(r) > 1 else 0.1 * float(inv[0])
+        lo = np.array([phi.min() / dphi, theta.min() / dth, inv.min() / du])
+        hi = np.array([phi.max() / dphi, theta.max() / dth, inv.max() / du])
+        return np.array([dphi, dth, du]), lo, hi
+
     def arrays(self, dtype=np.float64):
         return (np.asarray(self.phi, dtype), np.asarray(self.theta, dtype), np.asarray(self.r, dtype))
 
