@@ -43,6 +43,7 @@ from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import (
     Grid,
     SpectrumOperator,
+    bartlett_factor_operator,
     bartlett_operator,
     grid_steering,
     make_grid,
@@ -190,6 +191,9 @@ def _music(criterion):
 
 def _bartlett(scenes: Scene, geometry, s: LocalizerSettings):
     est = _default_cov(scenes, s)
+    n, q = est.factor.shape[-2], est.factor.shape[-1]
+    if q < n:  # the factor form is exact (R = F F^H) and O(N q) per grid point
+        return bartlett_factor_operator(est.factor), None
     return jax.vmap(bartlett_operator)(est.R), None
 
 
