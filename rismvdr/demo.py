@@ -50,7 +50,7 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
     names = methods or method_names(full_array=cfg.mode == "full")
     results, errors, timing = {}, {}, {}
     first_maps = {}
-    for name in tqdm(names, desc="methods", unit="method"):
+    for name in tqdm(names, desc="methods", unit="method", disable=None):  # off when not a terminal
         res = localize(name, scenes, geometry, settings)
         d = res.detections
         write_detections_csv(out / f"detections_{name}.csv", d.phi, d.theta, d.r, d.score_db, d.valid)

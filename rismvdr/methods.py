@@ -333,7 +333,7 @@ def localize(
                                   int(a_flat.shape[0]), ccfg)
         ctx = dict(a_flat=a_flat, thresholds=thresholds, grid=grid)
     parts, maps, planes, orders = [], [], [], []
-    bar = tqdm(total=n_scenes, desc=method, unit="scene", disable=not progress, leave=False)
+    bar = tqdm(total=n_scenes, desc=method, unit="scene", disable=None if progress else True, leave=False)
     for lo in range(0, n_scenes, bs):
         hi = min(lo + bs, n_scenes)
         batch = _pad_batch(scenes, lo, hi, bs)
