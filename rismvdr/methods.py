@@ -15,7 +15,8 @@ per-scene cap on the count (MUSIC's estimated order), and hands both to the shar
 | `mvdr-sample` | sample covariance (full-array mode only) | detector |
 | `music-mdl`, `music-aic` | MUSIC on the default covariance (ALS in RIS mode, sample in full mode) | MDL / AIC order |
 | `music-oracle-k` | same MUSIC, true K given (the seed's "oracle" benchmark) | true K |
-| `bartlett` | Bartlett on the default covariance | detector |
+| `bartlett` | Bartlett on the default covariance (factor form when it has one) | detector |
+| `somp`, `somp-ml` | compressive: SOMP on the measurements (+ off-grid ML), `physics.compressive` | F test |
 
 MDL/AIC use the top `min(L, N)` eigenvalues of the matched-filter covariance in RIS mode
 (the ALS estimate has rank <= r and so no noise eigenvalues to test) and of the sample

@@ -70,7 +70,7 @@ class SceneConfig:
 
     @property
     def n_elements(self) -> int:
-        return len(scenario_geometry_positions(self))
+        return scenario_geometry(self).n_elements
 
     @property
     def n_measurements(self) -> int:
@@ -127,10 +127,6 @@ class SceneConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0")
         scenario_geometry(self)  # validates spacing / positions
-
-
-def scenario_geometry_positions(cfg: SceneConfig) -> np.ndarray:
-    return np.asarray(scenario_geometry(cfg).positions)
 
 
 @functools.lru_cache(maxsize=64)
