@@ -1,4 +1,5 @@
-"""The `rismvdr` command line: simulate, localize, evaluate, plot, demo, methods.
+"""The `rismvdr` command line: simulate, localize, evaluate, plot, demo, methods, train,
+train-refiner, export.
 
 Every command has `--help`; units are in flag names (`*_deg`, `*_m`, `*_db`). Files follow
 SPEC section 8 and are written atomically. A malformed input gives a one-line error naming
@@ -87,7 +88,24 @@ def _settings(args, sf):
     return base.replace(detector=det, **kw)
 
 
+def _learned_model(args):
+    """The model for learned methods: --checkpoint if given, else the shipped weights."""
+    from rismvdr.methods import METHODS
+
+    if not METHODS[args.method].learned:
+        if getattr(args, "checkpoint", None):
+            raise ValueError(f"--checkpoint: method {args.method!r} is not a learned method")
+        return None
+    from rismvdr.learned import load_learned
+
+    return load_learned(args.checkpoint, step=args.checkpoint_step)
+
+
 def _add_localizer_flags(p):
+    p.add_argument("--checkpoint", help="learned methods: a training run directory (--workdir of train / "
+                   "train-refiner) or an exported model directory (default: the shipped weights)")
+    p.add_argument("--checkpoint-step", default="best", help="learned methods with a run directory: 'best' "
+                   "(lowest validation objective), 'latest' or a step number (default best)")
     g = p.add_argument_group("search grid and detector (defaults: the scene file's scenario, else the seed box)")
     g.add_argument("--phi-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"), help="azimuth search box, degrees (default -60 60)")
     g.add_argument("--theta-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"), help="elevation search box, degrees (default -30 30; a linear array uses 0 0)")
@@ -134,9 +152,12 @@ def cmd_localize(args) -> int:
     sf = load_scenes(args.scenes)
     settings = _settings(args, sf)
     scenes = scenes_from_file(sf, model=settings.steering_model)
-    res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet)
+    res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet,
+                   model=_learned_model(args))
     d = res.detections
     write_detections_csv(args.out, d.phi, d.theta, d.r, d.score_db, d.valid)
+    if res.fallbacks is not None:
+        print(f"{args.method}: refiner map rejected in {res.fallbacks} of {sf.n_scenes} scenes (MVDR fallback)")
     if args.maps_out:
         from rismvdr.io import atomic_write
 
@@ -208,7 +229,7 @@ def cmd_plot(args) -> int:
             raise ValueError(f"--index: must lie in [0, {sf.n_scenes - 1}], got {args.index}")
         settings = _settings(args, sf)
         scenes = scenes_from_file(sf, model=settings.steering_model)[args.index: args.index + 1]
-        res = localize(args.method, scenes, sf.geometry(), settings, progress=False)
+        res = localize(args.method, scenes, sf.geometry(), settings, progress=False, model=_learned_model(args))
         d = res.detections
         if args.detections:
             fd = read_detections_csv(args.detections, n_scenes=sf.n_scenes)
@@ -237,8 +258,113 @@ def cmd_methods(args) -> int:
 
     for m in METHODS.values():
         flags = [t for t, on in (("needs truth", m.needs_truth), ("full-array only", m.full_array_only),
-                                 ("RIS only", m.ris_only)) if on]
+                                 ("RIS only", m.ris_only), ("learned: --checkpoint or shipped weights", m.learned))
+                 if on]
         print(f"{m.name:16s} {m.description}" + (f" [{', '.join(flags)}]" if flags else ""))
+    return 0
+
+
+def _train_config(args):
+    from rismvdr.train.config import apply_overrides, load_config
+
+    if args.from_hpo:
+        from rismvdr.train.config import from_dict
+
+        with open(args.from_hpo) as f:
+            best = json.load(f)
+        if "config" not in best:
+            raise ValueError(f"--from-hpo: {args.from_hpo}: key 'config': missing (write it with `rismvdr hpo export`)")
+        cfg = from_dict(best["config"])
+    elif args.config:
+        cfg = load_config(args.config)
+    else:
+        raise ValueError("--config: a config file is needed (e.g. configs/seed.py), or --from-hpo / --resume")
+    return apply_overrides(cfg, args.set or [])
+
+
+def _stored_train_config(workdir):
+    from rismvdr.train.checkpoint import Checkpointer
+    from rismvdr.train.config import from_dict
+
+    ck = Path(workdir) / "checkpoints"
+    if not ck.is_dir():
+        return None
+    with Checkpointer(ck, read_only=True) as c:
+        step = c.latest_step()
+        return None if step is None else from_dict(c.read_config(step)["train"])
+
+
+def _maybe_distributed(args):
+    if getattr(args, "distributed", False):
+        import jax
+
+        jax.distributed.initialize()  # coordinator, process count and id from the environment
+
+
+def cmd_train(args) -> int:
+    from rismvdr.train.trainer import fit
+
+    _maybe_distributed(args)
+    if args.resume and not (args.config or args.from_hpo):
+        cfg = _stored_train_config(args.workdir)
+        if cfg is None:
+            raise ValueError(f"--resume: no checkpoint in {args.workdir}")
+        from rismvdr.train.config import apply_overrides
+
+        cfg = apply_overrides(cfg, args.set or [])
+    else:
+        cfg = _train_config(args)
+    if cfg.stage != "backbone":
+        cfg = cfg.replace(stage="backbone")
+    out = fit(cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
+              stop_at=args.stop_at)
+    _print_fit(out)
+    return 0
+
+
+def cmd_train_refiner(args) -> int:
+    from rismvdr.learned import load_learned
+    from rismvdr.train.trainer import fit
+
+    _maybe_distributed(args)
+    backbone = load_learned(args.backbone, step=args.backbone_step)
+    if args.resume and not (args.config or args.from_hpo):
+        cfg = _stored_train_config(args.workdir)
+        if cfg is None:
+            raise ValueError(f"--resume: no checkpoint in {args.workdir}")
+    else:
+        from rismvdr.train.config import TrainConfig, from_dict
+
+        if args.config or args.from_hpo:
+            cfg = _train_config(args)
+        else:  # the backbone run's own config
+            cfg = from_dict(backbone.info["train"]) if "train" in backbone.info else TrainConfig()
+    from rismvdr.train.config import apply_overrides
+
+    cfg = apply_overrides(cfg.replace(stage="refiner"), args.set or [] if not (args.config or args.from_hpo) else [])
+    out = fit(cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
+              stop_at=args.stop_at, backbone=backbone)
+    _print_fit(out)
+    return 0
+
+
+def _print_fit(out: dict) -> None:
+    val = out.get("validation") or {}
+    keys = [k for k in ("val/peak_f1", "val/peak_precision", "val/peak_recall", "val/objective") if k in val]
+    summary = ", ".join(f"{k[4:]} {val[k]:.3f}" for k in keys)
+    print(f"{out['status']}: {out['steps']} steps ({out['skipped']} skipped) in {out['seconds']:.0f} s"
+          + (f"; validation: {summary}" if summary else "") + f" -> {out['workdir']}")
+
+
+def cmd_export(args) -> int:
+    from rismvdr.learned import export_model, load_learned
+
+    model = load_learned(args.workdir, step=args.step)
+    if args.backbone_only:
+        model = model._replace(refiner_cfg=None, refiner_def=None, refiner_params=None)
+    out = export_model(model, args.out)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"exported {args.workdir} ({args.step}) to {out} ({size / 1e6:.2f} MB)")
     return 0
 
 
@@ -320,6 +446,42 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scenario", default="seed", help="scenario name (default seed)")
     d.add_argument("--methods", nargs="+", help="methods to run (default: every non-learned method that applies)")
     d.set_defaults(func=cmd_demo)
+
+    def train_flags(t, *, stage):
+        t.add_argument("--config", help="config file defining get_config() (e.g. configs/seed.py, configs/tiny.py)"
+                       + ("; default: the backbone run's config" if stage == "refiner" else ""))
+        t.add_argument("--from-hpo", help="best.json from `rismvdr hpo export`: train with that configuration")
+        t.add_argument("--workdir", required=True, help="run directory: checkpoints/, metrics.jsonl, config.json, "
+                       "loss_curve.png")
+        t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir "
+                       "(exactly: data depends only on the seed and the step)")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field (dotted path, Python literal), e.g. --set steps=2000 "
+                            "--set optim.lr=1e-3 --set model.widths=(16,32,64) --set scene.snr_db=(10,10); repeatable")
+        t.add_argument("--devices", type=int, help="data-parallel devices (default: all visible)")
+        t.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() "
+                       "first (coordinator and process ids from the environment: Slurm, Kubernetes)")
+        t.add_argument("--stop-at", type=int, help="stop and checkpoint after this many steps (resume later)")
+        t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="Stage 1: train the covariance backbone on simulated scenes",
+                       description="Train the backbone with scenes simulated on the device; SIGTERM/Ctrl-C "
+                                   "checkpoints and exits cleanly (continue with --resume).")
+    train_flags(t, stage="backbone")
+    t.set_defaults(func=cmd_train)
+    tr = sub.add_parser("train-refiner", help="Stage 2: train the SpectrumRefiner on a frozen backbone's MVDR maps",
+                        description="Frozen backbone -> low-rank MVDR spectra on the coarse refiner grid -> "
+                                    "SpectrumRefiner, heat-map (focal) loss only.")
+    tr.add_argument("--backbone", required=True, help="backbone run directory (or exported model directory)")
+    tr.add_argument("--backbone-step", default="best", help="'best', 'latest' or a step number (default best)")
+    train_flags(tr, stage="refiner")
+    tr.set_defaults(func=cmd_train_refiner)
+    ex = sub.add_parser("export", help="export a run's EMA weights as model.npz + model.json (what the package ships)")
+    ex.add_argument("workdir", help="run directory of train or train-refiner")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--step", default="best", help="'best', 'latest' or a step number (default best)")
+    ex.add_argument("--backbone-only", action="store_true", help="leave the refiner out")
+    ex.set_defaults(func=cmd_export)
 
     m = sub.add_parser("methods", help="list the registered localization methods")
     m.set_defaults(func=cmd_methods)

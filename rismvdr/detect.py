@@ -32,7 +32,7 @@ from rismvdr.physics.spectra import (
 )
 from rismvdr.physics.steering import steering
 
-__all__ = ["DetectorConfig", "Detections", "detect", "detect_peaks_2d", "refine_peaks"]
+__all__ = ["DetectorConfig", "RefinerGuard", "Detections", "detect", "detect_peaks_2d", "refine_peaks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,18 @@ class DetectorConfig:
             raise ValueError("threshold_db, mad_z: must be >= 0")
         if self.refine_iters < 0:
             raise ValueError(f"refine_iters: must be >= 0, got {self.refine_iters}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerGuard:
+    """When the refiner's probability map is not trusted (then MVDR peaks on R_blend are used)."""
+
+    min_std: float = 1e-4  # a flatter map is rejected
+    saturated_level: float = 0.99  # a map with more than `max_saturated` of cells above this...
+    max_saturated: float = 0.10  # ...is rejected
+    max_local_maxima: int = 2000
+    peak_threshold: float = 0.5  # probability a refiner peak needs
+    log_every: int = 100  # log one fallback in this many
 
 
 class Detections(NamedTuple):

@@ -17,6 +17,9 @@ per-scene cap on the count (MUSIC's estimated order), and hands both to the shar
 | `music-oracle-k` | same MUSIC, true K given (the seed's "oracle" benchmark) | true K |
 | `bartlett` | Bartlett on the default covariance (factor form when it has one) | detector |
 | `somp`, `somp-ml` | compressive: SOMP on the measurements (+ off-grid ML), `physics.compressive` | F test |
+| `learned` | MVDR (Woodbury) on the trained backbone's R_blend (`rismvdr.learned`) | detector |
+| `learned-refiner` | low-rank MVDR map -> SpectrumRefiner -> peaks -> MVDR range plane -> 3-D refinement; guarded, falls back to `learned` | refiner map |
+| `learned-ml` | `learned` detections as the start of the compressive ML refinement + F-test order search | F test |
 
 MDL/AIC use the top `min(L, N)` eigenvalues of the matched-filter covariance in RIS mode
 (the ALS estimate has rank <= r and so no noise eigenvalues to test) and of the sample
@@ -34,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.detect import DetectorConfig, Detections, detect
-from rismvdr.physics.compressive import CompressiveConfig, f_thresholds, localize_compressive
+from rismvdr.detect import DetectorConfig, Detections, RefinerGuard, detect
+from rismvdr.physics.compressive import CompressiveConfig, f_thresholds, localize_compressive, localize_from_start
 from rismvdr.physics.covariance import estimate_covariance
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.order import estimate_order
@@ -94,6 +97,8 @@ class LocalizerSettings:
     somp_pfa: float = 0.01  # per-scene false-alarm bound of the K-free stopping rule
     ml_iters: int = 10  # Levenberg-Marquardt iterations after each greedy step (ML refinement)
     max_chunk_mb: float = 256.0  # bound on the grid-evaluation intermediate per chunk
+    exist_threshold: float = 0.5  # learned methods: slots below this existence probability are dropped
+    refiner_guard: RefinerGuard = RefinerGuard()  # learned-refiner: when to fall back to MVDR peaks
 
     def grid(self, linear: bool = False) -> Grid:
         theta = (0.0, 0.0) if linear and self.theta_deg[0] != self.theta_deg[1] else self.theta_deg
@@ -212,6 +217,7 @@ class Method(NamedTuple):
     ris_only: bool = False
     run: Callable | None = None
     grid: str = "spectrum"  # which grid the maps use: "spectrum" or "somp"
+    learned: bool = False  # needs a trained model (`localize(..., model=)`, default: shipped weights)
 
 
 def _compressive(ml: bool):
@@ -241,6 +247,12 @@ METHODS: dict[str, Method] = {
                run=_compressive(False), grid="somp"),
         Method("somp-ml", "SOMP + off-grid variable-projection ML (Levenberg-Marquardt) + order re-test",
                run=_compressive(True), grid="somp"),
+        Method("learned", "MVDR on the learned backbone's R_blend (shipped weights unless --checkpoint)",
+               learned=True),
+        Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
+               "refinement, with guardrails and MVDR fallback", learned=True),
+        Method("learned-ml", "learned detections as the start of the compressive ML refinement and F-test "
+               "order search", learned=True),
     )
 }
 
@@ -270,6 +282,8 @@ class LocalizationResult(NamedTuple):
       order: `[S]` per-scene cap given to the detector (MUSIC's order), or None.
       grid: the grid of the maps.
       seconds: wall time of the whole run (compilation included).
+      fallbacks: `learned-refiner`: scenes whose refiner map was rejected by the guardrails
+        (MVDR peaks on R_blend used instead); None for other methods.
     """
 
     detections: Detections
@@ -278,6 +292,7 @@ class LocalizationResult(NamedTuple):
     order: np.ndarray | None
     grid: Grid
     seconds: float
+    fallbacks: int | None = None
 
 
 def _pad_batch(scenes: Scene, lo: int, hi: int, size: int) -> Scene:
@@ -293,6 +308,7 @@ def localize(
     *,
     progress: bool = True,
     keep_maps: bool = True,
+    model=None,
 ) -> LocalizationResult:
     """Localize every scene with a registered method through the shared detector.
 
@@ -304,6 +320,7 @@ def localize(
         scenario's box and gates).
       progress: show a tqdm bar over batches (auto-off when not a terminal).
       keep_maps: return the 2.5D maps (S x T x P floats) as well.
+      model: learned methods: a `rismvdr.learned.LearnedModel` (default: the shipped weights).
 
     Raises:
       ValueError: unknown method, or a method that does not apply to these scenes.
@@ -321,7 +338,27 @@ def localize(
     t0 = time.perf_counter()
     n_scenes = int(scenes.y.shape[0])
     bs = max(1, min(settings.batch_size, n_scenes))
-    if m.run is None:
+    fallbacks = None
+    if m.learned:
+        from rismvdr import learned as _learned
+
+        model = _learned.load_learned() if model is None else model
+        _learned.check_scenes(model, scenes)
+        runner = _learned.make_runner(model, "learned-refiner" if method == "learned-refiner" else "learned",
+                                      geometry, settings, guard=settings.refiner_guard,
+                                      exist_threshold=settings.exist_threshold)
+        grid = settings.grid(geometry.linear)
+        fallbacks = 0 if method == "learned-refiner" else None
+        if method == "learned-ml":
+            sgrid = settings.somp_grid(geometry.linear)
+            a_flat = grid_steering(geometry, sgrid, model=settings.steering_model, dtype=scenes.y.dtype)
+            a_flat = a_flat.reshape(-1, a_flat.shape[-1])
+            ccfg = settings.compressive()
+            thresholds = f_thresholds(int(scenes.y.shape[-1]), int(scenes.y.shape[-2]), ccfg.k_max,
+                                      int(a_flat.shape[0]), ccfg)
+            det_cfg = settings.detector
+            gates = (np.deg2rad(det_cfg.gate_phi_deg), np.deg2rad(det_cfg.gate_theta_deg), det_cfg.gate_r_m)
+    elif m.run is None:
         grid = settings.grid(geometry.linear)
         a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
         build = jax.jit(m.build, static_argnums=(2,))
@@ -339,7 +376,22 @@ def localize(
         hi = min(lo + bs, n_scenes)
         batch = _pad_batch(scenes, lo, hi, bs)
         cap = None
-        if m.run is None:
+        if m.learned:
+            det, spec, fb = runner(model.backbone_params, model.refiner_params, batch)
+            if method == "learned-ml":
+                res = localize_from_start(batch.y, batch.H, batch.codes, a_flat, thresholds, geometry, sgrid, ccfg,
+                                          det.phi, det.theta, det.r, det.valid, gates=gates,
+                                          model=settings.steering_model)
+                det = Detections(res.phi, res.theta, res.r, res.score_db, res.valid)
+            if fallbacks is not None:
+                new_fb = int(np.sum(np.asarray(fb)[: hi - lo]))
+                guard = settings.refiner_guard
+                if new_fb and (fallbacks // guard.log_every != (fallbacks + new_fb) // guard.log_every
+                               or fallbacks == 0):
+                    log.warning("learned-refiner: refiner map rejected, MVDR fallback used (%d scenes so far)",
+                                fallbacks + new_fb)
+                fallbacks += new_fb
+        elif m.run is None:
             op, cap = build(batch, geometry, settings)
             spec = spectrum_25d(op, a_grid, precision=settings.precision, max_chunk_mb=settings.max_chunk_mb)
             det = detect(op, spec, geometry, grid, settings.detector, cap=cap,
@@ -364,4 +416,5 @@ def localize(
         order=np.concatenate(orders) if orders else None,
         grid=grid,
         seconds=time.perf_counter() - t0,
+        fallbacks=fallbacks,
     )

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from rismvdr.io import atomic_write  # noqa: E402
 from rismvdr.physics.spectra import Grid  # noqa: E402
 
-__all__ = ["plot_scene_map", "plot_snr_curves", "plot_error_cdf", "save_figure"]
+__all__ = ["plot_scene_map", "plot_snr_curves", "plot_error_cdf", "plot_training_curves", "save_figure"]
 
 
 def save_figure(fig, path) -> None:
@@ -135,4 +135,45 @@ def plot_error_cdf(path, errors_by_method: Mapping[str, Sequence[float]], *, tit
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_training_curves(path, metrics_jsonl) -> None:
+    """Loss curves of a run from its `metrics.jsonl`: training loss and terms against the step
+    (log scale), validation terms, and the validation peak F1 / objective."""
+    import json
+
+    train, val = [], []
+    with open(metrics_jsonl) as f:
+        for line in f:
+            rec = json.loads(line)
+            (val if any(k.startswith("val/") for k in rec) else train).append(rec)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    if train:
+        steps = [r["step"] for r in train]
+        keys = [k for k in train[0] if k not in ("step", "phase", "finite", "skipped", "grad_norm",
+                                                  "steps_per_s", "scenes_per_s")]
+        for k in keys:
+            axes[0].plot(steps, [max(r.get(k, np.nan), 1e-8) for r in train], label=k, lw=1.2 if k == "loss" else 0.8)
+        axes[0].set_yscale("log")
+        axes[0].set_title("training (batch)")
+        axes[0].legend(fontsize=7)
+    if val:
+        steps = [r["step"] for r in val]
+        terms = [k for k in val[0] if k.startswith("val/") and not k.startswith("val/peak") and k != "val/objective"
+                 and k != "val/refiner_fallbacks"]
+        for k in terms:
+            axes[1].plot(steps, [max(r.get(k, np.nan), 1e-8) for r in val], marker="o", label=k[4:])
+        axes[1].set_yscale("log")
+        axes[1].set_title("validation loss terms (EMA weights)")
+        axes[1].legend(fontsize=7)
+        for k in ("val/peak_precision", "val/peak_recall", "val/peak_f1"):
+            if k in val[0]:
+                axes[2].plot(steps, [r.get(k, np.nan) for r in val], marker="o", label=k[9:])
+        axes[2].set_ylim(0, 1)
+        axes[2].set_title("validation peaks (learned MVDR)")
+        axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -56,6 +56,8 @@ __all__ = [
     "somp",
     "somp_ml",
     "ml_refine",
+    "ml_from_start",
+    "localize_from_start",
     "order_retest",
 ]
 
@@ -355,6 +357,115 @@ def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
     return mask, jnp.where(mask, f, 0.0)
 
 
+def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
+                  phi0, theta0, r0, mask0, cfg: CompressiveConfig, *, model: str = "exact"):
+    """ML localization of one scene started from given detections (e.g. a learned method's).
+
+    1. Joint off-grid ML refinement of the starting sources (`ml_refine`).
+    2. F-test order re-test: the least significant source is dropped while it fails.
+    3. Greedy continuation as in `somp_ml`: while slots are free, the dictionary atom that best
+       explains the residual is added, all sources are refined jointly, and the addition is kept
+       only if its F statistic passes the threshold for the new order (else the search stops).
+
+    Args:
+      y: `[L, M]`; E, D, norms, grid_coords, thresholds: as in `somp_ml`.
+      phi0, theta0, r0, mask0: `[K_max]` starting detections (radians, metres, bool).
+
+    Returns:
+      (phi, theta, r, mask) `[K_max]`, F statistic per source `[K_max]`.
+    """
+    k_max = cfg.k_max
+    l, m = y.shape
+    real = jnp.real(y).dtype
+    gphi, gth, gr = grid_coords
+    order = jnp.argsort(~mask0)  # valid starting points first
+    phi, theta, r, mask = phi0[order], theta0[order], r0[order], mask0[order]
+    phi, theta, r, _ = ml_refine(y, E, geometry, grid, phi, theta, r, mask, cfg, model=model)
+
+    def cols(phi, theta, r):
+        return _apply(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
+
+    if cfg.retest:
+        mask, _ = order_retest(y, cols(phi, theta, r), mask, thresholds, cfg)
+
+    def rss_of(phi, theta, r, mask):
+        _, e = _ls_fit(cols(phi, theta, r), y, mask)
+        return jnp.sum(_abs2(e)), e
+
+    def step(_, carry):
+        phi, theta, r, mask, stopped = carry
+        count = jnp.sum(mask)
+        rss, resid = rss_of(phi, theta, r, mask)
+        score = jnp.sum(_abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+        g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
+        slot = jnp.argmin(mask)  # first free slot
+        cphi, cth, cr = phi.at[slot].set(gphi[g]), theta.at[slot].set(gth[g]), r.at[slot].set(gr[g])
+        cmask = mask.at[slot].set(True)
+        cphi, cth, cr, _ = ml_refine(y, E, geometry, grid, cphi, cth, cr, cmask, cfg, model=model)
+        rss_new, _ = rss_of(cphi, cth, cr, cmask)
+        dof = (m - (count + 1)) * l
+        f = ((rss - rss_new) / l) / jnp.maximum(rss_new / jnp.maximum(dof, 1), 1e-30)
+        tau = thresholds[jnp.clip(count, 0, k_max - 1)].astype(real)
+        accept = (~stopped) & (count < k_max) & (f > tau)
+        pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        return pick(cphi, phi), pick(cth, theta), pick(cr, r), pick(cmask, mask), stopped | ~accept
+
+    phi, theta, r, mask, _ = jax.lax.fori_loop(0, k_max, step, (phi, theta, r, mask, jnp.asarray(False)))
+    if cfg.retest:
+        mask, f = order_retest(y, cols(phi, theta, r), mask, thresholds, cfg)
+    else:
+        f = jnp.where(mask, jnp.inf, 0.0)
+    return phi, theta, r, mask, f
+
+
+def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
+                        cfg: CompressiveConfig, phi0, theta0, r0, mask0, *,
+                        gates=(np.deg2rad(5.0), np.deg2rad(5.0), 1.0), model: str = "exact"):
+    """`ml_from_start` for a batch (`[S, ...]` inputs as in `localize_compressive`; starting
+    detections `[S, K_max]`). Returns a `CompressiveResult` with `[S, K_max]` arrays."""
+    cfg.validate()
+    return _from_start_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, phi0, theta0, r0, mask0,
+                             grid=grid, cfg=cfg, gates=tuple(float(g) for g in gates), model=model)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates,
+                      model):
+    from rismvdr.detect import DetectorConfig, _greedy_nms
+
+    det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
+                         gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)
+    real = jnp.real(y).dtype
+    coords = _flat_coords(grid, real)
+    l, n = y.shape[1], a_flat.shape[-1]
+    geo = geometry.astype(real)
+
+    def one(y1, h1, c1, p0, t0, rr0, m0):
+        E = scene_operators(h1, c1, l, n, y1.dtype)
+        D = dictionary(E, a_flat)
+        norms = jnp.sum(_abs2(D), axis=1)
+        phi, theta, r, mask, f = ml_from_start(y1, E, D, norms, coords, thresholds, geo, grid,
+                                               p0.astype(real), t0.astype(real), rr0.astype(real), m0, cfg,
+                                               model=model)
+        _, e = _ls_fit(_apply(E, steering(geo, phi, theta, r, model=model, dtype=y1.dtype).T), y1, mask)
+        score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
+        phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, mask, det, cfg.k_max)
+        return CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
+                                 jnp.sum(valid).astype(jnp.int32), jnp.sum(_abs2(e)))
+
+    return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
+                       batch_size=min(4, y.shape[0]))
+
+
+def _flat_coords(grid: Grid, real):
+    """(phi, theta, r) `[G]` of the grid flattened in (theta, phi, plane) order."""
+    phi_g, th_g, r_g = grid.arrays()
+    t, p, rr = grid.shape
+    return (jnp.asarray(np.broadcast_to(phi_g[None, :, None], (t, p, rr)).reshape(-1), real),
+            jnp.asarray(np.broadcast_to(th_g[:, None, None], (t, p, rr)).reshape(-1), real),
+            jnp.asarray(np.broadcast_to(r_g[None, None, :], (t, p, rr)).reshape(-1), real))
+
+
 def _plane_max(score, grid: Grid) -> Spectrum25D:
     t, p, rr = grid.shape
     vol = score.reshape(t, p, rr)
@@ -387,12 +498,8 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
 
     det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
                          gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)
-    phi_g, th_g, r_g = grid.arrays()
-    t, p, rr = grid.shape
     real = jnp.real(y).dtype
-    flat_phi = jnp.asarray(np.broadcast_to(phi_g[None, :, None], (t, p, rr)).reshape(-1), real)
-    flat_th = jnp.asarray(np.broadcast_to(th_g[:, None, None], (t, p, rr)).reshape(-1), real)
-    flat_r = jnp.asarray(np.broadcast_to(r_g[None, None, :], (t, p, rr)).reshape(-1), real)
+    flat_phi, flat_th, flat_r = _flat_coords(grid, real)
     l, n = y.shape[1], a_flat.shape[-1]
     geo = geometry.astype(real)
 

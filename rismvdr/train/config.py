@@ -1,0 +1,304 @@
+"""Typed, frozen training configs (Stage 1 backbone and Stage 2 refiner).
+
+A config file (`configs/<name>.py`) defines `get_config() -> TrainConfig`; the CLI overrides
+single fields with `--set key=value` (dotted paths into nested configs, values parsed as
+Python literals, e.g. `--set optim.lr=3e-4 --set model.widths=(16,32,64)`). Every checkpoint
+stores `to_dict(config)`, so a run restores and runs inference without its config file.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "ModelConfig",
+    "RefinerConfig",
+    "LossWeights",
+    "LossSettings",
+    "Phase",
+    "OptimConfig",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+    "to_dict",
+    "from_dict",
+    "weights_at",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Backbone hyperparameters (geometry and box come from the scenario)."""
+
+    widths: tuple[int, ...] = (16, 32, 64)  # U-Net trunk channel widths per stage
+    dilations: tuple[int, ...] = (2, 4)  # bottleneck dilations
+    groups: int = 8  # GroupNorm groups
+    covariance: str = "structured"  # "structured" (R from the slots) | "factor" (general factor)
+    rank: int = 5  # factor columns of the "factor" variant
+    beta: float = 0.0  # R_blend = (1 - beta) R_pred + beta R_samp(ALS)
+    beam_phi_step_deg: float = 2.0  # beamspace front-end grid, degrees
+    beam_theta_step_deg: float = 2.0
+    beam_planes: int = 8  # range planes of the front end (uniform in 1/r)
+    nms_cells: int = 1  # slot selection window half-size, cells
+    leash_max: float = 1e3  # column-norm leash (relative to sqrt(N))
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerConfig:
+    """Stage-2 SpectrumRefiner and its coarse MVDR grid."""
+
+    widths: tuple[int, ...] = (32, 64, 128)  # the seed's 1 -> 32 -> 64 -> 128
+    dilations: tuple[int, ...] = (2, 4)
+    groups: int = 8
+    grid_phi: int = 61  # points over the phi box (61: 2 degrees over +-60)
+    grid_theta: int = 41  # points over the theta box (41: 1.5 degrees over +-30)
+    planes: int = 8  # range planes, max-reduced into the 2-D map
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Weight of each loss term (0 switches a term off and skips computing it)."""
+
+    cov: float = 0.5  # NMSE of trace-normalised R_blend against R_true
+    cov_pred: float = 0.0  # NMSE of R_pred (equals `cov` when beta = 0)
+    ortho: float = 0.0  # orthogonality of the factor's columns (factor variant)
+    subspace: float = 0.5  # 1 - projection of true steering vectors onto span(F)
+    aux: float = 0.2  # permutation-invariant slot loss (angles, log range, existence)
+    peak_contrast: float = 0.0  # local MVDR contrast at the true sources (seed: off for backbone)
+    beam_heatmap: float = 10.0  # focal loss of the backbone's beam-grid heat map (a mean over cells: small)
+    cell: float = 1.0  # regression of offsets, 1/r and log power at the true sources' cells
+    heatmap: float = 0.0  # refiner focal loss (Stage 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """Shapes of the loss terms."""
+
+    sigma_cells: float = 2.0  # Gaussian blob width of heat-map targets, cells
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    angle_delta_deg: float = 2.0  # Huber transition of angle errors
+    log_r_delta: float = 0.1  # Huber transition of log-range errors
+    contrast_stencil: int = 3
+    contrast_step_deg: float = 5.73  # 0.10 rad
+    contrast_tau: float = 0.10
+    delta_rel: float = 1e-2  # MVDR loading in the contrast loss and validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """Loss weights used while `step < until * steps` (the last phase runs to the end)."""
+
+    name: str
+    until: float
+    weights: LossWeights
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-3  # peak learning rate of warmup-cosine
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.02  # final lr = lr * end_lr_ratio
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    clip_norm: float = 1.0  # global gradient-norm clip
+    ema_decay: float = 0.998  # EMA of the parameters (evaluated and shipped)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Steps count optimizer updates; scenes are simulated on the device."""
+
+    name: str = "default"
+    stage: str = "backbone"  # "backbone" | "refiner"
+    scenario: str = "seed"
+    scene_overrides: tuple[tuple[str, Any], ...] = ()  # SceneConfig fields, e.g. (("snr_db", (10, 10)),)
+    model: ModelConfig = ModelConfig()
+    refiner: RefinerConfig = RefinerConfig()
+    loss: LossSettings = LossSettings()
+    phases: tuple[Phase, ...] = (
+        Phase("warmup", 0.1, LossWeights(cov=0.0, subspace=0.0, aux=0.0)),
+        Phase("main", 0.8, LossWeights()),
+        Phase("final", 1.0, LossWeights(cov=1.0, subspace=1.0)),
+    )
+    optim: OptimConfig = OptimConfig()
+    batch_size: int = 32  # scenes per step (global, split over devices)
+    train_pool: int = 0  # 0: fresh scenes every step; n > 0: a fixed pool of n scenes (overfit checks)
+    steps: int = 4000
+    seed: int = 0  # parameters and training data; validation/test sets have their own seeds
+    val_seed: int = 1  # validation set = (scenario, val_seed, val_scenes)
+    val_scenes: int = 256
+    val_peak_scenes: int = 128  # capped subset for the MVDR peak metrics
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    keep_best: int = 3
+    log_every: int = 10
+    debug_nan_steps: tuple[int, ...] = ()  # testing aid: poison the loss at these steps (skipped)
+
+    def validate(self) -> None:
+        if self.stage not in ("backbone", "refiner"):
+            raise ValueError(f"stage: expected 'backbone' or 'refiner', got {self.stage!r}")
+        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "log_every", "val_scenes",
+                     "keep_best"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.phases:
+            raise ValueError("phases: at least one phase is needed")
+        ends = [p.until for p in self.phases]
+        if any(b < a for a, b in zip(ends, ends[1:])):
+            raise ValueError(f"phases: 'until' must be non-decreasing, got {ends}")
+        if self.optim.lr <= 0:
+            raise ValueError(f"optim.lr: must be > 0, got {self.optim.lr}")
+        if not 0.0 <= self.optim.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay: must be in [0, 1), got {self.optim.ema_decay}")
+
+    def scene_config(self):
+        from rismvdr.physics.scenarios import get_scenario
+
+        return get_scenario(self.scenario, **dict(self.scene_overrides))
+
+    def backbone_config(self):
+        from rismvdr.models.backbone import backbone_config_for
+
+        m = self.model
+        return backbone_config_for(
+            self.scene_config(), widths=tuple(m.widths), dilations=tuple(m.dilations), groups=m.groups,
+            covariance=m.covariance, rank=m.rank, beta=m.beta, beam_phi_step_deg=m.beam_phi_step_deg,
+            beam_theta_step_deg=m.beam_theta_step_deg, beam_planes=m.beam_planes, nms_cells=m.nms_cells,
+            leash_max=m.leash_max)
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def weights_at(cfg: TrainConfig, step: int) -> tuple[int, LossWeights]:
+    """(phase index, loss weights) in force at `step`."""
+    for i, ph in enumerate(cfg.phases):
+        if step < ph.until * cfg.steps:
+            return i, ph.weights
+    return len(cfg.phases) - 1, cfg.phases[-1].weights
+
+
+# ------------------------------------------------------------------------------------------
+# Files and overrides
+# ------------------------------------------------------------------------------------------
+def load_config(path: str | Path) -> TrainConfig:
+    """Import `get_config()` from a config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config: no such file {str(path)!r}")
+    spec = importlib.util.spec_from_file_location(f"rismvdr_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a config file with a bug: say which file
+        raise ValueError(f"--config: {path}: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config: {path} defines no get_config()")
+    cfg = module.get_config()
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"--config: {path}: get_config() returned {type(cfg).__name__}, not TrainConfig")
+    cfg.validate()
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word is a string
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"--set {key}: expected True or False, got {value!r}")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"--set {key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"--set {key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(current, tuple):
+        if isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, tuple):
+            raise ValueError(f"--set {key}: expected a tuple like (1, 2), got {value!r}")
+        return value
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ValueError(f"--set {key}: expected a string, got {value!r}")
+    return value
+
+
+def _set_path(obj, parts: list[str], value, key: str):
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"--set {key}: {parts[0]!r} is not a config section")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise ValueError(f"--set {key}: unknown field {parts[0]!r}; known: {', '.join(sorted(names))}")
+    current = getattr(obj, parts[0])
+    if len(parts) == 1:
+        if parts[0] == "scene_overrides":
+            if isinstance(value, dict):
+                value = tuple(value.items())
+            return dataclasses.replace(obj, scene_overrides=tuple(tuple(v) for v in value))
+        if dataclasses.is_dataclass(current):
+            raise ValueError(f"--set {key}: {parts[0]!r} is a section; set one of its fields")
+        return dataclasses.replace(obj, **{parts[0]: _coerce(value, current, key)})
+    return dataclasses.replace(obj, **{parts[0]: _set_path(current, parts[1:], value, key)})
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """Apply `key=value` overrides (dotted keys; `scene.<field>=v` overrides a scene field)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        value = _parse_value(text.strip())
+        if key.startswith("scene."):
+            field = key[len("scene."):]
+            rest = tuple((k, v) for k, v in cfg.scene_overrides if k != field)
+            cfg = dataclasses.replace(cfg, scene_overrides=rest + ((field, value),))
+            cfg.scene_config()  # unknown scene fields fail here, naming the field
+            continue
+        cfg = _set_path(cfg, key.split("."), value, key)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """JSON-able dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _build(cls, data: Mapping):
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"config: unknown field {cls.__name__}.{key}")
+        default = getattr(cls(), key) if key not in ("phases",) else None
+        if key == "phases":
+            value = tuple(Phase(p["name"], float(p["until"]), _build(LossWeights, p["weights"])) for p in value)
+        elif key == "scene_overrides":
+            value = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value)
+        elif dataclasses.is_dataclass(default):
+            value = _build(type(default), value)
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping) -> TrainConfig:
+    """Inverse of `to_dict`."""
+    return _build(TrainConfig, data)

@@ -1,0 +1,446 @@
+"""Training loops: Stage 1 (backbone) and Stage 2 (SpectrumRefiner on a frozen backbone).
+
+Design (big_vision / flax-examples style):
+- Scenes are simulated inside the jitted step from `fold_in(train_key, step)`, so training never
+  waits on disk and a step's data depends only on (seed, step): `--resume` continues exactly.
+- One jitted `(state, weights) -> (state, metrics)` step with the state donated. Data parallel
+  over a one-axis mesh ("data"): the batch is sharded along it, parameters are replicated, XLA
+  inserts the gradient all-reduce. Multi-host: call `jax.distributed.initialize()` first (the
+  CLI does when `--distributed` is given); the mesh then spans every host's devices.
+- A step whose loss or gradients are not finite leaves parameters, optimizer state and EMA
+  unchanged and increments `skipped` (reported in the metrics); the run continues.
+- Loss weights follow the config's phases; they enter the step as traced scalars (one compile).
+- Validation: every loss term on the fixed validation set (EMA weights), and on a capped
+  subset the MVDR peak metrics of the `learned` method (precision, recall, F1, FP per scene,
+  PSSR), through the same detector and metrics code as every method.
+- Checkpoints (`rismvdr.train.checkpoint`): every `checkpoint_every` steps and at the end, the
+  latest and the best `keep_best` by `val/objective` (= rmse_xyz_all / 2 m + 10 (1 - F1), the
+  seed's end-to-end objective); SIGTERM/SIGINT saves the current state and returns cleanly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from rismvdr.models.backbone import Backbone, BackboneConfig
+from rismvdr.models.unet import SpectrumRefiner
+from rismvdr.physics.simulate import Scene, simulate, simulate_scene
+from rismvdr.physics.spectra import grid_steering, mvdr_lowrank_operator, spectrum_25d
+from rismvdr.train import losses
+from rismvdr.train.checkpoint import Checkpointer
+from rismvdr.train.config import TrainConfig, to_dict, weights_at
+from rismvdr.train.objective import TERMS, active_terms, backbone_terms
+from rismvdr.train.state import (
+    ModelDef,
+    TrainState,
+    data_sharded,
+    ema_update,
+    init_train_state,
+    make_mesh,
+    make_optimizer,
+    replicated,
+    split_model,
+)
+
+__all__ = ["Trainer", "fit", "sample_scenes", "e2e_objective", "OBJECTIVE"]
+
+log = logging.getLogger(__name__)
+OBJECTIVE = "val/objective"
+_TRAIN_SALT = 0x7A11
+_XYZ_NORM_M = 2.0
+_F1_WEIGHT = 10.0
+
+
+def e2e_objective(metrics: dict, *, xyz_norm: float = _XYZ_NORM_M, f1_weight: float = _F1_WEIGHT) -> float:
+    """The seed's end-to-end objective (minimise): `rmse_xyz_all / xyz_norm + f1_weight (1 - F1)`;
+    no matched pair at all counts as `rmse_xyz_all = xyz_norm`."""
+    rmse = metrics.get("rmse_xyz_all_m", float("nan"))
+    if not np.isfinite(rmse):
+        rmse = xyz_norm
+    f1 = metrics.get("f1", 0.0)
+    f1 = 0.0 if not np.isfinite(f1) else f1
+    return float(rmse / xyz_norm + f1_weight * (1.0 - f1))
+
+
+def sample_scenes(scene_cfg, key, batch_size: int, sharding=None, *, indices=None) -> Scene:
+    """`batch_size` scenes simulated from `key` (scene i from `fold_in(key, indices[i])`,
+    indices 0..batch_size-1 by default), optionally laid out along the data axis."""
+    idx = jnp.arange(batch_size, dtype=jnp.int32) if indices is None else indices.astype(jnp.int32)
+    if sharding is not None:
+        idx = jax.lax.with_sharding_constraint(idx, sharding)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+    return jax.vmap(lambda k: simulate_scene(scene_cfg, k))(keys)
+
+
+def _finite_tree(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _select(pred, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _als_factor(scenes: Scene):
+    from rismvdr.physics.covariance import _batched  # traced use: inputs come from the simulator
+
+    est = _batched(scenes.y, scenes.H, scenes.codes, 1e-2, method="als", rank=5, n_iter=4,
+                   f_solver="auto", precision=jax.lax.Precision.HIGHEST)
+    return est.factor
+
+
+class Trainer:
+    """Builds the model, optimizer, jitted step and evaluation for one config."""
+
+    def __init__(self, cfg: TrainConfig, *, n_devices: int | None = None, backbone=None):
+        """Args:
+          cfg: the run's config.
+          n_devices: devices of the data mesh (all by default).
+          backbone: Stage 2 only: `rismvdr.learned.LearnedModel` of the frozen backbone.
+        """
+        cfg.validate()
+        self.cfg = cfg
+        self.scene_cfg = cfg.scene_config()
+        self.mesh = make_mesh(n_devices)
+        n_dev = self.mesh.devices.size
+        if cfg.batch_size % n_dev:
+            raise ValueError(f"batch_size: {cfg.batch_size} is not a multiple of the {n_dev} devices")
+        self.rep, self.dat = replicated(self.mesh), data_sharded(self.mesh)
+        self.tx = make_optimizer(cfg.optim, cfg.steps)
+        self.train_key = jax.random.fold_in(jax.random.key(cfg.seed), _TRAIN_SALT)
+        self.active = active_terms([p.weights for p in cfg.phases])
+        if cfg.stage == "backbone":
+            self.bcfg = cfg.backbone_config()
+            self.mdef, params = split_model(Backbone(self.bcfg, rngs=nnx.Rngs(cfg.seed)))
+            self.backbone = None
+            self.active = tuple(t for t in self.active if t != "heatmap")
+        else:
+            if backbone is None:
+                raise ValueError("backbone: Stage 2 (refiner) needs a trained backbone")
+            self.backbone = backbone
+            self.bcfg = backbone.backbone_cfg
+            r = cfg.refiner
+            self.mdef, params = split_model(SpectrumRefiner(widths=tuple(r.widths), dilations=tuple(r.dilations),
+                                                            groups=r.groups, rngs=nnx.Rngs(cfg.seed)))
+            self.active = ("heatmap",)
+            from rismvdr.learned import refiner_grid
+
+            self.rgrid = refiner_grid(self.bcfg, dataclasses.asdict(r))
+        self.params0 = params
+        self.n_params = int(sum(np.prod(p.shape) for p in params))
+        self._step_fn = None
+
+    # ---------------------------------------------------------------------------------------
+    def init_state(self) -> TrainState:
+        state = init_train_state(self.params0, self.tx)
+        return jax.device_put(state, self.rep)
+
+    def abstract_state(self):
+        """Shapes, dtypes and shardings of the state (the restore target)."""
+        abstract = jax.eval_shape(lambda: init_train_state(self.params0, self.tx))
+        return jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.rep), abstract)
+
+    def weights(self, step: int) -> dict[str, jax.Array]:
+        _, w = weights_at(self.cfg, step)
+        return {t: jnp.asarray(getattr(w, t), jnp.float32) for t in self.active}
+
+    # ---------------------------------------------------------------------------------------
+    def _scenes(self, step):
+        b = self.cfg.batch_size
+        if self.cfg.train_pool > 0:  # a fixed pool of scenes, visited in order (overfit checks)
+            idx = (step * b + jnp.arange(b, dtype=jnp.int32)) % self.cfg.train_pool
+            return sample_scenes(self.scene_cfg, self.train_key, b, self.dat, indices=idx)
+        key = jax.random.fold_in(self.train_key, step)
+        return sample_scenes(self.scene_cfg, key, b, self.dat)
+
+    def _refiner_inputs(self, scenes: Scene):
+        """Stage 2: the frozen backbone's low-rank MVDR map on the coarse grid, in dB."""
+        from rismvdr.learned import backbone_factor
+
+        f, _ = backbone_factor(self.backbone, scenes)
+        op = jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=self.cfg.loss.delta_rel))(f)
+        a = grid_steering(self.bcfg.geometry(), self.rgrid, model=self.bcfg.steering_model, dtype=scenes.y.dtype)
+        spec = spectrum_25d(op, a)
+        db = 10.0 * jnp.log10(jnp.maximum(spec.power, 1e-30))
+        return jax.lax.stop_gradient(db.astype(jnp.float32))
+
+    def loss_terms(self, params, scenes: Scene, active: tuple[str, ...] | None = None):
+        """(terms dict of batch means) for parameters `params` on `scenes`."""
+        ls = self.cfg.loss
+        active = self.active if active is None else active
+        if self.cfg.stage == "backbone":
+            samp = _als_factor(scenes) if self.bcfg.beta > 0 else None
+            out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp)
+            return backbone_terms(out, scenes, self.bcfg, ls, active)
+        logits = self.mdef.apply(params, self._refiner_inputs(scenes))
+        phi_ax, th_ax, _ = (jnp.asarray(x, jnp.float32) for x in self.rgrid.arrays())
+        hm = lambda lg, p, t, m: losses.heatmap_loss(  # noqa: E731  (the fast path: nothing else)
+            lg, p.astype(jnp.float32), t.astype(jnp.float32), m, phi_ax, th_ax, sigma_cells=ls.sigma_cells,
+            alpha=ls.focal_alpha, gamma=ls.focal_gamma)
+        return {"heatmap": jnp.mean(jax.vmap(hm)(logits, scenes.phi, scenes.theta, scenes.mask))}
+
+    def _loss(self, params, scenes, weights):
+        terms = self.loss_terms(params, scenes)
+        total = sum(weights[t] * terms[t] for t in self.active)
+        return total, terms
+
+    def loss_and_grads(self, params, step: int):
+        """(loss, terms, grads) at `step`'s training batch (for tests and diagnostics)."""
+        @jax.jit
+        def f(params, step, weights):
+            scenes = self._scenes(step)
+            (loss, terms), grads = jax.value_and_grad(self._loss, has_aux=True)(params, scenes, weights)
+            return loss, terms, grads
+        return f(params, jnp.asarray(step, jnp.int32), self.weights(int(step)))
+
+    def step_fn(self) -> Callable:
+        """The jitted train step `(state, weights) -> (state, metrics)`, state donated."""
+        if self._step_fn is not None:
+            return self._step_fn
+        cfg = self.cfg
+        poison_steps = jnp.asarray(cfg.debug_nan_steps or (-1,), jnp.int32)
+
+        def step(state: TrainState, weights):
+            scenes = self._scenes(state.step)
+            (loss, terms), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, scenes, weights)
+            poison = jnp.where(jnp.any(state.step == poison_steps), jnp.nan, 1.0).astype(jnp.float32)
+            loss = loss * poison
+            grads = jax.tree_util.tree_map(lambda g: g * poison.astype(g.dtype), grads)
+            finite = jnp.isfinite(loss) & _finite_tree(grads)
+            updates, opt_new = self.tx.update(grads, state.opt_state, state.params)
+            params_new = optax.apply_updates(state.params, updates)
+            params = _select(finite, params_new, state.params)
+            opt_state = _select(finite, opt_new, state.opt_state)
+            ema = _select(finite, ema_update(state.ema, params_new, state.step, cfg.optim.ema_decay), state.ema)
+            new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema,
+                             skipped=state.skipped + (~finite).astype(jnp.int32))
+            metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), finite=finite,
+                           skipped=new.skipped, **terms)
+            return new, metrics
+
+        self._step_fn = jax.jit(step, in_shardings=(self.rep, self.rep), out_shardings=(self.rep, self.rep),
+                                donate_argnums=(0,))
+        return self._step_fn
+
+    # ---------------------------------------------------------------------------------------
+    def validation_set(self) -> Scene:
+        return simulate(self.scene_cfg, self.cfg.val_seed, self.cfg.val_scenes, batch_size=min(64, self.cfg.val_scenes))
+
+    def evaluate(self, params, val: Scene, *, peak_scenes: int | None = None, progress: bool = False) -> dict:
+        """Validation metrics of `params` (use the EMA): mean loss terms over `val` and the
+        peak metrics of the learned method on the first `peak_scenes` scenes."""
+        cfg = self.cfg
+        bs = min(cfg.batch_size, len(val))
+        if cfg.stage == "refiner":
+            terms_all = ("heatmap",)
+        else:  # every backbone term (the contrast loss only when trained: it costs a Cholesky)
+            terms_all = tuple(t for t in TERMS if t != "heatmap" and (t != "peak_contrast" or t in self.active))
+        ev = jax.jit(lambda params, scenes: self.loss_terms(params, scenes, terms_all))
+
+        sums: dict[str, float] = {}
+        n = 0
+        for lo in range(0, len(val) - bs + 1, bs):
+            t = jax.device_get(ev(params, val[lo: lo + bs]))
+            for k, v in t.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * bs
+            n += bs
+        out = {f"val/{k}": v / max(n, 1) for k, v in sums.items()}
+        k = cfg.val_peak_scenes if peak_scenes is None else peak_scenes
+        if k > 0:
+            out.update(self.peak_metrics(params, val[: min(k, len(val))], progress=progress))
+        return out
+
+    def peak_metrics(self, params, scenes: Scene, *, progress: bool = False) -> dict:
+        """Detection metrics of the learned method(s) on `scenes` (coarse 2-degree grid)."""
+        from rismvdr.learned import LearnedModel
+        from rismvdr.evaluation import evaluate_detections
+        from rismvdr.methods import localize, settings_for_scenario
+
+        if self.cfg.stage == "backbone":
+            model = LearnedModel(self.bcfg, self.mdef, tuple(params), None, None, None, "training", {})
+            method = "learned"
+        else:
+            b = self.backbone
+            model = b._replace(refiner_cfg=dataclasses.asdict(self.cfg.refiner), refiner_def=self.mdef,
+                               refiner_params=tuple(params))
+            method = "learned-refiner"
+        settings = settings_for_scenario(self.scene_cfg, phi_step_deg=2.0, theta_step_deg=2.0, n_planes=8,
+                                         batch_size=min(32, len(scenes)))
+        res = localize(method, scenes, self.bcfg.geometry(), settings, progress=progress, model=model)
+        det = res.detections
+        from rismvdr.evaluation import scene_pssr_db
+
+        pssr = scene_pssr_db(res.power_db, det.phi, det.theta, det.valid, res.grid)
+        m = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, pssr=pssr)
+        out = {f"val/peak_{k}": float(m[k]) for k in ("precision", "recall", "f1", "fp_per_scene",
+                                                      "median_pos_err_m", "rmse_xyz_all_m", "median_pssr_db")}
+        out[OBJECTIVE] = e2e_objective(m)
+        if res.fallbacks is not None:
+            out["val/refiner_fallbacks"] = float(res.fallbacks)
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and returns."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: no handlers
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        v = np.asarray(v)
+        out[k] = bool(v) if v.dtype == bool else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
+    return out
+
+
+def _record(cfg: TrainConfig, trainer: Trainer) -> dict:
+    rec = {"stage": cfg.stage, "train": to_dict(cfg), "backbone": trainer.bcfg.to_dict(),
+           "refiner": dataclasses.asdict(cfg.refiner) if cfg.stage == "refiner" else None,
+           "n_params": trainer.n_params}
+    if cfg.stage == "refiner":
+        rec["backbone_source"] = trainer.backbone.source
+    return rec
+
+
+def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_devices: int | None = None,
+        progress: bool = True, stop_at: int | None = None, backbone=None) -> dict:
+    """Train, validate and checkpoint into `workdir`.
+
+    Args:
+      cfg: the run config (on resume it must equal the stored one).
+      workdir: run directory: `checkpoints/`, `metrics.jsonl`, `config.json`, `loss_curve.png`.
+      resume: continue from the latest checkpoint (exactly: data and keys depend on the step).
+      n_devices: data-parallel devices (all by default).
+      progress: tqdm bar with loss and throughput (auto-off when not a terminal).
+      stop_at: stop (and checkpoint) after this many steps, as if interrupted (tests, budgets).
+      backbone: Stage 2: the frozen backbone (`rismvdr.learned.LearnedModel`).
+
+    Returns:
+      Summary dict: steps done, skipped updates, final validation metrics, wall time, status.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, n_devices=n_devices, backbone=backbone)
+    record = _record(cfg, trainer)
+    ckpt = Checkpointer(workdir / "checkpoints", keep_best=cfg.keep_best, best_metric=OBJECTIVE, best_mode="min")
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise ValueError(f"--workdir: {workdir} already holds checkpoints (latest step {latest}); "
+                         "pass --resume to continue or choose a new directory")
+    if resume and latest is not None:
+        stored = ckpt.read_config(latest)
+        if stored.get("train") != record["train"]:
+            diff = sorted(k for k in set(stored.get("train", {})) | set(record["train"])
+                          if stored.get("train", {}).get(k) != record["train"].get(k))
+            raise ValueError(f"--resume: the config differs from the run's stored config in {diff}")
+        target = {"train": trainer.abstract_state()}
+        if cfg.stage == "refiner":
+            target["backbone"] = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=trainer.rep), trainer.backbone.backbone_params)
+        state = ckpt.restore(latest, target=target)["train"]
+        log.info("resumed from step %d", latest)
+    else:
+        state = trainer.init_state()
+    (workdir / "config.json").write_text(json.dumps(record, indent=1))
+    step_fn = trainer.step_fn()
+    val = trainer.validation_set()
+    start = int(state.step)
+    end = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
+    metrics_path = workdir / "metrics.jsonl"
+    last_val: dict = {}
+    status = "done"
+    bar = tqdm(total=end, initial=start, desc=f"train {cfg.stage}", unit="step", disable=None if progress else True)
+    t0 = time.perf_counter()
+    t_last, n_last = t0, start
+    pending = None  # (step, metrics) of the previous step: logged after the next is dispatched
+
+    def save(step, metrics=None, force=False):
+        payload = {"train": state}
+        if cfg.stage == "refiner":
+            payload["backbone"] = trainer.backbone.backbone_params
+        ckpt.save(step, payload, config=record, metrics=metrics, force=force)
+
+    def flush(pending):
+        s, m = pending
+        m = _jsonable(jax.device_get(m))
+        nonlocal t_last, n_last
+        now = time.perf_counter()
+        rate = (s + 1 - n_last) / max(now - t_last, 1e-9)
+        t_last, n_last = now, s + 1
+        m.update(step=s + 1, steps_per_s=rate, scenes_per_s=rate * cfg.batch_size, phase=weights_at(cfg, s)[0])
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        bar.set_postfix(loss=f"{m['loss']:.4g}", scenes_s=f"{m['scenes_per_s']:.0f}", skipped=m["skipped"])
+
+    with _StopFlag() as stop, ckpt:
+        step = start
+        while step < end:
+            weights = trainer.weights(step)
+            state, m = step_fn(state, weights)
+            if pending is not None and (pending[0] + 1) % cfg.log_every == 0:
+                flush(pending)
+            pending = (step, m)
+            step += 1
+            bar.update(1)
+            evaluate_now = step % cfg.eval_every == 0 or step == cfg.steps
+            if evaluate_now:
+                last_val = trainer.evaluate(state.ema, val)
+                last_val["step"] = step
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last_val) + "\n")
+                log.info("step %d: %s", step, {k: round(v, 4) for k, v in last_val.items()})
+            if evaluate_now or step % cfg.checkpoint_every == 0:
+                save(step, {k: v for k, v in last_val.items() if k != "step"} if evaluate_now else None)
+            if stop.signum is not None:
+                status = f"stopped by signal {stop.signum}"
+                break
+        if pending is not None:
+            flush(pending)
+        if ckpt.latest_step() != step:
+            save(step, force=True)
+        if status == "done" and step < cfg.steps:
+            status = "stopped early"
+    bar.close()
+    try:
+        from rismvdr.plots import plot_training_curves
+
+        plot_training_curves(workdir / "loss_curve.png", metrics_path)
+    except Exception as exc:  # a plot must never lose a run
+        log.warning("loss curve not drawn: %s", exc)
+    return {"status": status, "steps": step, "skipped": int(state.skipped), "validation": last_val,
+            "seconds": time.perf_counter() - t0, "workdir": str(workdir), "n_params": trainer.n_params}

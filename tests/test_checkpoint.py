@@ -1,0 +1,431 @@
+"""Tests for rismvdr.train.checkpoint: round trips, retention, resharding, crash safety."""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+
+from rismvdr.train import checkpoint as checkpoint_lib
+from rismvdr.train.checkpoint import Checkpointer, restore_run
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class Params(NamedTuple):
+    weight: jax.Array
+    bias: jax.Array
+
+
+def assert_bit_equal(actual, expected):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.tobytes() == expected.tobytes()
+
+
+def assert_trees_bit_equal(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        assert_bit_equal(a, e)
+
+
+def make_state(seed: int = 0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    return {
+        "params": Params(
+            weight=jax.random.normal(k1, (4, 3), jnp.float32),
+            bias=jax.random.normal(k2, (3,), jnp.float32),
+        ),
+        "opt": {"mu": Params(jnp.full((4, 3), -0.0, jnp.float32), jnp.zeros(3, jnp.float32))},
+        "step": jnp.asarray(7, jnp.int32),
+        "key": jax.random.key_data(k3),
+    }
+
+
+def subprocess_env(n_devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_bit_exact(tmp_path):
+    state = make_state()
+    assert state["key"].dtype == jnp.uint32 and state["step"].dtype == jnp.int32
+    config = {"model": {"hidden": [8, 8], "name": "tiny"}, "lr": 1e-3, "seed": 0, "x64": False}
+    metrics = {"val/objective": 0.25, "train/loss": np.float32(1.5), "val/rmse_deg": math.nan}
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() is None and ckpt.best_step() is None and ckpt.steps() == []
+        assert ckpt.save(3, state, config=config, metrics=metrics)
+        assert not ckpt.save(3, state, config=config)  # never overwrites a step
+        assert ckpt.steps() == [3] and ckpt.latest_step() == 3 and ckpt.best_step() == 3
+        restored = ckpt.restore(target=jax.eval_shape(lambda: state))
+        assert isinstance(restored["params"], Params)
+        assert_trees_bit_equal(restored, state)
+        assert ckpt.read_config() == config
+        assert ckpt.read_metrics(3) == {
+            "val/objective": 0.25, "train/loss": 1.5, "val/rmse_deg": None
+        }
+
+    # Read back on its own, without a target: dicts in place of NamedTuples, same leaves.
+    loaded, loaded_config, loaded_metrics = restore_run(tmp_path)
+    assert loaded_config == config and loaded_metrics["val/objective"] == 0.25
+    assert_trees_bit_equal(loaded["params"], state["params"]._asdict())
+    assert_trees_bit_equal(loaded["opt"]["mu"], state["opt"]["mu"]._asdict())
+    assert_bit_equal(loaded["step"], state["step"])
+    assert_bit_equal(loaded["key"], state["key"])
+    # Concrete arrays work as a target too; a numpy-only state round-trips as well.
+    again, _, _ = restore_run(tmp_path, 3, target=state)
+    assert_trees_bit_equal(again, state)
+
+
+def test_save_without_metrics_and_numpy_state(tmp_path):
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.uint32(9)}
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(0, state, config={"a": (1, 2)})
+        assert ckpt.read_metrics() is None and ckpt.best_step() is None
+        assert ckpt.read_config(0) == {"a": [1, 2]}  # JSON: tuples read back as lists
+        restored = ckpt.restore()
+    assert_bit_equal(restored["w"], state["w"])
+    assert_bit_equal(restored["n"], np.asarray(state["n"]))
+
+
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ({"w": jnp.ones(2, jnp.float64)}, "float64"),
+        ({"w": jnp.ones(2, jnp.bfloat16)}, "bfloat16"),
+        ({"w": 1.0}, "not an array"),
+        ({"k": jax.random.key(0)}, "key_data"),
+        ({}, "no array leaves"),
+    ],
+)
+def test_save_rejects_bad_state(tmp_path, state, match):
+    with Checkpointer(tmp_path) as ckpt, pytest.raises(ValueError, match=f"state: .*{match}"):
+        ckpt.save(1, state, config={})
+    assert ckpt_steps(tmp_path) == []
+
+
+def ckpt_steps(directory) -> list[int]:
+    return sorted(int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit())
+
+
+def test_save_rejects_bad_config_metrics_and_options(tmp_path):
+    state = {"w": jnp.ones(2, jnp.float32)}
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(ValueError, match="config"):
+            ckpt.save(1, state, config={"f": object()})
+        with pytest.raises(ValueError, match="config"):
+            ckpt.save(1, state, config={"x": math.inf})
+        with pytest.raises(ValueError, match="metrics"):
+            ckpt.save(1, state, config={}, metrics={"val/objective": "low"})
+        with pytest.raises(ValueError, match="metrics"):
+            ckpt.save(1, state, config={}, metrics={"val/objective": np.ones(2)})
+        with pytest.raises(ValueError, match="step"):
+            ckpt.save(-1, state, config={})
+        assert ckpt.steps() == []
+    with pytest.raises(ValueError, match="best_mode"):
+        Checkpointer(tmp_path, best_mode="median")
+    with pytest.raises(ValueError, match="keep_latest"):
+        Checkpointer(tmp_path, keep_latest=0)
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+@pytest.fixture(params=["policy", "pruned"])
+def retention(request, monkeypatch):
+    """Both retention paths: Orbax preservation policies, and the by-hand fallback for Orbax
+    versions without them."""
+    if request.param == "pruned":
+        monkeypatch.setattr(checkpoint_lib, "_has_preservation_policies", lambda: False)
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "best_mode, kept, best, kept_after",
+    [
+        # metric per step 1..8: 5, 3, NaN, 4, 1, 6, 2, 7; then step 9 ties the best.
+        ("min", [2, 5, 7, 8], 5, [5, 7, 9]),  # best three: 1 (5), 2 (7), 3 (2); latest 8
+        ("max", [1, 6, 8], 8, [6, 8, 9]),  # best three: 7 (8), 6 (6), 5 (1); latest 8 among them
+    ],
+)
+def test_keeps_best_n_and_latest(tmp_path, retention, best_mode, kept, best, kept_after):
+    values = [5.0, 3.0, math.nan, 4.0, 1.0, 6.0, 2.0, 7.0]
+    state = {"w": jnp.zeros(4, jnp.float32)}
+    with Checkpointer(tmp_path, keep_best=3, keep_latest=1, best_mode=best_mode) as ckpt:
+        for step, value in enumerate(values, start=1):
+            assert ckpt.save(step, state, config={"step": step}, metrics={"val/objective": value})
+            assert ckpt.best_step() != 3
+        assert ckpt.steps() == kept and ckpt_steps(tmp_path) == kept
+        assert ckpt.latest_step() == 8 and ckpt.best_step() == best
+    # A fresh (read-only) view of the directory agrees.
+    _, config, metrics = restore_run(tmp_path, "best", best_mode=best_mode)
+    assert config == {"step": best} and metrics == {"val/objective": values[best - 1]}
+    # Reopened for writing, retention continues from what is on disk.
+    with Checkpointer(tmp_path, keep_best=3, keep_latest=1, best_mode=best_mode) as ckpt:
+        assert ckpt.steps() == kept and ckpt.best_step() == best
+        ckpt.save(9, state, config={"step": 9}, metrics={"val/objective": values[best - 1]})
+        assert ckpt.best_step() == 9  # ties go to the later step
+        assert ckpt.steps() == kept_after
+
+
+@pytest.mark.parametrize("best_mode, bad", [("min", math.nan), ("max", math.nan), ("max", math.inf),
+                                            ("min", -math.inf)])
+def test_non_finite_metric_is_never_best(tmp_path, retention, best_mode, bad):
+    state = {"w": jnp.zeros(2, jnp.float32)}
+    with Checkpointer(tmp_path, keep_best=1, best_mode=best_mode) as ckpt:
+        ckpt.save(1, state, config={}, metrics={"val/objective": 2.0})
+        ckpt.save(2, state, config={}, metrics={"val/objective": bad})
+        assert ckpt.best_step() == 1 and ckpt.steps() == [1, 2]
+        ckpt.save(3, state, config={}, metrics={"other": 1.0})  # no ranking metric: latest only
+        assert ckpt.best_step() == 1 and ckpt.steps() == [1, 3]
+        ckpt.save(4, state, config={})
+        assert ckpt.steps() == [1, 4]
+
+
+def test_unranked_checkpoints_are_kept_only_as_latest(tmp_path, retention):
+    state = {"w": jnp.zeros(2, jnp.float32)}
+    with Checkpointer(tmp_path, keep_best=3, keep_latest=1) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, state, config={}, metrics={"train/loss": 1.0})
+            assert ckpt.steps() == [step]
+        ckpt.save(4, state, config={}, metrics={"val/objective": 0.5})
+        ckpt.save(5, state, config={}, metrics={"val/objective": math.nan})
+        assert ckpt.steps() == [4, 5] and ckpt.best_step() == 4
+    with pytest.raises(FileNotFoundError, match="finite"):
+        restore_run(tmp_path, "best", best_metric="val/missing")
+
+
+# ----------------------------------------------------------------------------- resharding
+
+
+def sharded_state(mesh):
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return {
+        "w": jax.device_put(jnp.arange(16 * 3, dtype=jnp.float32).reshape(16, 3) / 7, data),
+        "b": jax.device_put(jnp.linspace(-1, 1, 5, dtype=jnp.float32), replicated),
+        "step": jax.device_put(jnp.asarray(11, jnp.int32), replicated),
+        "key": jax.device_put(jax.random.key_data(jax.random.key(5)), replicated),
+    }
+
+
+def shardings_like(state, data, replicated):
+    return {k: (data if k == "w" else replicated) for k in state}
+
+
+def test_restore_onto_other_meshes_and_device_counts(tmp_path):
+    assert jax.device_count() == 8
+    mesh8 = jax.make_mesh((8,), ("data",))
+    state = sharded_state(mesh8)
+    assert len(state["w"].sharding.device_set) == 8
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, config={"mesh": [8]})
+
+        mesh2 = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
+        two = shardings_like(
+            state,
+            NamedSharding(mesh2, PartitionSpec("data")),
+            NamedSharding(mesh2, PartitionSpec()),
+        )
+        one = SingleDeviceSharding(jax.devices()[3])
+        for shardings in (two, shardings_like(state, one, one)):
+            target = {
+                k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+                for k, v in state.items()
+            }
+            restored = ckpt.restore(target=target)
+            for k, v in restored.items():
+                assert v.sharding.is_equivalent_to(shardings[k], v.ndim), k
+                assert_bit_equal(v, state[k])
+
+        # jax.eval_shape of the sharded state (shardings on an abstract mesh) as the target.
+        restored = ckpt.restore(target=jax.eval_shape(lambda: state))
+        assert len(restored["w"].sharding.device_set) == 8
+        assert_trees_bit_equal(restored, state)
+
+    # A genuinely different device count: a fresh process that sees one CPU device.
+    out = tmp_path.parent / f"{tmp_path.name}_restored.npz"
+    script = textwrap.dedent(
+        f"""
+        import jax, numpy as np
+        from rismvdr.train.checkpoint import restore_run
+        assert jax.device_count() == 1, jax.devices()
+        state, config, _ = restore_run({str(tmp_path)!r})
+        target = {{k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=jax.sharding.
+                   SingleDeviceSharding(jax.devices()[0])) for k, v in state.items()}}
+        again, _, _ = restore_run({str(tmp_path)!r}, 1, target=target)
+        assert config == {{"mesh": [8]}}, config
+        for k in state:
+            np.testing.assert_array_equal(np.asarray(state[k]), np.asarray(again[k]))
+        np.savez({str(out)!r}, **{{k: np.asarray(v) for k, v in state.items()}})
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(1), cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with np.load(out) as restored:
+        for k, v in state.items():
+            assert_bit_equal(restored[k], v)
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+_SAVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from rismvdr.train.checkpoint import Checkpointer
+
+    def state_for(step):  # ~40 MB, a deterministic function of the step
+        return {
+            "w": np.arange(10_000_000, dtype=np.float32) * np.float32(1e-3) + np.float32(step),
+            "step": np.asarray(step, np.int32),
+            "key": np.asarray([step, 12345], np.uint32),
+        }
+
+    with Checkpointer(sys.argv[1]) as ckpt:  # resumes after the latest finalised step
+        for step in range((ckpt.latest_step() or 0) + 1, 1000):
+            ckpt.save(step, state_for(step), config={"step": step})
+    """
+)
+
+
+def _dir_names(directory: pathlib.Path) -> list[str]:
+    try:
+        return [p.name for p in directory.iterdir()]
+    except FileNotFoundError:
+        return []
+
+
+def _finalised(directory: pathlib.Path) -> list[int]:
+    return [int(n) for n in _dir_names(directory) if n.isdigit()]
+
+
+def _in_progress(directory: pathlib.Path) -> list[int]:
+    return [int(n.split(".")[0]) for n in _dir_names(directory)
+            if TMP_SUFFIX in n and n.split(".")[0].isdigit()]
+
+
+def _wait_for(predicate, timeout: float, poll: float = 0.002) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return bool(predicate())
+
+
+def _kill_saver_mid_save(directory: pathlib.Path, log: pathlib.Path, delay: float) -> None:
+    """Run the saver until it has finalised a new step, then SIGKILL it during a later save."""
+    before = max(_finalised(directory), default=0)
+    with open(log, "w") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(directory)], env=subprocess_env(1), cwd=REPO,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        new = lambda: max(_finalised(directory), default=0) > before  # noqa: E731
+        assert _wait_for(lambda: new() or child.poll() is not None, 90), "no checkpoint in 90 s"
+        assert child.poll() is None, log.read_text()[-4000:]
+        first = max(_finalised(directory))
+        # Its temporary directory marks a later save under way.
+        later = lambda: any(s > first for s in _in_progress(directory))  # noqa: E731
+        assert _wait_for(later, 30), "the saver never started another save"
+        time.sleep(delay)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, log.read_text()[-4000:]
+
+
+def test_kill_mid_save_restores_latest_finalised(tmp_path):
+    directory = tmp_path / "run"
+    # Killed at several points of a save: while writing, and (later) near finalisation.
+    for round_, delay in enumerate((0.0, 0.1, 0.2)):
+        _kill_saver_mid_save(directory, tmp_path / f"saver{round_}.log", delay)
+        latest = max(_finalised(directory))
+        state, config, metrics = restore_run(directory)
+        assert config == {"step": latest} and metrics is None
+        assert_bit_equal(state["step"], np.asarray(latest, np.int32))
+        assert_bit_equal(state["key"], np.asarray([latest, 12345], np.uint32))
+        w = np.arange(10_000_000, dtype=np.float32) * np.float32(1e-3) + np.float32(latest)
+        assert_bit_equal(state["w"], w)
+
+    # A new writer clears the unfinalised leftovers and carries on.
+    with Checkpointer(directory) as ckpt:
+        assert ckpt.latest_step() == latest
+        assert ckpt.save(latest + 1, {"w": jnp.ones(2, jnp.float32)}, config={"step": latest + 1})
+        assert ckpt.steps() == [latest + 1]
+    leftovers = [n for n in _dir_names(directory) if TMP_SUFFIX in n]
+    assert not leftovers, _dir_names(directory)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_or_empty_directory_and_bad_step(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        restore_run(missing)
+    assert not missing.exists()  # reading never creates the directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(empty))):
+        restore_run(empty)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(empty))):
+        restore_run(empty, "best")
+    # Only a temporary (unfinalised) step directory: still nothing to restore.
+    (empty / f"4{TMP_SUFFIX}-123").mkdir()
+    with pytest.raises(FileNotFoundError, match="no finalised checkpoint"):
+        restore_run(empty)
+
+    with pytest.raises(ValueError, match="step"):
+        restore_run(empty, "newest")
+    with pytest.raises(ValueError, match="step"):
+        restore_run(missing, 1.5)
+
+    run = tmp_path / "run"
+    with Checkpointer(run) as ckpt:
+        ckpt.save(2, {"w": jnp.ones(2, jnp.float32)}, config={})
+    with pytest.raises(FileNotFoundError, match="step 5"):
+        restore_run(run, 5)
+    state, _, _ = restore_run(run, "latest")
+    assert_bit_equal(state["w"], np.ones(2, np.float32))
+
+
+def test_reopen_with_another_best_metric(tmp_path, retention):
+    state = {"w": jnp.zeros(2, jnp.float32)}
+    with Checkpointer(tmp_path, keep_best=1) as ckpt:
+        ckpt.save(1, state, config={}, metrics={"val/objective": 1.0})
+        ckpt.save(2, state, config={}, metrics={"val/objective": 2.0})
+    with Checkpointer(tmp_path, keep_best=1, best_metric="val/acc", best_mode="max") as ckpt:
+        assert ckpt.steps() == [1, 2] and ckpt.best_step() is None
+        ckpt.save(3, state, config={}, metrics={"val/acc": 0.5})
+        ckpt.save(4, state, config={}, metrics={"val/objective": 0.1})
+        assert ckpt.steps() == [3, 4] and ckpt.best_step() == 3
