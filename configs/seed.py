@@ -13,9 +13,9 @@ def get_config() -> TrainConfig:
         model=ModelConfig(widths=(16, 32, 64), groups=8),
         optim=OptimConfig(lr=2e-3, warmup_steps=100),
         batch_size=32,
-        steps=4000,
+        steps=3000,
         val_scenes=256,
-        val_peak_scenes=128,
-        eval_every=250,
-        checkpoint_every=250,
+        val_peak_scenes=96,
+        eval_every=300,
+        checkpoint_every=300,
     )

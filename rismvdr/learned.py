@@ -289,6 +289,9 @@ def make_runner(model: LearnedModel, kind: str, geometry, settings, *, guard: Re
             return base, spec, jnp.full((b,), kind != "learned")
         rgrid = refiner_grid(model.backbone_cfg, model.refiner_cfg)
         a_r = grid_steering(geometry, rgrid, model=settings.steering_model, dtype=scenes.y.dtype)
+        # The refiner sees the map it was trained on: R_blend with its own slot threshold.
+        op = learned_operator(m, scenes, delta_rel=settings.delta_rel, precision=prec,
+                              exist_threshold=float(model.refiner_cfg.get("exist_threshold", 0.0)))
         coarse = spectrum_25d(op, a_r, precision=prec, max_chunk_mb=settings.max_chunk_mb)
         db = 10.0 * jnp.log10(jnp.maximum(coarse.power, 1e-30)).astype(jnp.float32)
         prob = m.refiner_def.module(rparams).probabilities(db)  # [B, T, P]

@@ -172,7 +172,8 @@ def plot_training_curves(path, metrics_jsonl) -> None:
                 axes[2].plot(steps, [r.get(k, np.nan) for r in val], marker="o", label=k[9:])
         axes[2].set_ylim(0, 1)
         axes[2].set_title("validation peaks (learned MVDR)")
-        axes[2].legend(fontsize=7)
+        if axes[2].get_legend_handles_labels()[0]:
+            axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

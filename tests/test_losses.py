@@ -9,7 +9,7 @@ References are written here from the formulas (none calls the library's losses o
   `scipy.optimize.linear_sum_assignment`;
 - Gaussian blobs and focal loss with explicit loops / `np.log` of the probabilities.
 """
-import functools
+import doctest
 import itertools
 
 import chex
@@ -542,3 +542,8 @@ def test_weighted_total_skips_zero_weights():
     assert float(zero) == 0.0 and zero.shape == ()
     g = jax.grad(lambda x: weighted_total({"a": x * x, "b": jnp.sin(x)}, {"a": 1.0, "b": 0.0}))(3.0)
     np.testing.assert_allclose(float(g), 6.0)
+
+
+def test_docstring_examples():
+    failures, _ = doctest.testmod(losses, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert failures == 0

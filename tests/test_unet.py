@@ -29,9 +29,14 @@ GRID = (2, 31, 61)  # [B, H, W] of the property tests (compiled by the shape tes
 LEVEL_ATOL = {jnp.float32: 1e-4, jnp.float64: 1e-5}
 
 
+def _rngs(seed):
+    """Test keys on the "rbg" PRNG: its initialisers compile ~4x faster on CPU than threefry's."""
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
 @pytest.fixture(scope="module")
 def unet():
-    model = UNet(3, 5, widths=(8, 16, 32), groups=4, rngs=nnx.Rngs(0))
+    model = UNet(3, 5, widths=(8, 16, 32), groups=4, rngs=_rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     apply = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))  # the train-step pattern
     return model, apply, params
@@ -40,7 +45,7 @@ def unet():
 @pytest.fixture(scope="module")
 def refiner():
     """Default widths. `apply` returns ``(logits, probabilities)`` from one compiled function."""
-    model = SpectrumRefiner(rngs=nnx.Rngs(1))
+    model = SpectrumRefiner(rngs=_rngs(1))
     graphdef, params = nnx.split(model, nnx.Param)
 
     @jax.jit
@@ -84,7 +89,9 @@ def _match_spatial_reference(x, height, width):
 
 
 @pytest.mark.parametrize("h_in,w_in", [(4, 5), (5, 4), (1, 1)])
-@pytest.mark.parametrize("height,width", [(4, 5), (2, 5), (1, 5), (4, 2), (4, 1), (7, 8), (6, 5), (4, 9), (3, 8), (1, 1)])
+@pytest.mark.parametrize(
+    "height,width", [(4, 5), (2, 5), (1, 5), (4, 2), (4, 1), (7, 8), (6, 5), (4, 9), (3, 8), (1, 1)]
+)
 def test_match_spatial_matches_numpy_reference(h_in, w_in, height, width):
     x = np.arange(2 * h_in * w_in * 3, dtype=np.float32).reshape(2, h_in, w_in, 3) + 1.0
     got = match_spatial(jnp.asarray(x), height, width)
@@ -259,5 +266,14 @@ def test_refiner_rejects_bad_arguments_and_inputs(refiner):
 
 
 def test_docstring_examples():
-    failures, _ = doctest.testmod(unet_module, optionflags=doctest.ELLIPSIS)
+    # The examples' keys on the cheaper-to-compile "rbg" PRNG (see `_rngs`); shapes don't care.
+    with jax.default_prng_impl("rbg"):
+        failures, _ = doctest.testmod(unet_module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_unet_accepts_numpy_integers():
+    model = UNet(
+        np.int64(1), 2, widths=np.array([4, 8]), dilations=(np.int32(2),), groups=np.int64(4), rngs=_rngs(3)
+    )
+    assert model.widths == (4, 8) and type(model.groups) is int

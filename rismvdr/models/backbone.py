@@ -72,6 +72,8 @@ class BackboneConfig:
     leash_max: float = 1e3  # column-norm leash: |f_j| <= leash_max * sqrt(N)
     leash_eps: float = 1e-6
     nms_cells: int = 1  # slot selection: local maxima in a (2 nms_cells + 1)^2 window
+    range_scan: int = 48  # inference: LS range scan of each slot over this many 1/r points (0: off)
+    exist_threshold: float = 0.5  # slots at least this probable count as sources in the range scan
     steering_model: Literal["exact", "fresnel", "far"] = "exact"
 
     def geometry(self) -> ArrayGeometry:
@@ -226,6 +228,23 @@ class Backbone(nnx.Module):
         self.trunk = UNet(rr + 1, self.n_out, widths=config.widths, dilations=config.dilations,
                           groups=config.groups, rngs=rngs)
 
+    def _scan_ranges(self, y, H, codes, geo, phi, theta, r, logit):
+        from rismvdr.physics.compressive import range_scan, scene_operators
+
+        cfg = self.config
+        real = jnp.finfo(y.dtype).dtype
+        inv_r = jnp.linspace(1.0 / cfg.r_m[1], 1.0 / cfg.r_m[0], cfg.range_scan, dtype=real)
+        mask = jax.nn.sigmoid(logit) >= cfg.exist_threshold
+        l, n = y.shape[1], cfg.n_elements
+
+        def one(y1, h1, c1, p, t, rr, m):
+            E = scene_operators(h1, c1, l, n, y1.dtype)
+            return range_scan(y1, E, geo, p, t, rr, m, inv_r, model=cfg.steering_model)
+
+        h_ax = None if H is None else 0
+        r_new = jax.vmap(one, in_axes=(0, h_ax, h_ax, 0, 0, 0, 0))(y, H, codes, phi, theta, r, mask)
+        return jax.lax.stop_gradient(r_new.astype(r.dtype))
+
     def _grid_constants(self, cdtype):
         """Beam grid axes and steering (traced constants: folded by XLA inside jit)."""
         cfg = self.config
@@ -237,13 +256,16 @@ class Backbone(nnx.Module):
                      model=cfg.steering_model, dtype=cdtype)
         return grid, phi, theta, geo, a.reshape(-1, a.shape[-1])
 
-    def __call__(self, y, H=None, codes=None, samp_factor=None) -> BackboneOutput:
+    def __call__(self, y, H=None, codes=None, samp_factor=None, *, refine_range: bool = True) -> BackboneOutput:
         """Run the backbone on a batch.
 
         Args:
           y: `[B, L, M]` complex measurements.
           H: `[B, M, N]` channel, codes: `[B, L, N]` RIS codes (None in full-array mode).
           samp_factor: `[B, N, q]` factor of R_samp (e.g. ALS), needed when beta > 0.
+          refine_range: replace each slot's range by the least-squares range scan against the
+            measurements (`physics.compressive.range_scan`; not differentiated, skipped in
+            training) when the config's `range_scan` > 0.
         """
         cfg = self.config
         cdtype = y.dtype
@@ -277,6 +299,8 @@ class Backbone(nnx.Module):
         take = lambda m: jnp.take_along_axis(m.reshape(b, -1), idx, axis=1)  # noqa: E731
         phi, theta, r, logit, logp = (take(m) for m in (cell_phi, cell_theta, cell_r, heat, cell_logp))
         power = jnp.exp(jnp.clip(logp, -10.0, 5.0))
+        if refine_range and cfg.range_scan > 0:
+            r = self._scan_ranges(y, H, codes, geo, phi, theta, r, logit)
 
         if cfg.covariance == "structured":
             a = steering(geo, phi, theta, r, model=cfg.steering_model, dtype=cdtype)  # [B, K, N]

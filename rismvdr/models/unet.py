@@ -37,7 +37,7 @@ All parameters and activations are float32, whatever the input dtype (tests enab
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -57,21 +57,23 @@ _PRIOR_LOGIT = math.log(_PRIOR_PROBABILITY / (1.0 - _PRIOR_PROBABILITY))  # abou
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_positive_int(name: str, value) -> None:
+def _check_positive_int(name: str, value) -> int:
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
 
 
 def _check_int_tuple(name: str, values) -> tuple[int, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    try:
+        items = () if isinstance(values, (str, bytes)) else tuple(values)
+    except TypeError:  # not iterable
+        items = ()
+    if not items or not all(_is_int(v) and v >= 1 for v in items):
         raise ValueError(f"{name}: expected a non-empty sequence of positive ints, got {values!r}")
-    values = tuple(values)
-    if not values or not all(_is_int(v) and v >= 1 for v in values):
-        raise ValueError(f"{name}: expected a non-empty sequence of positive ints, got {values!r}")
-    return values
+    return tuple(int(v) for v in items)
 
 
 def match_spatial(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -100,8 +102,8 @@ def match_spatial(x: jax.Array, height: int, width: int) -> jax.Array:
     """
     if jnp.ndim(x) < 3:
         raise ValueError(f"x: expected [..., H, W, C] (>= 3 dimensions), got shape {jnp.shape(x)}")
-    _check_positive_int("height", height)
-    _check_positive_int("width", width)
+    height = _check_positive_int("height", height)
+    width = _check_positive_int("width", width)
     x = jnp.asarray(x)
     for axis, target in ((x.ndim - 3, height), (x.ndim - 2, width)):
         size = x.shape[axis]
@@ -117,7 +119,7 @@ def match_spatial(x: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def _max_pool_2x(x: jax.Array) -> jax.Array:
-    """2 x 2 max pool, stride 2, "SAME" padding: ``[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C]``."""
+    """2 x 2 max pool, stride 2, "SAME": ``[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C]``."""
     return jax.lax.reduce_window(
         x, np.array(-np.inf, x.dtype), jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME"
     )
@@ -129,9 +131,14 @@ def _upsample_2x(x: jax.Array) -> jax.Array:
 
 
 class _ConvNormAct(nnx.Module):
-    """3 x 3 convolution (optionally dilated), GroupNorm, SiLU: ``[B, H, W, C_in] -> [B, H, W, C_out]``."""
+    """3 x 3 convolution (optionally dilated), GroupNorm, SiLU.
 
-    def __init__(self, in_features: int, out_features: int, *, dilation: int = 1, groups: int, rngs: nnx.Rngs):
+    ``[B, H, W, C_in] -> [B, H, W, C_out]``.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, *, dilation: int = 1, groups: int, rngs: nnx.Rngs
+    ):
         self.conv = nnx.Conv(
             in_features,
             out_features,
@@ -191,11 +198,11 @@ class UNet(nnx.Module):
         groups: int = 8,
         rngs: nnx.Rngs,
     ):
-        _check_positive_int("in_features", in_features)
-        _check_positive_int("out_features", out_features)
+        in_features = _check_positive_int("in_features", in_features)
+        out_features = _check_positive_int("out_features", out_features)
         widths = _check_int_tuple("widths", widths)
         dilations = _check_int_tuple("dilations", dilations)
-        _check_positive_int("groups", groups)
+        groups = _check_positive_int("groups", groups)
         if any(w % groups for w in widths):
             raise ValueError(f"groups: must divide every entry of widths {widths}, got {groups}")
         self.in_features = in_features

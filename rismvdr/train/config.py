@@ -57,6 +57,7 @@ class RefinerConfig:
     grid_phi: int = 61  # points over the phi box (61: 2 degrees over +-60)
     grid_theta: int = 41  # points over the theta box (41: 1.5 degrees over +-30)
     planes: int = 8  # range planes, max-reduced into the 2-D map
+    exist_threshold: float = 0.0  # slots kept in the map's R_blend (0: all, weighted by existence)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,7 @@ class LossSettings:
     focal_gamma: float = 2.0
     angle_delta_deg: float = 2.0  # Huber transition of angle errors
     log_r_delta: float = 0.1  # Huber transition of log-range errors
+    exist_gate_deg: tuple[float, float] | None = (5.0, 5.0)  # aux existence target needs angles in this gate (None: seed rule)
     contrast_stencil: int = 3
     contrast_step_deg: float = 5.73  # 0.10 rad
     contrast_tau: float = 0.10
@@ -293,7 +295,7 @@ def _build(cls, data: Mapping):
             value = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value)
         elif dataclasses.is_dataclass(default):
             value = _build(type(default), value)
-        elif isinstance(default, tuple):
+        elif isinstance(default, tuple) and value is not None:
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rismvdr.physics.covariance import trace_normalize  # the one trace normalisation (re-exported)
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.steering import steering
 
@@ -113,23 +114,6 @@ def _huber(x, delta):
 # ------------------------------------------------------------------------------------------
 # Covariance fidelity
 # ------------------------------------------------------------------------------------------
-def trace_normalize(R):
-    """Scale a covariance to trace N: `R N / tr(R)`.
-
-    Args:
-      R: `[..., N, N]` covariance (complex or real).
-
-    Returns:
-      `[..., N, N]`, same dtype. The trace is `real(tr R)`; a zero trace leaves `R` unchanged
-      (guard, so an all-zero matrix stays finite in value and gradient).
-    """
-    n = R.shape[-1]
-    tr = _real_trace(R)
-    tiny = jnp.finfo(tr.dtype).tiny
-    safe = jnp.where(jnp.abs(tr) > tiny, tr, jnp.ones_like(tr))
-    return R * (n / safe)[..., None, None].astype(R.dtype)
-
-
 def cov_nmse(R_hat, R_true):
     """Normalised squared error of a covariance estimate, after trace normalisation to N.
 
@@ -242,6 +226,7 @@ def aux_set_loss(
     angle_delta: float = float(np.deg2rad(2.0)),
     log_r_delta: float = 0.1,
     exist_weight: float = 1.0,
+    exist_gate: tuple[float, float] | None = None,
 ):
     """Set loss of S predicted slots against K padded truths, minimised over assignments.
 
@@ -271,6 +256,9 @@ def aux_set_loss(
       angle_delta: Huber threshold for angles, radians (default 2 degrees).
       log_r_delta: Huber threshold for log range.
       exist_weight: weight of the existence term.
+      exist_gate: optional (phi, theta) gate in radians: an assigned slot's existence target
+        is 1 only if its angle errors are inside the gate (a slot assigned to a far-away truth
+        is not a detection of it). None: the seed's rule (every assigned slot has target 1).
 
     Returns:
       `(loss, assignment)`: real scalar, and `[K]` int32 pred slot of each true slot under
@@ -312,7 +300,12 @@ def aux_set_loss(
 
     logits = jnp.asarray(pred_logit)
     onehot = jax.nn.one_hot(assign, s, dtype=logits.dtype)  # [K, S]
-    target = jnp.sum(onehot * mask.astype(logits.dtype)[:, None], axis=0)  # [S] in {0, 1}
+    hit = mask
+    if exist_gate is not None:
+        dphi = jnp.abs(_wrap(pphi[assign] - tphi))
+        dth = jnp.abs(_wrap(ptheta[assign] - ttheta))
+        hit = mask & (dphi <= exist_gate[0]) & (dth <= exist_gate[1])
+    target = jax.lax.stop_gradient(jnp.sum(onehot * hit.astype(logits.dtype)[:, None], axis=0))  # [S] in {0, 1}
     existence = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
     loss = regression + exist_weight * existence.astype(real)
     return loss, jnp.where(mask, assign, -1).astype(jnp.int32)
@@ -469,6 +462,10 @@ def focal_loss(logits, target, *, alpha: float = 0.25, gamma: float = 2.0):
 
     Returns:
       Real scalar in the dtype of `logits`.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(focal_loss(jnp.zeros(4), jnp.ones(4))), 4)  # 0.25 * 0.5^2 * log 2
+    0.0433
     """
     if np.shape(logits) != np.shape(target):
         raise ValueError(f"target: shape {np.shape(target)} does not match logits {np.shape(logits)}")
@@ -537,6 +534,10 @@ def weighted_total(terms: dict[str, jax.Array], weights: Mapping[str, float]) ->
 
     Raises:
       KeyError: a term with a non-zero weight is missing from `terms`.
+
+    >>> import jax.numpy as jnp
+    >>> float(weighted_total({"cov": jnp.asarray(2.0)}, {"cov": 0.5, "heatmap": 0.0}))
+    1.0
     """
     total = None
     for name, w in weights.items():

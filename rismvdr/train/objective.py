@@ -97,7 +97,8 @@ def backbone_terms(out: BackboneOutput, scenes: Scene, cfg: BackboneConfig, ls: 
         terms["subspace"] = jnp.mean(jax.vmap(losses.subspace_alignment)(out.factor, a_true, scenes.mask))
     if "aux" in active:
         aux = lambda *a: losses.aux_set_loss(  # noqa: E731
-            *a, angle_delta=float(np.deg2rad(ls.angle_delta_deg)), log_r_delta=ls.log_r_delta)[0]
+            *a, angle_delta=float(np.deg2rad(ls.angle_delta_deg)), log_r_delta=ls.log_r_delta,
+            exist_gate=None if ls.exist_gate_deg is None else tuple(float(np.deg2rad(g)) for g in ls.exist_gate_deg))[0]
         terms["aux"] = jnp.mean(jax.vmap(aux)(out.phi, out.theta, out.r, out.logit, scenes.phi, scenes.theta,
                                               scenes.r, scenes.mask))
     if "peak_contrast" in active:

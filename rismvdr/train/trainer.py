@@ -62,6 +62,8 @@ OBJECTIVE = "val/objective"
 _TRAIN_SALT = 0x7A11
 _XYZ_NORM_M = 2.0
 _F1_WEIGHT = 10.0
+# optax >= 0.2.5 moved global_norm to optax.tree.norm
+_global_norm = optax.tree.norm if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm
 
 
 def e2e_objective(metrics: dict, *, xyz_norm: float = _XYZ_NORM_M, f1_weight: float = _F1_WEIGHT) -> float:
@@ -171,7 +173,7 @@ class Trainer:
         """Stage 2: the frozen backbone's low-rank MVDR map on the coarse grid, in dB."""
         from rismvdr.learned import backbone_factor
 
-        f, _ = backbone_factor(self.backbone, scenes)
+        f, _ = backbone_factor(self.backbone, scenes, exist_threshold=self.cfg.refiner.exist_threshold)
         op = jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=self.cfg.loss.delta_rel))(f)
         a = grid_steering(self.bcfg.geometry(), self.rgrid, model=self.bcfg.steering_model, dtype=scenes.y.dtype)
         spec = spectrum_25d(op, a)
@@ -184,7 +186,7 @@ class Trainer:
         active = self.active if active is None else active
         if self.cfg.stage == "backbone":
             samp = _als_factor(scenes) if self.bcfg.beta > 0 else None
-            out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp)
+            out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp, refine_range=False)
             return backbone_terms(out, scenes, self.bcfg, ls, active)
         logits = self.mdef.apply(params, self._refiner_inputs(scenes))
         phi_ax, th_ax, _ = (jnp.asarray(x, jnp.float32) for x in self.rgrid.arrays())
@@ -228,7 +230,7 @@ class Trainer:
             ema = _select(finite, ema_update(state.ema, params_new, state.step, cfg.optim.ema_decay), state.ema)
             new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema,
                              skipped=state.skipped + (~finite).astype(jnp.int32))
-            metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), finite=finite,
+            metrics = dict(loss=loss, grad_norm=_global_norm(grads), finite=finite,
                            skipped=new.skipped, **terms)
             return new, metrics
 
@@ -244,6 +246,9 @@ class Trainer:
         """Validation metrics of `params` (use the EMA): mean loss terms over `val` and the
         peak metrics of the learned method on the first `peak_scenes` scenes."""
         cfg = self.cfg
+        # Evaluate on one device: the replicated training copy would make every validation
+        # computation a multi-device one (and mix meshes with the single-device scenes).
+        params = jax.device_put(jax.device_get(params), jax.devices()[0])
         bs = min(cfg.batch_size, len(val))
         if cfg.stage == "refiner":
             terms_all = ("heatmap",)
