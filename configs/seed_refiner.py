@@ -2,13 +2,14 @@
 
     rismvdr train-refiner --backbone runs/seed --config configs/seed_refiner.py --workdir runs/seed-refiner
 """
+from rismvdr.train.config import REFINER_PHASES, OptimConfig, RefinerConfig, TrainConfig
 
-from rismvdr.train.config import OptimConfig, RefinerConfig, TrainConfig
 
 def get_config() -> TrainConfig:
     return TrainConfig(
         name="seed_refiner",
         stage="refiner",
+        phases=REFINER_PHASES,
         refiner=RefinerConfig(widths=(32, 64, 128), grid_phi=61, grid_theta=41, planes=8, exist_threshold=0.0),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         batch_size=32,

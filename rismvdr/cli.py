@@ -324,24 +324,23 @@ def cmd_train(args) -> int:
 
 def cmd_train_refiner(args) -> int:
     from rismvdr.learned import load_learned
+    from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides, from_dict
     from rismvdr.train.trainer import fit
 
     _maybe_distributed(args)
     backbone = load_learned(args.backbone, step=args.backbone_step)
-    if args.resume and not (args.config or args.from_hpo):
-        cfg = _stored_train_config(args.workdir)
-        if cfg is None:
-            raise ValueError(f"--resume: no checkpoint in {args.workdir}")
+    if args.config or args.from_hpo:
+        cfg = _train_config(args)  # --set already applied
     else:
-        from rismvdr.train.config import TrainConfig, from_dict
-
-        if args.config or args.from_hpo:
-            cfg = _train_config(args)
-        else:  # the backbone run's own config
+        cfg = _stored_train_config(args.workdir) if args.resume else None
+        if cfg is None:  # the backbone run's own config, Stage-2 phases
             cfg = from_dict(backbone.info["train"]) if "train" in backbone.info else TrainConfig()
-    from rismvdr.train.config import apply_overrides
-
-    cfg = apply_overrides(cfg.replace(stage="refiner"), args.set or [] if not (args.config or args.from_hpo) else [])
+            cfg = cfg.replace(phases=REFINER_PHASES)
+        cfg = apply_overrides(cfg.replace(stage="refiner"), args.set or [])
+    if all(p.weights.heatmap == 0.0 for p in cfg.phases):
+        cfg = cfg.replace(phases=REFINER_PHASES)
+    cfg = cfg.replace(stage="refiner")
+    cfg.validate()
     out = fit(cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
               stop_at=args.stop_at, backbone=backbone)
     _print_fit(out)
@@ -439,12 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--out", required=True, help="output PNG")
     pm.set_defaults(func=cmd_plot)
 
-    d = sub.add_parser("demo", help="simulate a seed-regime test set, localize it with every non-learned method, evaluate, report")
+    d = sub.add_parser("demo", help="simulate a seed-regime test set, localize it with every method (learned ones with the shipped weights), evaluate, report")
     d.add_argument("--out", default="demo_report", help="report folder (default demo_report)")
     d.add_argument("--scenes", type=int, default=200, help="test-set size (default 200; the README table uses 1000)")
     d.add_argument("--seed", type=int, default=0, help="PRNG seed of the test set (default 0)")
     d.add_argument("--scenario", default="seed", help="scenario name (default seed)")
-    d.add_argument("--methods", nargs="+", help="methods to run (default: every non-learned method that applies)")
+    d.add_argument("--methods", nargs="+", help="methods to run (default: every method that applies; learned ones when the shipped model fits the scenario)")
     d.set_defaults(func=cmd_demo)
 
     def train_flags(t, *, stage):

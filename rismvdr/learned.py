@@ -257,8 +257,11 @@ def refiner_map_ok(prob, guard: RefinerGuard):
     local maxima."""
     finite = jnp.all(jnp.isfinite(prob))
     p = jnp.where(jnp.isfinite(prob), prob, 0.0)
-    neigh = jax.lax.reduce_window(p, -jnp.inf, jax.lax.max, (3, 3), (1, 1), ((1, 1), (1, 1)))
-    n_max = jnp.sum(p >= neigh)
+    # Strict local maxima: above all 8 neighbours (a flat background holds none).
+    padded = jnp.pad(p, 1, constant_values=-jnp.inf)
+    t, w = p.shape
+    shifts = [padded[1 + i: 1 + i + t, 1 + j: 1 + j + w] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
+    n_max = jnp.sum(p > jnp.max(jnp.stack(shifts), axis=0))
     return (finite & (jnp.std(p) >= guard.min_std)
             & (jnp.mean(p > guard.saturated_level) <= guard.max_saturated)
             & (n_max <= guard.max_local_maxima))

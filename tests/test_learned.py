@@ -32,9 +32,11 @@ TINY = str(ROOT / "configs" / "tiny.py")
 def run(tmp_path_factory):
     """A tiny backbone and refiner trained through the CLI, plus a small scene file."""
     base = tmp_path_factory.mktemp("learned")
-    assert main(["train", "--config", TINY, "--workdir", str(base / "bb"), "-q"]) == 0
+    # One device: the 8 simulated CPU devices of the test session share 2 cores, and a run
+    # sharded over them is slow there (sharding itself is tested in test_train.py).
+    assert main(["train", "--config", TINY, "--workdir", str(base / "bb"), "-q", "--devices", "1"]) == 0
     assert main(["train-refiner", "--backbone", str(base / "bb"), "--workdir", str(base / "rf"), "-q",
-                 "--set", "steps=2"]) == 0
+                 "--set", "steps=2", "--devices", "1"]) == 0
     assert main(["simulate", "--scenes", "6", "--seed", "7", "--out", str(base / "s.npz")]) == 0
     return base
 

@@ -424,6 +424,7 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
     k_max = cfg.k_max
     l, m = y.shape
     real = jnp.real(y).dtype
+    thresholds = jnp.asarray(thresholds)
     gphi, gth, gr = grid_coords
     order = jnp.argsort(~mask0)  # valid starting points first
     phi, theta, r, mask = phi0[order], theta0[order], r0[order], mask0[order]

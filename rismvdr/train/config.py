@@ -20,6 +20,7 @@ __all__ = [
     "LossWeights",
     "LossSettings",
     "Phase",
+    "REFINER_PHASES",
     "OptimConfig",
     "TrainConfig",
     "load_config",
@@ -100,6 +101,12 @@ class Phase:
     weights: LossWeights
 
 
+#: Stage 2: the refiner's heat-map (focal) loss alone (the seed's fast path).
+REFINER_PHASES = (
+    Phase("refiner", 1.0, LossWeights(cov=0.0, subspace=0.0, aux=0.0, beam_heatmap=0.0, cell=0.0, heatmap=1.0)),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     lr: float = 2e-3  # peak learning rate of warmup-cosine
@@ -152,6 +159,9 @@ class TrainConfig:
         ends = [p.until for p in self.phases]
         if any(b < a for a, b in zip(ends, ends[1:])):
             raise ValueError(f"phases: 'until' must be non-decreasing, got {ends}")
+        if self.stage == "refiner" and all(p.weights.heatmap == 0.0 for p in self.phases):
+            raise ValueError("phases: Stage 2 trains the heat-map loss only; give `heatmap` a non-zero weight "
+                             "(e.g. phases=REFINER_PHASES)")
         if self.optim.lr <= 0:
             raise ValueError(f"optim.lr: must be > 0, got {self.optim.lr}")
         if not 0.0 <= self.optim.ema_decay < 1.0:
