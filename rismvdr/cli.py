@@ -1,5 +1,5 @@
 """The `rismvdr` command line: simulate, localize, evaluate, plot, demo, methods, train,
-train-refiner, export.
+train-refiner, export, hpo (and hpo export), hpo2.
 
 Every command has `--help`; units are in flag names (`*_deg`, `*_m`, `*_db`). Files follow
 SPEC section 8 and are written atomically. A malformed input gives a one-line error naming
@@ -355,12 +355,129 @@ def _print_fit(out: dict) -> None:
           + (f"; validation: {summary}" if summary else "") + f" -> {out['workdir']}")
 
 
+def cmd_hpo(args) -> int:
+    """`rismvdr hpo`: one study (surrogate or end-to-end objective); `rismvdr hpo export`."""
+    if args.hpo_command == "export":
+        return cmd_hpo_export(args)
+    from rismvdr import hpo
+
+    for flag, value in (("--config", args.config), ("--workdir", args.workdir), ("--trials", args.trials)):
+        if value is None:
+            raise ValueError(f"{flag}: required (or use `rismvdr hpo export`)")
+    kw = cmd_hpo_common(args)
+    settings = hpo.make_settings(args.config, overrides=args.set or [], space=args.space, workdir=args.workdir,
+                                 epochs=args.epochs, objective=args.objective, **kw["settings"])
+    study_name = args.study or settings.base.name
+    study = hpo.run_study(settings, study_name=study_name, n_trials=args.trials, pruner=args.pruner,
+                          sampler_seed=args.sampler_seed, **kw["run"])
+    cmd_hpo_summary(study, args)
+    return 0
+
+
+def cmd_hpo2(args) -> int:
+    """`rismvdr hpo2`: surrogate stage 1, end-to-end rerun of its top-k, reranked table."""
+    from rismvdr import hpo
+
+    kw = cmd_hpo_common(args)
+    s1 = hpo.make_settings(args.config, overrides=args.set or [], space=args.space, workdir=args.workdir,
+                           epochs=args.stage1_epochs, objective="surrogate", **kw["settings"])
+    s2 = hpo.make_settings(s1.base, space=args.space, workdir=args.workdir, epochs=args.stage2_epochs,
+                           objective="e2e", **kw["settings"])
+    name = args.study or s1.base.name
+    _, study2 = hpo.run_hpo2(s1, s2, study_name=name, stage1_trials=args.stage1_trials, topk=args.stage2_topk,
+                             pruner=args.pruner, sampler_seed=args.sampler_seed, **kw["run"])
+    print(f"stage 2 ({name}-s2): the top {args.stage2_topk} stage-1 parameter sets, end-to-end, reranked")
+    print(hpo.format_rerank(hpo.rerank(study2)))
+    cmd_hpo_summary(study2, args)
+    return 0
+
+
+def cmd_hpo_common(args) -> dict:
+    """The flags `hpo` and `hpo2` share: ObjectiveSettings fields and run_study keywords."""
+    import optuna
+
+    from rismvdr import hpo
+
+    if args.config is None or args.workdir is None:
+        raise ValueError("--config and --workdir: required")
+    storage = args.storage or hpo.default_storage(args.workdir)
+    cache = None if args.compile_cache in ("none", "") else (args.compile_cache or str(Path(args.workdir) / "jax_cache"))
+    if args.workers == 1:
+        hpo.enable_compile_cache(cache)  # trials run in this process
+    verbosity = optuna.logging.INFO if args.verbose else optuna.logging.WARNING
+    optuna.logging.set_verbosity(verbosity)
+    settings = dict(e2e_scenes=args.e2e_scenes, e2e_seed=args.e2e_seed, xyz_norm_m=args.xyz_norm_m,
+                    f1_weight=args.f1_weight, n_devices=args.devices, max_skipped_steps=args.max_skipped_steps)
+    run = dict(storage=storage, workers=args.workers, heartbeat_interval=args.heartbeat_s,
+               grace_period=args.grace_s, compile_cache=cache, verbosity=verbosity)
+    return {"settings": settings, "run": run}
+
+
+def cmd_hpo_summary(study, args) -> None:
+    from optuna.trial import TrialState
+
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    try:
+        best = study.best_trial
+    except ValueError:
+        print(f"[{study.study_name}] no complete trial ({counts})")
+        return
+    storage = f" --storage {args.storage}" if args.storage else ""
+    print(f"[{study.study_name}] best value {best.value:.4g} (trial {best.number}, params {best.params}); "
+          f"trials: {counts}\nexport: rismvdr hpo export --study {study.study_name} --workdir {args.workdir}"
+          f"{storage} --out best.json")
+
+
+def cmd_hpo_export(args) -> int:
+    from rismvdr import hpo
+
+    if args.storage is None and args.workdir is None:
+        raise ValueError("--workdir or --storage: required (where the study lives)")
+    storage = args.storage or hpo.default_storage(args.workdir)
+    rec = hpo.export_best(args.study, storage, args.out)
+    print(f"wrote {args.out}: study {rec['study']}, trial {rec['trial']}, value {rec['value']:.4g}; "
+          f"train it with: rismvdr train --from-hpo {args.out} --workdir RUN_DIR")
+    return 0
+
+
+def _model_check(model, n_scenes: int) -> dict:
+    """F1 of `learned` (and `learned-refiner`) on the first `n_scenes` of the model's scenario,
+    seed 0: stored with an exported model and re-checked by the test suite."""
+    import jax
+
+    from rismvdr.evaluation import evaluate_detections
+    from rismvdr.methods import localize, settings_for_scenario
+    from rismvdr.physics.scenarios import get_scenario, scenario_geometry
+    from rismvdr.physics.simulate import simulate
+    from rismvdr.train.config import from_dict
+
+    train = from_dict(model.info["train"])
+    cfg = train.scene_config()
+    scenes = simulate(cfg, jax.random.key(0), n_scenes)
+    out = dict(scenario=train.scenario, scene_overrides=[list(kv) for kv in train.scene_overrides], seed=0,
+               n_scenes=n_scenes, tolerance=0.03, f1={})
+    for method in ("learned", "learned-refiner") if model.has_refiner else ("learned",):
+        res = localize(method, scenes, scenario_geometry(cfg), settings_for_scenario(cfg), progress=False, model=model)
+        d = res.detections
+        out["f1"][method] = float(evaluate_detections(scenes, d.phi, d.theta, d.r, d.valid)["f1"])
+    return out
+
+
 def cmd_export(args) -> int:
     from rismvdr.learned import export_model, load_learned
 
     model = load_learned(args.workdir, step=args.step)
     if args.backbone_only:
         model = model._replace(refiner_cfg=None, refiner_def=None, refiner_params=None)
+    if args.refiner_peak_threshold is not None:
+        if not model.has_refiner:
+            raise ValueError("--refiner-peak-threshold: the model has no refiner")
+        if not 0.0 < args.refiner_peak_threshold < 1.0:
+            raise ValueError(f"--refiner-peak-threshold: must lie in (0, 1), got {args.refiner_peak_threshold}")
+        model = model._replace(refiner_cfg={**model.refiner_cfg, "peak_threshold": args.refiner_peak_threshold})
+    if args.record_check:
+        model = model._replace(info={**model.info, "check": _model_check(model, args.record_check)})
     out = export_model(model, args.out)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"exported {args.workdir} ({args.step}) to {out} ({size / 1e6:.2f} MB)")
@@ -475,11 +592,91 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--backbone-step", default="best", help="'best', 'latest' or a step number (default best)")
     train_flags(tr, stage="refiner")
     tr.set_defaults(func=cmd_train_refiner)
+    def hpo_flags(h):
+        h.add_argument("--config", help="config file defining get_config() (e.g. configs/seed.py): the base "
+                       "(full-training) config the search starts from")
+        h.add_argument("--workdir", help="HPO directory: trials/<study>/<number>/ (one training run per trial), "
+                       "hpo.journal (the default storage), jax_cache/")
+        h.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base-config field "
+                       "(dotted path, Python literal), as for train; repeatable")
+        h.add_argument("--space", default="configs/hpo_space.py", help="search-space file defining get_space() "
+                       "(default configs/hpo_space.py)")
+        h.add_argument("--storage", help="a journal file path or an SQLAlchemy URL, e.g. "
+                       "postgresql+psycopg2://user@host:5432/db for workers on many machines (default "
+                       "<workdir>/hpo.journal; never sqlite: with --workers > 1)")
+        h.add_argument("--study", help="study name (default: the config's name)")
+        h.add_argument("--workers", type=int, default=1, help="worker processes on this host sharing the study "
+                       "(default 1: in this process); the same command may also be started several times")
+        h.add_argument("--e2e-scenes", type=int, default=200, help="end-to-end objective: scenes of the fixed "
+                       "validation subset (default 200)")
+        h.add_argument("--e2e-seed", type=int, default=1, help="end-to-end objective: seed of that subset "
+                       "(default 1; 0 is the test set and is refused)")
+        h.add_argument("--xyz-norm-m", type=float, default=2.0, help="end-to-end objective: metres that "
+                       "rmse_xyz_all is divided by (default 2)")
+        h.add_argument("--f1-weight", type=float, default=10.0, help="end-to-end objective: weight of 1 - F1 "
+                       "(default 10)")
+        h.add_argument("--max-skipped-steps", type=int, default=0, help="a trial with more skipped "
+                       "(non-finite) updates is pruned (default 0)")
+        h.add_argument("--sampler-seed", type=int, help="TPE sampler seed (worker i uses seed + i; default random)")
+        h.add_argument("--devices", type=int, help="data-parallel devices per trial (default: all visible)")
+        h.add_argument("--heartbeat-s", type=int, default=60, help="seconds between heartbeats of a running "
+                       "trial (default 60)")
+        h.add_argument("--grace-s", type=int, default=300, help="a running trial without a heartbeat for this "
+                       "many seconds (a crashed worker) is failed (default 300)")
+        h.add_argument("--compile-cache", help="persistent XLA compilation cache directory shared by the "
+                       "trials (default <workdir>/jax_cache; 'none' disables)")
+
+    hp = sub.add_parser("hpo", help="hyperparameter search of the Stage-1 backbone (Optuna); `hpo export` "
+                        "writes the best configuration",
+                        description="Each trial samples the search space, trains --epochs validation periods "
+                                    "(epochs x eval_every steps) with pruning and returns the surrogate "
+                                    "validation score or the end-to-end objective "
+                                    "(rmse_xyz_all / xyz_norm + f1_weight (1 - F1), production inference). "
+                                    "A line per finished trial; optuna-dashboard <workdir>/hpo.journal "
+                                    "shows the study.")
+    hpo_flags(hp)
+    hp.add_argument("--objective", choices=("surrogate", "e2e"), default="surrogate", help="surrogate: "
+                    "val/objective when the config has val_peak_scenes > 0, else the validation losses weighted "
+                    "by the config's final-phase weights; e2e: localize('learned') on the full grid with the "
+                    "trial's best checkpoint (default surrogate)")
+    hp.add_argument("--trials", type=int, help="finished (complete + pruned) trials the study ends with, "
+                    "across all workers (rerunning tops it up)")
+    hp.add_argument("--epochs", type=int, default=3, help="validation periods per trial (steps = epochs x "
+                    "eval_every; default 3)")
+    hp.add_argument("--pruner", choices=("median", "none"), default="median", help="median: MedianPruner "
+                    "(5 startup trials, no pruning at epoch 1); none (default median)")
+    hsub = hp.add_subparsers(dest="hpo_command", metavar="{export}")
+    hsub.required = False
+    he = hsub.add_parser("export", help="write the best trial of a study as best.json (for train --from-hpo)")
+    he.add_argument("--study", required=True, help="study name (hpo2: <name>-s2 holds the reranked trials)")
+    he.add_argument("--workdir", help="HPO directory whose hpo.journal holds the study")
+    he.add_argument("--storage", help="journal file or SQLAlchemy URL (default <workdir>/hpo.journal)")
+    he.add_argument("--out", required=True, help="output JSON: config, params, value, study, trial, user_attrs")
+    hp.set_defaults(func=cmd_hpo, hpo_command=None)
+
+    h2 = sub.add_parser("hpo2", help="two-stage search: many surrogate trials, then the top-k rerun end-to-end",
+                        description="Stage 1: --stage1-trials surrogate trials (study <name>-s1). Stage 2: "
+                                    "the --stage2-topk best stage-1 parameter sets rerun exactly with "
+                                    "--stage2-epochs and the end-to-end objective (study <name>-s2), reranked.")
+    hpo_flags(h2)
+    h2.add_argument("--stage1-trials", type=int, required=True, help="finished stage-1 trials")
+    h2.add_argument("--stage1-epochs", type=int, default=2, help="validation periods per stage-1 trial (default 2)")
+    h2.add_argument("--stage2-topk", type=int, required=True, help="best stage-1 parameter sets rerun in stage 2")
+    h2.add_argument("--stage2-epochs", type=int, default=6, help="validation periods per stage-2 trial (default 6)")
+    h2.add_argument("--pruner", choices=("median", "none"), default="median", help="stage-1 pruner "
+                    "(stage 2 never prunes; default median)")
+    h2.set_defaults(func=cmd_hpo2)
+
     ex = sub.add_parser("export", help="export a run's EMA weights as model.npz + model.json (what the package ships)")
     ex.add_argument("workdir", help="run directory of train or train-refiner")
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--step", default="best", help="'best', 'latest' or a step number (default best)")
     ex.add_argument("--backbone-only", action="store_true", help="leave the refiner out")
+    ex.add_argument("--record-check", type=int, metavar="N", help="evaluate the learned methods on the first N "
+                    "scenes (seed 0) of the model's scenario and store their F1 with the model (the test suite "
+                    "re-checks the shipped model against it)")
+    ex.add_argument("--refiner-peak-threshold", type=float, help="probability a refiner peak needs, stored with "
+                    "the model (calibrate it on a validation set, never on the test set; default: the run's)")
     ex.set_defaults(func=cmd_export)
 
     m = sub.add_parser("methods", help="list the registered localization methods")

@@ -74,7 +74,7 @@ class RefinerGuard:
     saturated_level: float = 0.99  # a map with more than `max_saturated` of cells above this...
     max_saturated: float = 0.10  # ...is rejected
     max_local_maxima: int = 2000
-    peak_threshold: float = 0.5  # probability a refiner peak needs
+    peak_threshold: float | None = None  # probability a refiner peak needs (None: the model's calibrated one)
     log_every: int = 100  # log one fallback in this many
 
 

@@ -220,10 +220,10 @@ def learned_operator(model: LearnedModel, scenes, *, delta_rel: float, precision
     return jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=delta_rel, precision=precision))(f)
 
 
-def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, guard: RefinerGuard, *, model,
+def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, threshold: float, *, model,
                    precision):
     """Peaks of one scene's refiner probability map `[T, P]` (coarse grid): local maxima above
-    `guard.peak_threshold`, best range plane of each by the MVDR operator over the detection
+    `threshold`, best range plane of each by the MVDR operator over the detection
     grid's planes, gate NMS, then the shared 3-D refinement and NMS."""
     from rismvdr.detect import _greedy_nms, refine_peaks
     from rismvdr.physics.spectra import operator_spectrum
@@ -233,7 +233,7 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, guard
     phi_g, th_g, _ = (jnp.asarray(x, real) for x in rgrid.arrays())
     r_planes = jnp.asarray(fine_grid.arrays()[2], real)
     neigh = jax.lax.reduce_window(prob, -jnp.inf, jax.lax.max, (3, 3), (1, 1), ((1, 1), (1, 1)))
-    is_peak = (prob >= neigh) & (prob >= guard.peak_threshold)
+    is_peak = (prob >= neigh) & (prob >= threshold)
     flat = jnp.where(is_peak, prob, -jnp.inf).reshape(-1)
     score, idx = jax.lax.top_k(flat, min(det.n_candidates, flat.shape[0]))
     ti, pi = jnp.divmod(idx, prob.shape[1])
@@ -299,7 +299,9 @@ def make_runner(model: LearnedModel, kind: str, geometry, settings, *, guard: Re
         db = 10.0 * jnp.log10(jnp.maximum(coarse.power, 1e-30)).astype(jnp.float32)
         prob = m.refiner_def.module(rparams).probabilities(db)  # [B, T, P]
         ok = jax.vmap(lambda p: refiner_map_ok(p, guard))(prob)
-        peaks = jax.vmap(lambda p, o: _refiner_peaks(p, o, geometry, grid, rgrid, det, guard,
+        thr = guard.peak_threshold
+        thr = float(model.refiner_cfg.get("peak_threshold", 0.5)) if thr is None else float(thr)
+        peaks = jax.vmap(lambda p, o: _refiner_peaks(p, o, geometry, grid, rgrid, det, thr,
                                                      model=settings.steering_model, precision=prec))(prob, op)
         pick = lambda a, c: jnp.where(ok.reshape((b,) + (1,) * (a.ndim - 1)), a, c)  # noqa: E731
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))

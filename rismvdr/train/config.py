@@ -59,6 +59,7 @@ class RefinerConfig:
     grid_theta: int = 41  # points over the theta box (41: 1.5 degrees over +-30)
     planes: int = 8  # range planes, max-reduced into the 2-D map
     exist_threshold: float = 0.0  # slots kept in the map's R_blend (0: all, weighted by existence)
+    peak_threshold: float = 0.5  # probability a refiner peak needs (calibrated on validation at export)
 
 
 @dataclasses.dataclass(frozen=True)

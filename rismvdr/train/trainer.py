@@ -339,11 +339,14 @@ def _record(cfg: TrainConfig, trainer: Trainer) -> dict:
            "n_params": trainer.n_params}
     if cfg.stage == "refiner":
         rec["backbone_source"] = trainer.backbone.source
+        rec["backbone_train"] = trainer.backbone.info.get("train")
+        rec["backbone_metrics"] = trainer.backbone.info.get("metrics")
     return rec
 
 
 def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_devices: int | None = None,
-        progress: bool = True, stop_at: int | None = None, backbone=None) -> dict:
+        progress: bool = True, stop_at: int | None = None, backbone=None,
+        on_eval: Callable[[int, dict], None] | None = None) -> dict:
     """Train, validate and checkpoint into `workdir`.
 
     Args:
@@ -354,6 +357,9 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
       progress: tqdm bar with loss and throughput (auto-off when not a terminal).
       stop_at: stop (and checkpoint) after this many steps, as if interrupted (tests, budgets).
       backbone: Stage 2: the frozen backbone (`rismvdr.learned.LearnedModel`).
+      on_eval: called as `on_eval(step, validation_metrics)` after every validation (and its
+        checkpoint); an exception it raises (e.g. `optuna.TrialPruned`) ends the run after the
+        checkpoint is closed and propagates to the caller.
 
     Returns:
       Summary dict: steps done, skipped updates, final validation metrics, wall time, status.
@@ -431,6 +437,8 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
                 log.info("step %d: %s", step, {k: round(v, 4) for k, v in last_val.items()})
             if evaluate_now or step % cfg.checkpoint_every == 0:
                 save(step, {k: v for k, v in last_val.items() if k != "step"} if evaluate_now else None)
+            if evaluate_now and on_eval is not None:
+                on_eval(step, dict(last_val))
             if stop.signum is not None:
                 status = f"stopped by signal {stop.signum}"
                 break
