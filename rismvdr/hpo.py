@@ -173,8 +173,9 @@ def _validate_space(space: Any, where: str = "space") -> dict[str, tuple]:
 
 
 def check_space(space: Mapping[str, tuple], base: TrainConfig) -> None:
-    """Apply both bounds of every range and every choice to `base` (one at a time): an
-    unknown key or an invalid value fails here, before any training.
+    """Apply both bounds of every range and every choice to `base` (one at a time) and, for
+    `model.*` entries, build the backbone (shapes only): an unknown key or an invalid value
+    fails here, before any training.
 
     Raises:
       ValueError: naming the space entry.
@@ -183,9 +184,20 @@ def check_space(space: Mapping[str, tuple], base: TrainConfig) -> None:
         values = dist[1] if dist[0] == "categorical" else dist[1:3]
         for v in values:
             try:
-                apply_params(base, {name: v})
+                cfg = apply_params(base, {name: v})
+                if name.startswith("model."):
+                    _build_backbone_shapes(cfg)
             except ValueError as exc:
                 raise ValueError(f"space: {name!r} = {v!r}: {exc}") from exc
+
+
+def _build_backbone_shapes(cfg: TrainConfig) -> None:
+    from flax import nnx
+
+    from rismvdr.models.backbone import Backbone
+
+    bcfg = cfg.backbone_config()
+    nnx.eval_shape(lambda: Backbone(bcfg, rngs=nnx.Rngs(0)))
 
 
 def suggest_params(trial: optuna.trial.BaseTrial, space: Mapping[str, tuple]) -> dict[str, Any]:

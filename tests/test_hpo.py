@@ -1,0 +1,299 @@
+"""Hyperparameter search (`rismvdr.hpo`, `rismvdr hpo`, `rismvdr hpo2`) on the `tiny` config.
+
+Trials train 2 steps (one validation) on one device with a search space of loss scales only:
+those enter the jitted step as traced scalars, so every trial compiles the same programs and,
+with the persistent compilation cache these tests share, only the first one compiles. The
+cache is switched on for this module and off again after it.
+"""
+import itertools
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rismvdr import hpo
+from rismvdr.cli import main
+from rismvdr.train.config import apply_overrides, from_dict, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.py"
+SPACE_FILE = ROOT / "configs" / "hpo_space.py"
+# Loss scales only: traced in the step, so all trials share one compilation.
+TEST_SPACE = {"loss_scale.cell": ("float", 0.5, 2.0, True), "loss_scale.aux": ("float", 0.5, 2.0, True)}
+OVERRIDES = ["batch_size=4", "eval_every=2", "val_scenes=8", "val_peak_scenes=0"]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("jax_cache")
+    hpo.enable_compile_cache(path)
+    yield str(path)
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "space.py"
+    path.write_text(f"def get_space():\n    return {TEST_SPACE!r}\n")
+    return path
+
+
+def _base():
+    return apply_overrides(load_config(TINY), OVERRIDES)
+
+
+def _settings(workdir, **kw):
+    kw.setdefault("epochs", 1)
+    return hpo.ObjectiveSettings(base=_base(), space=TEST_SPACE, workdir=str(workdir), n_devices=1, **kw)
+
+
+def _workers_env(monkeypatch):
+    """Spawned workers: the same JAX flags as this process (so they hit the same cache)."""
+    monkeypatch.setenv("JAX_ENABLE_X64", "1")
+    monkeypatch.setenv("JAX_NUMPY_RANK_PROMOTION", "raise")
+
+
+# ------------------------------------------------------------------------------------------
+# Space and params (no training)
+# ------------------------------------------------------------------------------------------
+def test_space_file_builds_every_architecture():
+    from flax import nnx
+
+    from rismvdr.models.backbone import Backbone
+    from rismvdr.physics.simulate import simulate
+    from rismvdr.train.trainer import _als_factor
+
+    space = hpo.load_space(SPACE_FILE)
+    assert {"optim.lr", "optim.weight_decay", "model.widths", "model.rank", "model.beta"} <= set(space)
+    seed = load_config(ROOT / "configs" / "seed.py")
+    hpo.check_space(space, seed)
+    hpo.check_space(space, load_config(TINY))
+    scene = simulate(seed.scene_config(), 0, 1)
+    for widths, cov in itertools.product(space["model.widths"][1], space["model.covariance"][1]):
+        cfg = hpo.apply_params(seed, {"model.widths": widths, "model.covariance": cov, "model.beta": 0.3})
+        bcfg = cfg.backbone_config()
+        out = nnx.eval_shape(lambda: Backbone(bcfg, rngs=nnx.Rngs(0))(scene.y, scene.H, scene.codes,
+                                                                      _als_factor(scene)))
+        assert out.factor.shape[:2] == (1, 144), (widths, cov)
+
+
+def test_apply_params_and_space_errors(tmp_path):
+    base = _base()
+    cfg = hpo.apply_params(base, {"optim.lr": 1e-3, "model.widths": "(8, 16, 32)", "model.covariance": "factor",
+                                  "loss_scale.cell": 2.0, "loss_scale.cov": 0.5})
+    assert cfg.optim.lr == 1e-3 and cfg.model.widths == (8, 16, 32) and cfg.model.covariance == "factor"
+    for p, q in zip(base.phases, cfg.phases):
+        assert q.weights.cell == 2.0 * p.weights.cell and q.weights.cov == 0.5 * p.weights.cov
+        assert q.until == p.until and q.weights.aux == p.weights.aux
+    assert from_dict(to_dict(cfg)) == cfg
+    with pytest.raises(ValueError, match="unknown field"):
+        hpo.apply_params(base, {"optim.nope": 1.0})
+    with pytest.raises(ValueError, match="unknown loss term"):
+        hpo.apply_params(base, {"loss_scale.nope": 1.0})
+    with pytest.raises(ValueError, match="'model.groups' = 3"):
+        hpo.check_space({"model.groups": ("int", 3, 4)}, base)  # 3 does not divide the widths
+    bad = tmp_path / "bad.py"
+    for text, match in (("def get_space():\n    return {'optim.lr': ('float', 1e-3)}\n", "optim.lr"),
+                        ("def get_space():\n    return {'m.w': ('categorical', [(8, 8)])}\n", "as text"),
+                        ("x = 1\n", "get_space")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            hpo.load_space(bad)
+    with pytest.raises(ValueError, match="SQLite"):
+        hpo.run_study(_settings(tmp_path), study_name="s", storage=f"sqlite:///{tmp_path}/x.db", n_trials=1,
+                      workers=2)
+    with pytest.raises(ValueError, match="test set"):
+        _settings(tmp_path, objective="e2e", e2e_seed=0).validate()
+
+
+def test_nan_trial_is_pruned(tmp_path, monkeypatch):
+    """A non-finite validation, or skipped non-finite updates, prune the trial (patched fit)."""
+    from rismvdr.train import trainer
+
+    settings = _settings(tmp_path)
+    params = {"loss_scale.cell": 1.0, "loss_scale.aux": 1.0}
+    for val, skipped, match in ((float("nan"), 0, "non-finite surrogate"), (1.0, 1, "1 non-finite update")):
+        def fake_fit(cfg, workdir, *, on_eval, val=val, skipped=skipped, **kw):
+            on_eval(cfg.eval_every, {"val/cov": val, "val/subspace": 1.0, "val/aux": 1.0,
+                                     "val/beam_heatmap": 1.0, "val/cell": 1.0})
+            return {"status": "done", "steps": cfg.steps, "skipped": skipped, "seconds": 0.0}
+
+        monkeypatch.setattr(trainer, "fit", fake_fit)
+        trial = optuna.trial.FixedTrial(params)
+        with pytest.raises(optuna.TrialPruned, match=match):
+            hpo.objective(trial, settings)
+        assert match in trial.user_attrs["pruned_reason"]
+
+
+def test_stale_trial_of_a_crashed_worker_is_failed(tmp_path):
+    storage = hpo.make_storage(str(tmp_path / "s.journal"), heartbeat_interval=1, grace_period=5)
+    study = optuna.create_study(study_name="s", storage=storage)
+    crashed, alive = study.ask(), study.ask()
+    storage.record_heartbeat(alive._trial_id)
+    storage.set_trial_system_attr(crashed._trial_id, "rismvdr:heartbeat", time.time() - 100.0)
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {crashed.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
+
+
+# ------------------------------------------------------------------------------------------
+# Trials and studies (tiny training)
+# ------------------------------------------------------------------------------------------
+def test_fixed_trial_surrogate(tmp_path, compile_cache):
+    settings = _settings(tmp_path)
+    params = {"loss_scale.cell": 1.5, "loss_scale.aux": 0.7}
+    trial = optuna.trial.FixedTrial(params)
+    value = hpo.objective(trial, settings)
+    run = tmp_path / "trials" / "fixed" / "0"
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last_val = [m for m in vals if "val/cov" in m][-1]
+    assert value == pytest.approx(hpo.surrogate_score(last_val, settings.base.phases[-1].weights))
+    assert np.isfinite(value) and trial.user_attrs["surrogate"] == value and trial.user_attrs["skipped"] == 0
+    full = from_dict(trial.user_attrs["config"])
+    assert full == hpo.apply_params(settings.base, params) and full.steps == settings.base.steps
+    stored = json.loads((run / "config.json").read_text())["train"]
+    assert stored["steps"] == settings.base.eval_every * settings.epochs
+
+
+def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, capsys):
+    """`rismvdr hpo` (4 trials, journal in the workdir), then `hpo export` -> train --from-hpo."""
+    work = tmp_path / "hpo"
+    argv = ["hpo", "--config", TINY, "--workdir", work, "--space", space_file, "--trials", 4, "--epochs", 1,
+            "--devices", 1, "--sampler-seed", 0, "--compile-cache", compile_cache]
+    argv += [a for s in OVERRIDES for a in ("--set", s)]
+    assert main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[tiny] trial ") == 4 and "best value" in out
+    study = optuna.load_study(study_name="tiny", storage=hpo.make_storage(str(work / hpo.JOURNAL_NAME)))
+    assert len(study.get_trials(states=FINISHED)) == 4
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert set(t.params) == set(TEST_SPACE) and list(t.intermediate_values) == [1]
+        assert (work / "trials" / "tiny" / str(t.number) / "checkpoints").is_dir()
+    best = tmp_path / "best.json"
+    assert main(["hpo", "export", "--study", "tiny", "--workdir", str(work), "--out", str(best)]) == 0
+    rec = json.loads(best.read_text())
+    assert rec["value"] == study.best_value and rec["params"] == study.best_params
+    assert {"config", "params", "value", "study", "trial", "user_attrs"} <= set(rec)
+    cfg = from_dict(rec["config"])
+    assert cfg == hpo.apply_params(_base(), rec["params"]) and to_dict(cfg) == rec["config"]
+    # `rismvdr train --from-hpo` reads it (the config it would train, before any training)
+    import argparse
+
+    from rismvdr.cli import _train_config
+
+    assert _train_config(argparse.Namespace(from_hpo=str(best), config=None, set=[])) == cfg
+    # a rerun with the cap reached does nothing; another space in the same study is refused
+    assert main([str(a) for a in argv]) == 0
+    assert len(study.get_trials()) == 4
+    assert main([str(a) for a in argv[:-4] + ["--epochs", "2", "--compile-cache", compile_cache]]) == 2
+    assert "made with another epochs" in capsys.readouterr().err
+
+
+def test_two_workers_share_a_journal_with_a_cap(tmp_path, compile_cache, monkeypatch):
+    """Two spawned workers, total capped at 3 finished trials; a crashed worker's RUNNING trial
+    (stale heartbeat) is failed and does not block the study."""
+    _workers_env(monkeypatch)
+    journal = str(tmp_path / "hpo.journal")
+    settings = _settings(tmp_path)
+    study = hpo._open_study("w", journal, settings, heartbeat_interval=1, grace_period=5)
+    crashed = study.ask()  # a worker that died mid-trial
+    hpo.make_storage(journal).set_trial_system_attr(crashed._trial_id, "rismvdr:heartbeat", time.time() - 100)
+    study = hpo.run_study(settings, study_name="w", storage=journal, n_trials=3, workers=2, sampler_seed=0,
+                          heartbeat_interval=1, grace_period=5, compile_cache=compile_cache)
+    assert len(study.get_trials(states=FINISHED)) == 3
+    assert study.trials[crashed.number].state == TrialState.FAIL
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def _pg_bin():
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return cands[-1].parent if cands else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 (as an unprivileged user when root)."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[hpo]')")
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    prefix = []
+    base = Path(tempfile.mkdtemp(prefix="rismvdr-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        user = "postgres" if any(p.pw_name == "postgres" for p in pwd.getpwall()) else "nobody"
+        pw = pwd.getpwnam(user)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", user, "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+    run = lambda *cmd: subprocess.run(prefix + [str(c) for c in cmd], check=True, capture_output=True,  # noqa: E731
+                                      text=True, timeout=120, cwd=base)
+    try:
+        run(bindir / "initdb", "-D", data, "--auth=trust", "-U", "postgres")
+        run(bindir / "pg_ctl", "-D", data, "-o", f"-p {port} -k {base} -h 127.0.0.1", "-l", base / "log", "-w",
+            "start")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {exc} {getattr(exc, 'stderr', '')}")
+    try:
+        import psycopg2
+
+        con = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        con.autocommit = True
+        con.cursor().execute("CREATE DATABASE hpo")
+        con.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/hpo"
+    finally:
+        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60, cwd=base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postgres_study(tmp_path, compile_cache, postgres_url):
+    settings = _settings(tmp_path)
+    study = hpo.run_study(settings, study_name="pg", storage=postgres_url, n_trials=2, sampler_seed=0)
+    assert len(study.get_trials(states=FINISHED)) == 2
+    storage = hpo.make_storage(postgres_url)
+    assert storage.get_heartbeat_interval() == 60  # RDBStorage's own stale-trial heartbeat
+    rec = hpo.export_best("pg", postgres_url, tmp_path / "best.json")
+    assert from_dict(rec["config"]) == hpo.apply_params(settings.base, rec["params"])
+
+
+def test_hpo2_stage2_reruns_the_stage1_topk_exactly(tmp_path, compile_cache):
+    s1 = _settings(tmp_path)
+    s2 = _settings(tmp_path, objective="e2e", e2e_scenes=2)
+    study1, study2 = hpo.run_hpo2(s1, s2, study_name="two", storage=hpo.default_storage(tmp_path),
+                                  stage1_trials=3, topk=2, sampler_seed=0)
+    done1 = sorted(study1.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
+    top = [t.params for t in done1[:2]]
+    trials2 = study2.get_trials(states=FINISHED)
+    assert len(trials2) == 2 and len(study2.trials) == 2
+    assert sorted(map(json.dumps, (t.params for t in trials2))) == sorted(map(json.dumps, top))
+    by_s1 = {t.number: t.params for t in done1}
+    for t in trials2:
+        assert by_s1[t.user_attrs["stage1_trial"]] == t.params
+        assert {"e2e_f1", "e2e_precision", "e2e_recall", "e2e_rmse_xyz_all_m", "e2e_tp", "e2e_fp",
+                "e2e_fn"} <= set(t.user_attrs)
+        assert t.value == pytest.approx(t.user_attrs["e2e_objective"])
+    rows = hpo.rerank(study2)
+    assert [r["rank"] for r in rows] == [1, 2] and "| rank |" in hpo.format_rerank(rows)
