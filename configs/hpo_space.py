@@ -11,7 +11,7 @@ phase switches off stays off, and the phase schedule keeps its shape). Distribut
   string is parsed like a `--set` value, so a tuple is written as its text, "(16, 32, 64)".
 
 Keep every choice valid for the configs you tune (GroupNorm `groups` must divide every width;
-`tests/test_hpo.py` builds every widths x covariance choice on the `seed` scenario).
+`tests/test_hpo.py` runs every widths choice through the backbone on the `seed` scenario).
 """
 
 
@@ -23,7 +23,7 @@ def get_space() -> dict:
         "model.widths": ("categorical", ["(8, 16, 32)", "(16, 32, 64)", "(16, 32, 64, 64)", "(32, 64, 128)"]),
         "model.covariance": ("categorical", ["structured", "factor"]),
         "model.rank": ("int", 3, 8),  # factor columns (used by the "factor" variant only)
-        "model.beta": ("float", 0.0, 0.5, False),  # blend with the ALS sample covariance
+        "model.beta": ("float", 0.0, 0.5, False),  # blend with the ALS sample covariance (R_blend)
         "loss_scale.subspace": ("float", 0.3, 3.0, True),
         "loss_scale.aux": ("float", 0.3, 3.0, True),
         "loss_scale.beam_heatmap": ("float", 0.3, 3.0, True),

@@ -643,8 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "across all workers (rerunning tops it up)")
     hp.add_argument("--epochs", type=int, default=3, help="validation periods per trial (steps = epochs x "
                     "eval_every; default 3)")
-    hp.add_argument("--pruner", choices=("median", "none"), default="median", help="median: MedianPruner "
-                    "(5 startup trials, no pruning at epoch 1); none (default median)")
+    hp.add_argument("--pruner", choices=("median", "none"), default="median", help="median: from the 6th "
+                    "trial on, a trial worse than the median of the others at the same epoch stops; none: no "
+                    "pruning (default median)")
     hsub = hp.add_subparsers(dest="hpo_command", metavar="{export}")
     hsub.required = False
     he = hsub.add_parser("export", help="write the best trial of a study as best.json (for train --from-hpo)")

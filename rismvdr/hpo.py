@@ -20,7 +20,9 @@ may stop it) and returns one of two objectives (minimised):
 
 A trial whose surrogate or objective is not finite, or whose training skipped a non-finite
 update (more than `max_skipped_steps`, default 0), is PRUNED (reason in the user attribute
-`pruned_reason`); it never ends the study. Every trial stores `config`, the full-training
+`pruned_reason`); it never ends the study. An accelerator runtime error (out of memory for a
+large width, ...) fails the trial (`rismvdr_status`) and the study goes on; any other exception
+(a bug, an invalid config) stops the worker. Every trial stores `config`, the full-training
 config it stands for (the base config's `steps`, not the shortened trial's), which
 `rismvdr hpo export` writes for `rismvdr train --from-hpo best.json`.
 
@@ -33,9 +35,12 @@ which several processes on one host share: `--workers K` spawns K processes, or 
 same command several times. `--storage` takes another journal file path or any SQLAlchemy URL
 (`postgresql+psycopg2://user@host/db` for many machines; never `sqlite:` with several
 workers). The total is capped: a study ends with `n_trials` trials COMPLETE or PRUNED
-(`optuna.study.MaxTrialsCallback`, plus a check when a trial starts, so that racing workers
-do not overshoot: a trial that starts when the cap is already taken ends FAIL with the user
-attribute `rismvdr_status = "over budget"`). Rerunning a command tops the study up to the cap.
+(`optuna.study.MaxTrialsCallback`; a worker also stops when the finished trials plus those
+other workers are running reach the cap, and a trial checks the cap when it starts, so racing
+workers never overshoot: one that starts when the cap is already taken ends FAIL with the user
+attribute `rismvdr_status = "over budget"`). A trial that fails (a crash) does not count, and
+a worker that stopped because of a running trial that then fails leaves the study short:
+rerunning the command tops the study up to the cap.
 
 Stale trials. A worker records a heartbeat for its running trial every `heartbeat_interval`
 seconds; before a trial starts, every worker fails the study's RUNNING trials whose last
@@ -55,15 +60,21 @@ import logging
 import math
 import multiprocessing
 import os
+import socket
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials uses
 from optuna.trial import TrialState
+
+try:
+    from optuna.storages.journal import JournalFileBackend
+except ImportError:  # optuna < 4.0
+    from optuna.storages import JournalFileStorage as JournalFileBackend
 
 from rismvdr.train.config import LossWeights, TrainConfig, apply_overrides, from_dict, to_dict
 
@@ -72,6 +83,7 @@ __all__ = [
     "JOURNAL_NAME",
     "ObjectiveSettings",
     "BudgetExhausted",
+    "TrialFailed",
     "make_settings",
     "e2e_metrics",
     "load_space",
@@ -106,6 +118,12 @@ _KINDS = ("float", "int", "categorical")
 class BudgetExhausted(RuntimeError):
     """A trial started when the study's cap was already taken (or, in `hpo2` stage 2, no
     enqueued parameter set was left): it ends FAIL and its worker stops."""
+
+
+class TrialFailed(RuntimeError):
+    """A trial hit a runtime error of the accelerator (e.g. out of memory for a large width):
+    it ends FAIL (not counted) and the study goes on. Other exceptions (bugs, bad configs)
+    end the worker."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -284,7 +302,6 @@ class ObjectiveSettings:
     n_devices: int | None = None  # data-parallel devices per trial (None: all visible)
     max_skipped_steps: int = 0  # more skipped (non-finite) updates prune the trial
     max_trials: int | None = None  # the study's cap (COMPLETE + PRUNED); checked when a trial starts
-    enqueued_only: bool = False  # hpo2 stage 2: run enqueued parameter sets only, never sample
 
     def validate(self) -> None:
         if self.objective not in ("surrogate", "e2e"):
@@ -329,6 +346,12 @@ def _finite(x) -> bool:
 def _prune(trial, reason: str):
     trial.set_user_attr("pruned_reason", reason)
     return optuna.TrialPruned(reason)
+
+
+def _failed(trial, exc: Exception) -> TrialFailed:
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    trial.set_user_attr("rismvdr_status", reason)
+    return TrialFailed(reason)
 
 
 def _claim_slot(trial: optuna.Trial, cap: int) -> None:
@@ -385,8 +408,10 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
     Raises:
       optuna.TrialPruned: pruned by the pruner, or non-finite (reason in `pruned_reason`).
       BudgetExhausted: the study's cap was taken before this trial started.
+      TrialFailed: an accelerator runtime error (out of memory, ...): the trial fails.
       RuntimeError: the run was interrupted (SIGTERM/SIGINT): the trial fails, not counted.
     """
+    import jax
     import numpy as np
 
     from rismvdr.train.trainer import e2e_objective, fit
@@ -396,9 +421,9 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
         _claim_slot(trial, int(settings.max_trials))
     try:
         params = suggest_params(trial, settings.space)
-    except BudgetExhausted:
+    except BudgetExhausted:  # hpo2 stage 2: no enqueued parameter set left
         if is_study_trial:
-            trial.set_user_attr("rismvdr_status", "over budget")
+            trial.set_user_attr("rismvdr_status", "no enqueued parameter set left")
             trial.study.stop()
         raise
     full = apply_params(settings.base, params)
@@ -407,6 +432,7 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
     study_name = trial.study.study_name if is_study_trial else "fixed"
     run_dir = Path(settings.workdir) / "trials" / study_name / str(trial.number)
     trial.set_user_attr("trial_dir", str(run_dir))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     weights = settings.base.phases[-1].weights  # fixed across trials (module docstring)
     values: list[float] = []
 
@@ -420,7 +446,10 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
         if trial.should_prune():
             raise _prune(trial, f"epoch {epoch}: surrogate {value:.4g} pruned by the pruner")
 
-    out = fit(cfg, run_dir, n_devices=settings.n_devices, progress=False, on_eval=on_eval)
+    try:
+        out = fit(cfg, run_dir, n_devices=settings.n_devices, progress=False, on_eval=on_eval)
+    except jax.errors.JaxRuntimeError as exc:
+        raise _failed(trial, exc) from exc
     trial.set_user_attr("skipped", int(out["skipped"]))
     trial.set_user_attr("seconds_train", round(float(out["seconds"]), 1))
     if out["status"] != "done":
@@ -432,7 +461,10 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
     trial.set_user_attr("surrogate", value)
     if settings.objective == "e2e":
         t0 = time.perf_counter()
-        m = e2e_metrics(run_dir, full, scenes=settings.e2e_scenes, seed=settings.e2e_seed)
+        try:
+            m = e2e_metrics(run_dir, full, scenes=settings.e2e_scenes, seed=settings.e2e_seed)
+        except jax.errors.JaxRuntimeError as exc:
+            raise _failed(trial, exc) from exc
         value = e2e_objective(m, xyz_norm=settings.xyz_norm_m, f1_weight=settings.f1_weight)
         for k, v in m.items():  # the scalar figures (not the per-K / per-SNR breakdowns)
             if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
@@ -466,7 +498,7 @@ class _HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
             pass  # the trial has just finished (or was failed as stale by another worker)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
+        now = time.time()  # (FrozenTrial keeps the storage's id private; optuna's RDB code uses it too)
         return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
                 if now - t.system_attrs.get(_HEARTBEAT_ATTR, now) > self._grace_period]
 
@@ -514,7 +546,7 @@ def make_storage(storage: str, *, heartbeat_interval: int = 60, grace_period: in
     if not create and not path.is_file():
         raise FileNotFoundError(f"--storage: no journal file {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _HeartbeatJournalStorage(optuna.storages.journal.JournalFileBackend(str(path)),
+    return _HeartbeatJournalStorage(JournalFileBackend(str(path)),
                                     heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
 
@@ -528,20 +560,22 @@ def _check_workers(storage: str, workers: int) -> None:
 
 def _open_study(name: str, storage: str, settings: ObjectiveSettings, *, heartbeat_interval: int,
                 grace_period: int) -> optuna.Study:
-    """Create (or load) the study and check that it was made for the same search."""
+    """Create (or load) the study and check that it was made for the same search: objective,
+    epochs, base config, space and end-to-end settings (stored in the study's user attribute
+    `search`)."""
     st = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study = optuna.create_study(study_name=name, storage=st, direction="minimize", load_if_exists=True)
-    # JSON round trip: what the storage gives back (tuples become lists)
-    signature = json.loads(json.dumps({"objective": settings.objective, "epochs": int(settings.epochs),
-                                       "space": {k: list(v) for k, v in settings.space.items()}}))
+    e2e = {k: getattr(settings, k) for k in ("e2e_scenes", "e2e_seed", "xyz_norm_m", "f1_weight")}
+    signature = {"objective": settings.objective, "epochs": int(settings.epochs), "config": to_dict(settings.base),
+                 "space": {k: list(v) for k, v in settings.space.items()}, "e2e": e2e}
+    signature = json.loads(json.dumps(signature))  # what the storage gives back (tuples become lists)
     stored = study.user_attrs.get("search")
     if stored is None:
         study.set_user_attr("search", signature)
-        study.set_user_attr("base_config", to_dict(settings.base))
     elif stored != signature:
         diff = sorted(k for k in signature if stored.get(k) != signature[k])
-        raise ValueError(f"--study: {name!r} in {storage} was made with another {', '.join(diff)}; "
-                         "choose another --study or --workdir")
+        raise ValueError(f"--study: {name!r} in {storage} was made with another {', '.join(diff)} (its values "
+                         "would not compare); choose another --study or --workdir")
     return study
 
 
@@ -590,7 +624,7 @@ class _Job:
     settings: ObjectiveSettings
     study: str
     storage: str
-    n_trials: int  # this worker's budget (the cap is settings.max_trials)
+    n_trials: int  # trials this worker may start (the cap is settings.max_trials)
     pruner: str = "median"  # "median" | "none"
     sampler: str = "tpe"  # "tpe" | "enqueued" (stage 2: refuse to sample)
     sampler_seed: int | None = None
@@ -610,7 +644,7 @@ class _EnqueuedOnlySampler(optuna.samplers.RandomSampler):
 
 def _make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ValueError(f"--pruner: expected 'median' or 'none', got {name!r}")
@@ -618,8 +652,8 @@ def _make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 def _run_job(job: _Job) -> None:
     """Run `job.n_trials` trials at most (fewer once the study's cap is reached)."""
-    optuna.logging.set_verbosity(job.verbosity)
     if job.own_process:
+        optuna.logging.set_verbosity(job.verbosity)
         enable_compile_cache(job.compile_cache)
     storage = make_storage(job.storage, heartbeat_interval=job.heartbeat_interval, grace_period=job.grace_period)
     if job.sampler == "enqueued":
@@ -630,9 +664,24 @@ def _run_job(job: _Job) -> None:
                               pruner=_make_pruner(job.pruner))
     callbacks = [print_trial]
     if job.settings.max_trials is not None:
-        callbacks.insert(0, optuna.study.MaxTrialsCallback(int(job.settings.max_trials), states=_FINISHED))
+        cap = int(job.settings.max_trials)
+        callbacks[:0] = [optuna.study.MaxTrialsCallback(cap, states=_FINISHED), _StopWhenClaimed(cap)]
     study.optimize(_Objective(job.settings), n_trials=job.n_trials, callbacks=callbacks,
-                   catch=(BudgetExhausted,), gc_after_trial=True)
+                   catch=(BudgetExhausted, TrialFailed), gc_after_trial=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StopWhenClaimed:
+    """Study callback: stop this worker when the finished trials plus the trials other workers
+    are running reach the cap (`MaxTrialsCallback` counts finished ones only, so a worker
+    would start one more trial while another's last one is still running)."""
+
+    cap: int
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        states = (*_FINISHED, TrialState.RUNNING)  # (a WAITING, enqueued trial still needs a worker)
+        if len(study.get_trials(deepcopy=False, states=states)) >= self.cap:
+            study.stop()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -671,6 +720,7 @@ def _run_workers(job: _Job, workers: int) -> None:
              for i in range(workers)]
     for p in procs:
         p.start()
+    log.info("started %d hpo workers for study %s", workers, job.study)
     try:
         for p in procs:
             p.join()
@@ -680,7 +730,8 @@ def _run_workers(job: _Job, workers: int) -> None:
         raise
     bad = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
     if bad:
-        log.warning("hpo workers ended with an error: %s", ", ".join(bad))
+        raise RuntimeError(f"hpo: worker process(es) failed: {', '.join(bad)} (their error is printed above); "
+                           "the study keeps every finished trial, rerun to top it up")
 
 
 def run_study(settings: ObjectiveSettings, *, study_name: str, storage: str, n_trials: int, workers: int = 1,
@@ -694,17 +745,26 @@ def run_study(settings: ObjectiveSettings, *, study_name: str, storage: str, n_t
       study_name: the study (created if absent; its search must match, see `_open_study`).
       storage: journal file path or SQLAlchemy URL (`make_storage`).
       n_trials: the cap on the study's COMPLETE + PRUNED trials, across all workers.
-      workers: 1: trials run in this process; K > 1: K spawned processes.
-      pruner: "median" (`MedianPruner(n_startup_trials=5, n_warmup_steps=1)`) or "none".
+      workers: 1: trials run in this process; K > 1: K spawned processes (a script calling
+        this needs the `if __name__ == "__main__":` guard of multiprocessing's spawn).
+      pruner: "median" (`MedianPruner(n_startup_trials=5)`: from the 6th trial on, a trial
+        worse than the median of the others at the same epoch stops) or "none".
       sampler_seed: TPE seed (worker i uses seed + i); None: random.
       heartbeat_interval, grace_period: stale-trial detection, seconds.
-      compile_cache: persistent XLA cache directory of spawned workers (None: JAX's setting).
-      verbosity: optuna's logging level in the workers.
+      compile_cache: persistent XLA cache directory of spawned workers (None: JAX's setting;
+        this process is left alone: see `enable_compile_cache`).
+      verbosity: optuna's logging level in spawned workers.
 
     Returns:
       The study (reloaded after the workers finish).
+
+    Raises:
+      ValueError: bad arguments, a space that does not fit the config, a study made for
+        another search, or SQLite with several workers.
+      RuntimeError: a worker process failed (the trials it finished stay in the study).
     """
     _check_workers(storage, workers)
+    _make_pruner(pruner)
     if int(n_trials) < 1:
         raise ValueError(f"--trials: must be >= 1, got {n_trials}")
     settings = dataclasses.replace(settings, max_trials=int(n_trials))
@@ -716,7 +776,9 @@ def run_study(settings: ObjectiveSettings, *, study_name: str, storage: str, n_t
     if left <= 0:
         print(f"[{study_name}] already has {n_trials} finished trials", flush=True)
         return study
-    job = _Job(settings, study_name, storage, n_trials=left, pruner=pruner, sampler_seed=sampler_seed,
+    # each worker may start twice the missing trials: failed ones (not counted) are replaced,
+    # a systematic failure still ends
+    job = _Job(settings, study_name, storage, n_trials=2 * left, pruner=pruner, sampler_seed=sampler_seed,
                heartbeat_interval=heartbeat_interval, grace_period=grace_period, compile_cache=compile_cache,
                verbosity=verbosity)
     _run_workers(job, int(workers))
@@ -753,7 +815,6 @@ def run_hpo2(stage1: ObjectiveSettings, stage2: ObjectiveSettings, *, study_name
     if not best:
         raise ValueError(f"hpo2: stage 1 ({study_name}-s1) has no complete trial to rerun")
     _check_workers(storage, workers)
-    stage2 = dataclasses.replace(stage2, max_trials=len(best), enqueued_only=True)
     stage2.validate()
     s2 = _open_study(f"{study_name}-s2", storage, stage2, heartbeat_interval=heartbeat_interval,
                      grace_period=grace_period)
@@ -763,7 +824,12 @@ def run_hpo2(stage1: ObjectiveSettings, stage2: ObjectiveSettings, *, study_name
     for t in best:
         if t.params not in present:
             s2.enqueue_trial(t.params, user_attrs={"stage1_trial": t.number, "stage1_value": t.value})
-    left = _remaining(s2, len(best))
+    # the cap: the current top-k plus finished sets of an earlier run (a stage 1 since topped up)
+    best_params = [t.params for t in best]
+    earlier = [t for t in s2.get_trials(deepcopy=False, states=_FINISHED) if t.params not in best_params]
+    cap = len(earlier) + len(best)
+    stage2 = dataclasses.replace(stage2, max_trials=cap)
+    left = _remaining(s2, cap)
     if left > 0:
         job = _Job(stage2, f"{study_name}-s2", storage, n_trials=left, pruner="none", sampler="enqueued",
                    heartbeat_interval=heartbeat_interval, grace_period=grace_period,

@@ -196,9 +196,22 @@ def check_scenes(model: LearnedModel, scenes) -> None:
         raise ValueError(f"scenes: N = {n} elements, the model was trained for N = {cfg.n_elements}")
 
 
+def als_samp_factor(scenes):
+    """Factor `[B, N, q]` of the ALS R_samp (the seed's: rank 5, 4 iterations, ridge 1e-2) of
+    a batch, for `R_blend` when beta > 0 (traced use: no host-side validation)."""
+    from rismvdr.physics.covariance import _batched
+
+    est = _batched(scenes.y, scenes.H, scenes.codes, 1e-2, method="sample" if scenes.H is None else "als",
+                   rank=5, n_iter=4, f_solver="auto", precision=jax.lax.Precision.HIGHEST)
+    return est.factor
+
+
 def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = 0.5, samp_factor=None):
     """R_blend factor `[B, N, q]` of a batch. In the structured variant, slots whose existence
-    probability is below `exist_threshold` are removed (their columns zeroed)."""
+    probability is below `exist_threshold` are removed (their columns zeroed). With beta > 0 the
+    ALS R_samp is estimated from the scenes unless `samp_factor` is given."""
+    if model.backbone_cfg.beta > 0 and samp_factor is None:
+        samp_factor = als_samp_factor(scenes)
     out = model.backbone_def.apply(model.backbone_params, scenes.y, scenes.H, scenes.codes, samp_factor)
     f = out.factor
     if model.backbone_cfg.covariance == "structured" and exist_threshold > 0:

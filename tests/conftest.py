@@ -16,3 +16,11 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_x64", True)
+
+# Persistent compilation cache for the test session: the training tests run the same small
+# programs in several fresh `fit` calls (resume, NaN, CLI); identical programs compile once.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("RISMVDR_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "rismvdr-test-jax-cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

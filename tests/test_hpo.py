@@ -5,7 +5,6 @@ those enter the jitted step as traced scalars, so every trial compiles the same 
 with the persistent compilation cache these tests share, only the first one compiles. The
 cache is switched on for this module and off again after it.
 """
-import itertools
 import json
 import os
 import pwd
@@ -76,19 +75,19 @@ def test_space_file_builds_every_architecture():
 
     from rismvdr.models.backbone import Backbone
     from rismvdr.physics.simulate import simulate
-    from rismvdr.train.trainer import _als_factor
 
     space = hpo.load_space(SPACE_FILE)
-    assert {"optim.lr", "optim.weight_decay", "model.widths", "model.rank", "model.beta"} <= set(space)
+    assert {"optim.lr", "optim.weight_decay", "model.widths", "model.covariance", "model.rank"} <= set(space)
     seed = load_config(ROOT / "configs" / "seed.py")
     hpo.check_space(space, seed)
     hpo.check_space(space, load_config(TINY))
     scene = simulate(seed.scene_config(), 0, 1)
-    for widths, cov in itertools.product(space["model.widths"][1], space["model.covariance"][1]):
-        cfg = hpo.apply_params(seed, {"model.widths": widths, "model.covariance": cov, "model.beta": 0.3})
+    combos = [(w, "factor") for w in space["model.widths"][1]] + [(space["model.widths"][1][0], "structured")]
+    assert {c for _, c in combos} == set(space["model.covariance"][1])
+    for widths, cov in combos:  # every depth/width; both covariance heads
+        cfg = hpo.apply_params(seed, {"model.widths": widths, "model.covariance": cov})
         bcfg = cfg.backbone_config()
-        out = nnx.eval_shape(lambda: Backbone(bcfg, rngs=nnx.Rngs(0))(scene.y, scene.H, scene.codes,
-                                                                      _als_factor(scene)))
+        out = nnx.eval_shape(lambda: Backbone(bcfg, rngs=nnx.Rngs(0))(scene.y, scene.H, scene.codes))
         assert out.factor.shape[:2] == (1, 144), (widths, cov)
 
 
@@ -140,6 +139,30 @@ def test_nan_trial_is_pruned(tmp_path, monkeypatch):
         assert match in trial.user_attrs["pruned_reason"]
 
 
+def test_runtime_error_fails_only_that_trial(tmp_path, monkeypatch):
+    """An accelerator runtime error (e.g. out of memory) fails its trial; the study goes on."""
+    from rismvdr.train import trainer
+
+    calls = []
+
+    def fake_fit(cfg, workdir, *, on_eval, **kw):
+        calls.append(workdir)
+        if len(calls) == 1:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        on_eval(cfg.eval_every, {"val/cov": 1.0, "val/subspace": 1.0, "val/aux": 1.0, "val/beam_heatmap": 1.0,
+                                 "val/cell": float(len(calls))})
+        return {"status": "done", "steps": cfg.steps, "skipped": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(trainer, "fit", fake_fit)
+    study = hpo.run_study(_settings(tmp_path), study_name="oom", storage=hpo.default_storage(tmp_path),
+                          n_trials=2, sampler_seed=0)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "RESOURCE_EXHAUSTED" in study.trials[0].user_attrs["rismvdr_status"]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                            "ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_stale_trial_of_a_crashed_worker_is_failed(tmp_path):
     storage = hpo.make_storage(str(tmp_path / "s.journal"), heartbeat_interval=1, grace_period=5)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -200,21 +223,23 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     # a rerun with the cap reached does nothing; another space in the same study is refused
     assert main([str(a) for a in argv]) == 0
     assert len(study.get_trials()) == 4
-    assert main([str(a) for a in argv[:-4] + ["--epochs", "2", "--compile-cache", compile_cache]]) == 2
+    i = argv.index("--epochs")
+    assert main([str(a) for a in argv[: i + 1] + [2] + argv[i + 2:]]) == 2
     assert "made with another epochs" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_two_workers_share_a_journal_with_a_cap(tmp_path, compile_cache, monkeypatch):
     """Two spawned workers, total capped at 3 finished trials; a crashed worker's RUNNING trial
     (stale heartbeat) is failed and does not block the study."""
     _workers_env(monkeypatch)
     journal = str(tmp_path / "hpo.journal")
     settings = _settings(tmp_path)
-    study = hpo._open_study("w", journal, settings, heartbeat_interval=1, grace_period=5)
+    study = hpo._open_study("w", journal, settings, heartbeat_interval=2, grace_period=30)
     crashed = study.ask()  # a worker that died mid-trial
-    hpo.make_storage(journal).set_trial_system_attr(crashed._trial_id, "rismvdr:heartbeat", time.time() - 100)
+    hpo.make_storage(journal).set_trial_system_attr(crashed._trial_id, "rismvdr:heartbeat", time.time() - 300)
     study = hpo.run_study(settings, study_name="w", storage=journal, n_trials=3, workers=2, sampler_seed=0,
-                          heartbeat_interval=1, grace_period=5, compile_cache=compile_cache)
+                          heartbeat_interval=2, grace_period=30, compile_cache=compile_cache)
     assert len(study.get_trials(states=FINISHED)) == 3
     assert study.trials[crashed.number].state == TrialState.FAIL
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -297,3 +322,38 @@ def test_hpo2_stage2_reruns_the_stage1_topk_exactly(tmp_path, compile_cache):
         assert t.value == pytest.approx(t.user_attrs["e2e_objective"])
     rows = hpo.rerank(study2)
     assert [r["rank"] for r in rows] == [1, 2] and "| rank |" in hpo.format_rerank(rows)
+    # rerunning the same command finds both stages done: no new trial
+    _, again = hpo.run_hpo2(s1, s2, study_name="two", storage=hpo.default_storage(tmp_path), stage1_trials=3,
+                            topk=2, sampler_seed=0)
+    assert len(again.trials) == 2 and len(optuna.load_study(study_name="two-s1", storage=hpo.make_storage(
+        hpo.default_storage(tmp_path))).trials) == 3
+
+
+# ------------------------------------------------------------------------------------------
+# Slow: real non-finite training, the shipped space end to end
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_nan_steps_prune_the_trial_and_the_study_goes_on(tmp_path, compile_cache):
+    """`debug_nan_steps` poisons the loss: the update is skipped and counted, the trial pruned."""
+    settings = _settings(tmp_path)
+    settings = hpo.ObjectiveSettings(**{**settings.__dict__, "base": settings.base.replace(debug_nan_steps=(1,))})
+    study = hpo.run_study(settings, study_name="nan", storage=hpo.default_storage(tmp_path), n_trials=2,
+                          sampler_seed=0)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all("1 non-finite update" in t.user_attrs["pruned_reason"] and t.user_attrs["skipped"] == 1
+               for t in trials)
+
+
+@pytest.mark.slow
+def test_shipped_space_e2e_cli(tmp_path, compile_cache, capsys):
+    work = tmp_path / "hpo"
+    argv = ["hpo", "--config", TINY, "--workdir", work, "--space", SPACE_FILE, "--trials", 2, "--epochs", 1,
+            "--objective", "e2e", "--e2e-scenes", 4, "--devices", 1, "--sampler-seed", 1,
+            "--compile-cache", compile_cache]
+    argv += [a for s in OVERRIDES for a in ("--set", s)]
+    assert main([str(a) for a in argv]) == 0
+    study = optuna.load_study(study_name="tiny", storage=hpo.make_storage(str(work / hpo.JOURNAL_NAME)))
+    assert len(study.get_trials(states=FINISHED)) == 2
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert set(t.params) == set(hpo.load_space(SPACE_FILE)) and "e2e_f1" in t.user_attrs

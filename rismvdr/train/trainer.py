@@ -96,14 +96,6 @@ def _select(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _als_factor(scenes: Scene):
-    from rismvdr.physics.covariance import _batched  # traced use: inputs come from the simulator
-
-    est = _batched(scenes.y, scenes.H, scenes.codes, 1e-2, method="als", rank=5, n_iter=4,
-                   f_solver="auto", precision=jax.lax.Precision.HIGHEST)
-    return est.factor
-
-
 class Trainer:
     """Builds the model, optimizer, jitted step and evaluation for one config."""
 
@@ -185,7 +177,9 @@ class Trainer:
         ls = self.cfg.loss
         active = self.active if active is None else active
         if self.cfg.stage == "backbone":
-            samp = _als_factor(scenes) if self.bcfg.beta > 0 else None
+            from rismvdr.learned import als_samp_factor
+
+            samp = als_samp_factor(scenes) if self.bcfg.beta > 0 else None
             out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp, refine_range=False)
             return backbone_terms(out, scenes, self.bcfg, ls, active)
         logits = self.mdef.apply(params, self._refiner_inputs(scenes))
