@@ -67,6 +67,7 @@ def test_noise_free_recovery(k):
     assert np.max(err[:, 2]) <= NOISE_FREE_RANGE_M
 
 
+@pytest.mark.slow  # 200 scenes of ML: about a minute on 2 cores (make test-slow)
 def test_single_source_efficiency_10db():
     cfg = get_scenario("seed", k_min=1, k_max=1, snr_db=(10.0, 10.0))
     scenes, geometry, det = _run(cfg, 200, seed=11)
