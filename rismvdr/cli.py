@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,6 @@ def _scenario_from_meta(meta: dict | None):
 
 def _settings(args, sf):
     """Localizer settings: the scene file's scenario box if recorded, then CLI overrides."""
-    from rismvdr.detect import DetectorConfig
     from rismvdr.methods import LocalizerSettings, settings_for_scenario
 
     cfg = _scenario_from_meta(sf.meta)
@@ -448,7 +446,7 @@ def _model_check(model, n_scenes: int) -> dict:
 
     from rismvdr.evaluation import evaluate_detections
     from rismvdr.methods import localize, settings_for_scenario
-    from rismvdr.physics.scenarios import get_scenario, scenario_geometry
+    from rismvdr.physics.scenarios import scenario_geometry
     from rismvdr.physics.simulate import simulate
     from rismvdr.train.config import from_dict
 

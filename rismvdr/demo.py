@@ -97,14 +97,14 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
     plots.plot_error_cdf(out / "position_error_cdf.png", errors, title="3-D position error of true positives")
     m0 = np.asarray(scenes.mask[0])
     truth0 = tuple(np.asarray(a[0])[m0] for a in (scenes.phi, scenes.theta, scenes.r))
-    for name in ("mvdr-oracle", "mvdr-als"):
+    for name in ("mvdr-oracle", "mvdr-als", "learned"):
         if name in first_maps:
             pw, pl, grid, det0 = first_maps[name]
             plots.plot_scene_map(out / f"scene0_{name}.png", pw, pl, grid, truth=truth0, detections=det0,
                                  title=f"{name}: scene 0 (circles: truth, crosses: detections)")
     table = metrics.format_table(results)
     lines = [
-        f"# rismvdr demo report", "",
+        "# rismvdr demo report", "",
         f"Scenario `{cfg.name}`, {n_scenes} scenes, seed {seed}; gates 5 deg / 5 deg / 1 m; "
         f"default detector (db threshold 12 dB, K_max 5, 3-D refinement). Total wall time "
         f"{time.perf_counter() - t0:.0f} s on this machine (compilation included).", "",

@@ -18,12 +18,10 @@ Methods (registered in `rismvdr.methods`; all finish in the shared detector):
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -291,7 +289,6 @@ def make_runner(model: LearnedModel, kind: str, geometry, settings, *, guard: Re
     grid = settings.grid(geometry.linear)
     det = settings.detector
     prec = settings.precision
-    cdtype = jnp.complex64
 
     def run(bparams, rparams, scenes):
         m = model._replace(backbone_params=bparams, refiner_params=rparams)
@@ -320,5 +317,4 @@ def make_runner(model: LearnedModel, kind: str, geometry, settings, *, guard: Re
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))
         return out, spec, ~ok
 
-    del cdtype
     return jax.jit(run)

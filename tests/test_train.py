@@ -15,7 +15,6 @@ import pytest
 from rismvdr.train.config import (
     LossWeights,
     Phase,
-    TrainConfig,
     apply_overrides,
     from_dict,
     load_config,

@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +34,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rismvdr.models.backbone import Backbone, BackboneConfig
+from rismvdr.models.backbone import Backbone
 from rismvdr.models.unet import SpectrumRefiner
 from rismvdr.physics.simulate import Scene, simulate, simulate_scene
 from rismvdr.physics.spectra import grid_steering, mvdr_lowrank_operator, spectrum_25d
@@ -44,7 +43,6 @@ from rismvdr.train.checkpoint import Checkpointer
 from rismvdr.train.config import TrainConfig, to_dict, weights_at
 from rismvdr.train.objective import TERMS, active_terms, backbone_terms
 from rismvdr.train.state import (
-    ModelDef,
     TrainState,
     data_sharded,
     ema_update,
@@ -242,7 +240,7 @@ class Trainer:
         cfg = self.cfg
         # Evaluate on one device: the replicated training copy would make every validation
         # computation a multi-device one (and mix meshes with the single-device scenes).
-        params = jax.device_put(jax.device_get(params), jax.devices()[0])
+        params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
         bs = min(cfg.batch_size, len(val))
         if cfg.stage == "refiner":
             terms_all = ("heatmap",)
