@@ -489,6 +489,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from rismvdr.bench import run_accuracy
+
+    n_scenes = args.scenes if args.scenes is not None else (20 if args.quick else 200)
+    t0 = time.perf_counter()
+    result = run_accuracy(args.out, n_scenes=n_scenes, seed=args.seed, methods=args.methods,
+                          sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db), quick=args.quick,
+                          progress=not args.quiet)
+    print(f"bench accuracy: wall time {time.perf_counter() - t0:.1f} s"
+          + f" ({n_scenes} scenes per point; methods {', '.join(result['meta']['methods'])})")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # Parser
 # ------------------------------------------------------------------------------------------
@@ -560,6 +573,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scenario", default="seed", help="scenario name (default seed)")
     d.add_argument("--methods", nargs="+", help="methods to run (default: every method that applies; learned ones when the shipped model fits the scenario)")
     d.set_defaults(func=cmd_demo)
+
+    be = sub.add_parser("bench", help="benchmarks: `bench accuracy` (F1, errors and RMSE / sqrt(CRB) against "
+                        "SNR, K and L, per method)")
+    bsub = be.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    ba = bsub.add_parser("accuracy", help="accuracy sweeps on the seed scenario: base set, SNR (K = 1, 3), K, L",
+                         description="Suites B1 (blind: each method finds K) and B2 (oracle K: music-oracle-k, "
+                                     "mvdr-oracle). Writes accuracy.json (flat records), accuracy.csv, "
+                                     "accuracy.md (F1 tables) and PNG plots to --out.")
+    ba.add_argument("--out", required=True, help="report folder")
+    ba.add_argument("--quick", action="store_true", help="20 scenes per point (unless --scenes) and the methods "
+                    "mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless --methods)")
+    ba.add_argument("--scenes", type=int, help="scenes per point (default 200; --quick 20)")
+    ba.add_argument("--seed", type=int, default=0, help="PRNG seed; point i is simulated with fold_in(seed, i) (default 0)")
+    ba.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                    help="methods to run (default: every registered method that applies)")
+    ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l"),
+                    default=["base", "snr", "k", "l"], help="sweeps to run (default base snr k l): base set, SNR at "
+                    "K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3")
+    ba.add_argument("--snr-db", type=float, nargs="+", default=[-10, -5, 0, 5, 10, 15, 20, 25],
+                    help="SNR values of the snr sweeps, dB (default -10 to 25 in 5 dB steps)")
+    ba.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ba.set_defaults(func=cmd_bench)
 
     def train_flags(t, *, stage):
         t.add_argument("--config", help="config file defining get_config() (e.g. configs/seed.py, configs/tiny.py)"

@@ -1,0 +1,76 @@
+"""`rismvdr bench accuracy` end to end through the CLI on a tiny point count."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from rismvdr import bench
+from rismvdr.cli import main
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["bench", "accuracy", "--out", str(out), "--scenes", "2", "--methods", "mvdr-oracle", "mvdr-mf",
+               "--sweeps", "snr_k1", "--snr-db", "0", "25", "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_files_written(report):
+    for name in ("accuracy.json", "accuracy.csv", "accuracy.md", "f1_vs_snr.png", "rmse_phi_vs_snr_k1.png"):
+        assert (report / name).stat().st_size > 0, name
+
+
+def test_json_and_csv_records(report):
+    data = json.loads((report / "accuracy.json").read_text())
+    records = data["records"]
+    assert data["meta"]["n_scenes"] == 2
+    assert len(records) == 4  # 2 SNR points x 2 methods
+    for r in records:
+        assert set(bench.RECORD_KEYS) <= set(r)
+        assert r["sweep"] == "snr_k1" and r["variable"] == "snr_db" and r["k"] == 1
+    suites = {r["method"]: r["suite"] for r in records}
+    assert suites == {"mvdr-oracle": "B2", "mvdr-mf": "B1"}
+    with open(report / "accuracy.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records)
+    assert tuple(rows[0]) == bench.RECORD_KEYS
+    best = [r for r in records if r["method"] == "mvdr-oracle" and r["value"] == 25]
+    assert len(best) == 1 and best[0]["f1"] >= 0.5
+    row = [r for r in rows if r["method"] == "mvdr-oracle" and float(r["value"]) == 25][0]
+    assert float(row["f1"]) == pytest.approx(best[0]["f1"])
+
+
+def test_markdown_table(report):
+    md = (report / "accuracy.md").read_text()
+    assert "| suite | method | 0 | 25 |" in md
+    assert "| B2 | mvdr-oracle |" in md
+
+
+def test_points_and_stable_seeds():
+    pts = bench.bench_points(("base", "snr", "k", "l"))
+    assert len(pts) == 1 + 2 * 8 + 5 + 5
+    assert {p.sweep for p in pts} == {"base", "snr_k1", "snr_k3", "k", "l"}
+    one = bench.bench_points(("snr_k1",), snr_values_db=(25,))[0]
+    same = [p for p in pts if p.sweep == "snr_k1" and p.value == 25][0]
+    assert bench.point_seed(one) == bench.point_seed(same)
+    assert len({bench.point_seed(p) for p in pts}) == len(pts)
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "accuracy", "--out", "x", "--sweeps", "nope"],
+    ["bench", "accuracy", "--out", "x", "--methods", "no-such-method"],
+    ["bench", "accuracy"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_zero_scenes_exit_2(tmp_path, capsys):
+    assert main(["bench", "accuracy", "--out", str(tmp_path), "--scenes", "0"]) == 2
+    assert "scenes" in capsys.readouterr().err
