@@ -78,6 +78,8 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
         pssr = scene_pssr_db(res.power_db, d.phi, d.theta, d.valid, res.grid)
         ev = evaluate_detections(scenes, d.phi, d.theta, d.r, d.valid, score_db=d.score_db, pssr=pssr, crb=crb)
         ev["seconds"] = res.seconds
+        if res.fallbacks is not None:  # learned-refiner: scenes whose refiner map was rejected
+            ev["refiner_fallbacks"] = res.fallbacks
         ev["scenes_per_second"] = n_scenes / res.seconds
         results[name] = ev
         timing[name] = res.seconds
