@@ -12,7 +12,7 @@ Sweeps (each point a fresh test set of `n_scenes` scenes, seed `fold_in(seed, po
 * `base`: the `seed` scenario as is (SNR uniform in [-5, 20] dB, K uniform in 1..5, L = 16).
 * `snr`: fixed SNR -10 .. 25 dB in 5 dB steps, at K = 1 (`snr_k1`) and K = 3 (`snr_k3`).
 * `k`: K = 1 .. 5 at 10 dB.
-* `l`: L (snapshots) in 4, 8, 16, 32, 64 at 10 dB, K = 3.
+* `l`: L (snapshots) in 4, 8, 16, 32, 64 at 10 dB, K = 3 (`--quick`: up to 32).
 
 Learned methods run only where the shipped model fits (RIS mode, the model's N, M and L: the
 shipped model was trained for L = 16, so the `l` sweep runs them at L = 16 only).
@@ -45,7 +45,7 @@ from rismvdr.methods import METHODS, localize, method_names, settings_for_scenar
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
-__all__ = ["SWEEPS", "SNR_VALUES_DB", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy",
+__all__ = ["SWEEPS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy",
            "RECORD_KEYS", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l")
 SNR_VALUES_DB = tuple(range(-10, 30, 5))  # -10 .. 25 dB
 K_VALUES = (1, 2, 3, 4, 5)
 L_VALUES = (4, 8, 16, 32, 64)
+#: `--quick` stops the L sweep at 32: `somp-ml` at L = 64 takes minutes per 20 scenes on a 2-core CPU.
+L_VALUES_QUICK = (4, 8, 16, 32)
 #: Methods of `--quick` (those registered and applicable).
 QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-k")
 #: Methods given the truth (oracle K): reported under suite B2.
@@ -80,7 +82,7 @@ class BenchPoint(NamedTuple):
     overrides: dict
 
 
-def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB) -> list[BenchPoint]:
+def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUES) -> list[BenchPoint]:
     """The points of the chosen sweeps, in a fixed order."""
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -96,7 +98,7 @@ def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB) -> list[BenchPoi
         pts += [BenchPoint("k", "k", k, dict(snr_db=(10.0, 10.0), k_min=k, k_max=k)) for k in K_VALUES]
     if "l" in sweeps:
         pts += [BenchPoint("l", "n_snapshots", n, dict(snr_db=(10.0, 10.0), k_min=3, k_max=3, n_snapshots=n))
-                for n in L_VALUES]
+                for n in l_values]
     return pts
 
 
@@ -258,7 +260,7 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         `QUICK_METHODS`).
       sweeps: subset of `SWEEPS`.
       snr_values_db: the SNR values (dB) of the `snr` sweeps (default -10 .. 25 in 5 dB steps).
-      quick: use `QUICK_METHODS` when `methods` is None.
+      quick: use `QUICK_METHODS` when `methods` is None, and `L_VALUES_QUICK` (no L = 64).
       scenario: the base scenario (default `seed`).
       progress: tqdm bar over points (auto-off when not a terminal).
 
@@ -277,7 +279,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         names = method_names(full_array=base_cfg.mode == "full")
         if quick:
             names = [n for n in QUICK_METHODS if n in names]
-    points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db))
+    l_values = L_VALUES_QUICK if quick else L_VALUES
+    points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db), l_values=l_values)
     if not points:
         raise ValueError(f"sweeps: none chosen; known: {', '.join(SWEEPS)}")
     model = _load_model() if any(METHODS[n].learned for n in names) else None
@@ -316,10 +319,13 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         tqdm.write(f"[{len(records)} records] {label}: F1 " + ", ".join(f1s)
                    + f" ({time.perf_counter() - tp:.1f} s)")
         sys.stdout.flush()  # one line per point, also when stdout is a file
+        partial = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, partial=True)
+        write_json(out / "accuracy.json", dict(meta=partial, records=records))  # survives an interrupt
+        _write_csv(out / "accuracy.csv", records)
     bar.close()
     wall = time.perf_counter() - t0
     meta = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, quick=quick, methods=names,
-                sweeps=list(sweeps), snr_values_db=list(snr_values_db), b2_methods=list(B2_METHODS), wall_s=wall,
+                sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values), b2_methods=list(B2_METHODS), wall_s=wall,
                 base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy")
     result: dict[str, Any] = dict(meta=metrics.to_jsonable(meta), records=records)
     write_json(out / "accuracy.json", result)

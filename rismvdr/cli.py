@@ -582,10 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "mvdr-oracle). Writes accuracy.json (flat records), accuracy.csv, "
                                      "accuracy.md (F1 tables) and PNG plots to --out.")
     ba.add_argument("--out", required=True, help="report folder")
-    ba.add_argument("--quick", action="store_true", help="20 scenes per point (unless --scenes) and the methods "
-                    "mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless --methods)")
+    ba.add_argument("--quick", action="store_true", help="20 scenes per point (unless --scenes), the methods "
+                    "mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless --methods), L sweep up to 32")
     ba.add_argument("--scenes", type=int, help="scenes per point (default 200; --quick 20)")
-    ba.add_argument("--seed", type=int, default=0, help="PRNG seed; point i is simulated with fold_in(seed, i) (default 0)")
+    ba.add_argument("--seed", type=int, default=0, help="PRNG seed; each point's scenes use fold_in(seed, a stable hash of the point), "
+                    "so a point's test set does not depend on the other points run (default 0)")
     ba.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                     help="methods to run (default: every registered method that applies)")
     ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l"),

@@ -74,3 +74,8 @@ def test_bad_arguments_exit_2(argv, capsys):
 def test_zero_scenes_exit_2(tmp_path, capsys):
     assert main(["bench", "accuracy", "--out", str(tmp_path), "--scenes", "0"]) == 2
     assert "scenes" in capsys.readouterr().err
+
+
+def test_quick_l_sweep_stops_at_32():
+    pts = bench.bench_points(("l",), l_values=bench.L_VALUES_QUICK)
+    assert [p.value for p in pts] == [4, 8, 16, 32]
