@@ -54,7 +54,6 @@ optuna-dashboard can open the journal file: `optuna-dashboard <workdir>/hpo.jour
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -76,7 +75,14 @@ try:
 except ImportError:  # optuna < 4.0
     from optuna.storages import JournalFileStorage as JournalFileBackend
 
-from rismvdr.train.config import LossWeights, TrainConfig, apply_overrides, from_dict, to_dict
+from rismvdr.train.config import (
+    LossWeights,
+    TrainConfig,
+    apply_overrides,
+    call_file_function,
+    from_dict,
+    to_dict,
+)
 
 __all__ = [
     "LOSS_SCALE",
@@ -139,18 +145,7 @@ def load_space(path: str | Path) -> dict[str, tuple]:
     Raises:
       ValueError: no such file, no `get_space()`, or a malformed entry (named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--space: no such file {str(path)!r}")
-    spec = importlib.util.spec_from_file_location(f"rismvdr_space_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a space file with a bug: say which file
-        raise ValueError(f"--space: {path}: {type(exc).__name__}: {exc}") from exc
-    if not hasattr(module, "get_space"):
-        raise ValueError(f"--space: {path} defines no get_space()")
-    return _validate_space(module.get_space(), str(path))
+    return _validate_space(call_file_function(path, "get_space", "--space"), str(path))
 
 
 def _validate_space(space: Any, where: str = "space") -> dict[str, tuple]:

@@ -295,6 +295,18 @@ class LocalizationResult(NamedTuple):
     fallbacks: int | None = None
 
 
+def _somp_context(settings: LocalizerSettings, geometry, scenes: Scene):
+    """(SOMP grid, flattened dictionary steering `[G, N]`, F-test thresholds, config), built
+    once per run."""
+    grid = settings.somp_grid(geometry.linear)
+    a_flat = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
+    a_flat = a_flat.reshape(-1, a_flat.shape[-1])
+    ccfg = settings.compressive()
+    thresholds = f_thresholds(int(scenes.y.shape[-1]), int(scenes.y.shape[-2]), ccfg.k_max,
+                              int(a_flat.shape[0]), ccfg)
+    return grid, a_flat, thresholds, ccfg
+
+
 def _pad_batch(scenes: Scene, lo: int, hi: int, size: int) -> Scene:
     idx = np.minimum(np.arange(lo, lo + size), hi - 1)
     return jax.tree_util.tree_map(lambda a: a[idx], scenes)
@@ -350,12 +362,7 @@ def localize(
         grid = settings.grid(geometry.linear)
         fallbacks = 0 if method == "learned-refiner" else None
         if method == "learned-ml":
-            sgrid = settings.somp_grid(geometry.linear)
-            a_flat = grid_steering(geometry, sgrid, model=settings.steering_model, dtype=scenes.y.dtype)
-            a_flat = a_flat.reshape(-1, a_flat.shape[-1])
-            ccfg = settings.compressive()
-            thresholds = f_thresholds(int(scenes.y.shape[-1]), int(scenes.y.shape[-2]), ccfg.k_max,
-                                      int(a_flat.shape[0]), ccfg)
+            sgrid, a_flat, thresholds, ccfg = _somp_context(settings, geometry, scenes)
             det_cfg = settings.detector
             gates = (np.deg2rad(det_cfg.gate_phi_deg), np.deg2rad(det_cfg.gate_theta_deg), det_cfg.gate_r_m)
     elif m.run is None:
@@ -363,12 +370,7 @@ def localize(
         a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
         build = jax.jit(m.build, static_argnums=(2,))
     else:
-        grid = settings.somp_grid(geometry.linear)
-        a_flat = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
-        a_flat = a_flat.reshape(-1, a_flat.shape[-1])
-        ccfg = settings.compressive()
-        thresholds = f_thresholds(int(scenes.y.shape[-1]), int(scenes.y.shape[-2]), ccfg.k_max,
-                                  int(a_flat.shape[0]), ccfg)
+        grid, a_flat, thresholds, _ = _somp_context(settings, geometry, scenes)
         ctx = dict(a_flat=a_flat, thresholds=thresholds, grid=grid)
     parts, maps, planes, orders = [], [], [], []
     bar = tqdm(total=n_scenes, desc=method, unit="scene", disable=None if progress else True, leave=False)

@@ -198,20 +198,27 @@ def weights_at(cfg: TrainConfig, step: int) -> tuple[int, LossWeights]:
 # ------------------------------------------------------------------------------------------
 # Files and overrides
 # ------------------------------------------------------------------------------------------
-def load_config(path: str | Path) -> TrainConfig:
-    """Import `get_config()` from a config file."""
+def call_file_function(path: str | Path, function: str, flag: str):
+    """Import a Python file (a config or search-space file) and return `function()`'s value;
+    every failure is a ValueError naming `flag` and the file."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--config: no such file {str(path)!r}")
-    spec = importlib.util.spec_from_file_location(f"rismvdr_config_{path.stem}", path)
+        raise ValueError(f"{flag}: no such file {str(path)!r}")
+    spec = importlib.util.spec_from_file_location(f"rismvdr_{function}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # a config file with a bug: say which file
-        raise ValueError(f"--config: {path}: {type(exc).__name__}: {exc}") from exc
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config: {path} defines no get_config()")
-    cfg = module.get_config()
+    except Exception as exc:  # a file with a bug: say which file
+        raise ValueError(f"{flag}: {path}: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, function):
+        raise ValueError(f"{flag}: {path} defines no {function}()")
+    return getattr(module, function)()
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Import `get_config()` from a config file."""
+    path = Path(path)
+    cfg = call_file_function(path, "get_config", "--config")
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"--config: {path}: get_config() returned {type(cfg).__name__}, not TrainConfig")
     cfg.validate()
