@@ -11,17 +11,11 @@ methods: 1 deg x 1 deg x 16 planes over the seed box; compressive methods: SOMP 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import socket
 import time
-from pathlib import Path
 
 import jax
-import numpy as np
 
+from _results import machine_info, write_results
 from rismvdr.methods import METHODS, localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -49,15 +43,9 @@ def main(argv=None):
         rows.append(dict(method=name, scenes=args.scenes, batch=args.batch, seconds=dt,
                          scenes_per_second=args.scenes / dt))
         print(f"{name:15s} batch {args.batch:4d}  {args.scenes / dt:8.1f} scenes/s  ({dt:.1f} s for {args.scenes})", flush=True)
-    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                host=socket.gethostname(), platform=platform.platform(), cpus=os.cpu_count(),
-                device=str(jax.devices()[0].device_kind), jax=jax.__version__, numpy=np.__version__,
-                grid_spectrum="1 deg x 1 deg x 16 planes (121 x 61 x 16)", grid_somp="2 deg x 2 deg x 8 planes (61 x 31 x 8)")
-    out = Path(args.out or Path(__file__).parent / "results" / f"localize_{jax.default_backend()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=info, results=rows), indent=2))
-    print(f"wrote {out}")
-
+    info = machine_info(grid_spectrum="1 deg x 1 deg x 16 planes (121 x 61 x 16)",
+                        grid_somp="2 deg x 2 deg x 8 planes (61 x 31 x 8)")
+    write_results(args.out, f"localize_{jax.default_backend()}.json", info, rows)
 
 if __name__ == "__main__":
     main()

@@ -13,17 +13,13 @@ Results go to stdout and `benchmarks/results/train_step_<backend>.json`.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import socket
 import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
+from _results import machine_info, write_results
 from rismvdr.train.config import apply_overrides, load_config
 from rismvdr.train.trainer import Trainer
 
@@ -71,15 +67,7 @@ def main(argv=None):
         rows.append(row)
         print(f"{cfg.name} {cfg.stage} batch {batch:4d}: {row['steps_per_second']:.2f} steps/s, "
               f"{row['scenes_per_second']:.1f} scenes/s (first step {compile_s:.1f} s)", flush=True)
-    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                host=socket.gethostname(), platform=platform.platform(), cpus=os.cpu_count(),
-                device=str(jax.devices()[0].device_kind), n_devices=len(jax.devices()), jax=jax.__version__,
-                numpy=np.__version__)
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{args.stage}_{jax.default_backend()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=info, results=rows), indent=2))
-    print(f"wrote {out}")
-
+    write_results(args.out, f"train_step_{args.stage}_{jax.default_backend()}.json", machine_info(), rows)
 
 if __name__ == "__main__":
     main()
