@@ -1,8 +1,8 @@
 """`seed`: the shipped learned localizer of the `seed` scenario (12 x 12 RIS, M = L = 16).
 
 Stage 1 (backbone): `rismvdr train --config configs/seed.py --workdir runs/seed`.
-Stage 2 (refiner): `rismvdr train-refiner --backbone runs/seed --workdir runs/seed-refiner
---config configs/seed.py` (uses the `refiner_*` fields below through `stage="refiner"`).
+Stage 2 (refiner): `rismvdr train-refiner --backbone runs/seed --config configs/seed_refiner.py
+--workdir runs/seed-refiner` (see configs/seed_refiner.py).
 """
 from rismvdr.train.config import ModelConfig, OptimConfig, TrainConfig
 

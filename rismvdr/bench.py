@@ -12,7 +12,16 @@ Sweeps (each point a fresh test set of `n_scenes` scenes, seed `fold_in(seed, po
 * `base`: the `seed` scenario as is (SNR uniform in [-5, 20] dB, K uniform in 1..5, L = 16).
 * `snr`: fixed SNR -10 .. 25 dB in 5 dB steps, at K = 1 (`snr_k1`) and K = 3 (`snr_k3`).
 * `k`: K = 1 .. 5 at 10 dB.
-* `l`: L (snapshots) in 4, 8, 16, 32, 64 at 10 dB, K = 3 (`--quick`: up to 32).
+* `l`: L (snapshots) in 4, 8, 16, 32, 64 at 10 dB, K = 3.
+
+`--quick` (under 10 minutes on a 2-core CPU) thins every sweep: SNR -10, 0, 10, 20 dB, K 1, 3,
+5, L 4, 16, 32, 16 scenes per point and the methods of `QUICK_METHODS`.
+* `ula`: a full-array near-field case comparable to the literature, on its own scenario
+  `ula15` (whatever the base scenario): 15-element half-wavelength ULA, L = 100 snapshots,
+  K = 2 equal-power sources, phi in [-60, 60] deg, r in [3.5, 15] m (Fresnel region), SNR
+  -10 .. 25 dB (the `snr_values_db`); only the MUSIC / MVDR family that applies in full-array
+  mode (`ULA_METHODS`), reported as F1 and RMSE / sqrt(CRB) per parameter
+  (`ula_rmse_vs_snr.png`, a second table in `accuracy.md`).
 
 Learned methods run only where the shipped model fits (RIS mode, the model's N, M and L: the
 shipped model was trained for L = 16, so the `l` sweep runs them at L = 16 only).
@@ -20,7 +29,7 @@ shipped model was trained for L = 16, so the `l` sweep runs them at L = 16 only)
 Outputs in the report folder: `accuracy.json` (`{"meta": ..., "records": [...]}`, a flat
 list of records: `pandas.DataFrame(json.load(f)["records"])`), `accuracy.csv` (the same
 records), `accuracy.md` (one F1 table per sweep, method x value), and PNG plots
-(`f1_vs_snr.png`, `rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`).
+(`f1_vs_snr.png`, `rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`).
 """
 from __future__ import annotations
 
@@ -45,18 +54,26 @@ from rismvdr.methods import METHODS, localize, method_names, settings_for_scenar
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
-__all__ = ["SWEEPS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy",
+__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy",
            "RECORD_KEYS", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
 
 #: Sweep names accepted by `--sweeps` (`snr` is `snr_k1` and `snr_k3`).
-SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l")
+SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "ula")
+#: Sweeps run when none are named (also by `--quick`).
+DEFAULT_SWEEPS = ("base", "snr", "k", "l", "ula")
+#: The scenario of the `ula` sweep (full-array near-field ULA, `rismvdr.physics.scenarios`).
+ULA_SCENARIO = "ula15"
+#: Methods of the `ula` sweep: the MUSIC / MVDR family that applies in full-array mode.
+ULA_METHODS = ("music-mdl", "music-aic", "music-oracle-k", "mvdr-sample", "mvdr-oracle")
 SNR_VALUES_DB = tuple(range(-10, 30, 5))  # -10 .. 25 dB
 K_VALUES = (1, 2, 3, 4, 5)
 L_VALUES = (4, 8, 16, 32, 64)
-#: `--quick` stops the L sweep at 32: `somp-ml` at L = 64 takes minutes per 20 scenes on a 2-core CPU.
-L_VALUES_QUICK = (4, 8, 16, 32)
+#: `--quick` values (L stops at 32: `somp-ml` at L = 64 takes minutes per 20 scenes on a 2-core CPU).
+L_VALUES_QUICK = (4, 16, 32)
+SNR_VALUES_QUICK_DB = (-10, 0, 10, 20)
+K_VALUES_QUICK = (1, 3, 5)
 #: Methods of `--quick` (those registered and applicable).
 QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-k")
 #: Methods given the truth (oracle K): reported under suite B2.
@@ -74,15 +91,18 @@ RECORD_KEYS = ("suite", "sweep", "variable", "value", "method", "scenario", "n_s
 
 
 class BenchPoint(NamedTuple):
-    """One test set of a sweep: `variable` = `value` with the scenario `overrides`."""
+    """One test set of a sweep: `variable` = `value` with the scenario `overrides`, on the
+    named `scenario` (None: the run's base scenario)."""
 
-    sweep: str  # base, snr_k1, snr_k3, k, l
+    sweep: str  # base, snr_k1, snr_k3, k, l, ula
     variable: str  # "none", "snr_db", "k", "n_snapshots"
     value: float | int | None
     overrides: dict
+    scenario: str | None = None
 
 
-def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUES) -> list[BenchPoint]:
+def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUES,
+                 k_values=K_VALUES) -> list[BenchPoint]:
     """The points of the chosen sweeps, in a fixed order."""
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -95,10 +115,13 @@ def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUE
             pts += [BenchPoint(f"snr_k{k}", "snr_db", s, dict(snr_db=(float(s), float(s)), k_min=k, k_max=k))
                     for s in snr_values_db]
     if "k" in sweeps:
-        pts += [BenchPoint("k", "k", k, dict(snr_db=(10.0, 10.0), k_min=k, k_max=k)) for k in K_VALUES]
+        pts += [BenchPoint("k", "k", k, dict(snr_db=(10.0, 10.0), k_min=k, k_max=k)) for k in k_values]
     if "l" in sweeps:
         pts += [BenchPoint("l", "n_snapshots", n, dict(snr_db=(10.0, 10.0), k_min=3, k_max=3, n_snapshots=n))
                 for n in l_values]
+    if "ula" in sweeps:
+        pts += [BenchPoint("ula", "snr_db", s, dict(snr_db=(float(s), float(s))), scenario=ULA_SCENARIO)
+                for s in snr_values_db]
     return pts
 
 
@@ -157,10 +180,55 @@ def _fmt(v, digits=3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
+def ula_setup(n_scenes: int | None = None) -> str:
+    """The exact setup of the `ula` sweep, one paragraph (from the `ula15` scenario and the
+    settings the bench localizes it with)."""
+    per_point = f"a fresh test set of {n_scenes} scenes per SNR" if n_scenes else "a fresh test set per SNR"
+    cfg = get_scenario(ULA_SCENARIO)
+    g = scenario_geometry(cfg)
+    st = settings_for_scenario(cfg)
+    det = st.detector
+    lam, n = cfg.wavelength, g.n_elements
+    d = (n - 1) * cfg.spacing_h  # aperture
+    fres_lo, fres_hi = 0.62 * math.sqrt(d ** 3 / lam), 2 * d ** 2 / lam
+    n_phi = int(round((st.phi_deg[1] - st.phi_deg[0]) / st.phi_step_deg)) + 1
+    thr = (f"peaks within {det.threshold_db:g} dB of the map maximum" if det.threshold_mode == "db" else
+           f"peaks above median + {det.mad_z:g} MAD" if det.threshold_mode == "mad" else "no threshold")
+    return (
+        f"Setup (scenario `{cfg.name}`): {n}-element ULA along y, spacing {cfg.spacing_h:g} m = lambda/2, "
+        f"lambda {lam:g} m, aperture D = {d:.2f} m; full-array mode (y = x + n, every element sampled, "
+        f"M = N = {n}); T = L = {cfg.n_snapshots} snapshots; K = {cfg.k_min} sources with equal power "
+        f"({cfg.power_db[0]:g} dB), independent CN(0, p) symbols (uncorrelated over sources and snapshots); "
+        f"phi uniform in [{cfg.phi_deg[0]:g}, {cfg.phi_deg[1]:g}] deg, theta = {cfg.theta_deg[0]:g} "
+        f"(known: a linear array does not resolve elevation), r uniform in [{cfg.r_m[0]:g}, {cfg.r_m[1]:g}] m "
+        f"(Fresnel region of this aperture 0.62 sqrt(D^3/lambda) = {fres_lo:.2f} m .. 2 D^2/lambda = "
+        f"{fres_hi:.1f} m); sources drawn by rejection so that no two fall inside each other's gate "
+        f"({cfg.gate_phi_deg:g} deg / {cfg.gate_r_m:g} m, SPEC 7); exact (spherical-wave) steering model "
+        f"for simulation, estimators and CRB; SNR per element of the total received signal "
+        f"(sigma^2 = mean |x|^2 / N / 10^(SNR/10), both sources together, so each source has about "
+        f"{10 * math.log10(cfg.k_min):.0f} dB less); {per_point}. "
+        f"Detector grid: phi {st.phi_deg[0]:g} .. {st.phi_deg[1]:g} deg in {st.phi_step_deg:g} deg steps "
+        f"({n_phi} points) x one theta row x {st.n_planes} range planes uniform in 1/r over "
+        f"[{st.r_m[0]:g}, {st.r_m[1]:g}] m; {thr}, at most {det.k_max} detections, NMS at the gates, "
+        f"{det.refine_iters} Newton steps of continuous (phi, r) refinement (no K given except to "
+        f"`music-oracle-k` and `mvdr-oracle`). MUSIC: sample covariance, order by MDL / AIC with L snapshots "
+        f"or the true K; MVDR: sample covariance (`mvdr-sample`) or the true covariance (`mvdr-oracle`), "
+        f"diagonal loading {st.delta_rel:g} tr(R)/N. Matched by Hungarian assignment; a true positive is "
+        f"within {cfg.gate_phi_deg:g} deg and {cfg.gate_r_m:g} m. The first table gives F1; "
+        f"`ula_rmse_vs_snr.png` and `accuracy.json` give the RMSE over true positives and "
+        f"RMSE / sqrt(CRB) per parameter (deterministic CRB with expected powers, SPEC 7), summarised in the "
+        f"second table (phi / r). RMSE is over gated true positives only, so at low SNR it is truncated by "
+        f"the gates and the ratio can fall below 1; with few scenes per point the ratio also fluctuates "
+        f"by tens of percent. `mvdr-oracle` scans the noise-free true covariance, not the measurements, so "
+        f"its RMSE is the grid and refinement floor, not an estimator's error bounded by the CRB.")
+
+
 def _markdown(records: list[dict], meta: dict) -> str:
     titles = dict(base="Base set (`seed` scenario as is: SNR U[-5, 20] dB, K U{1..5}, L = 16)",
                   snr_k1="F1 against SNR (dB), K = 1", snr_k3="F1 against SNR (dB), K = 3",
-                  k="F1 against K, SNR 10 dB", l="F1 against L (snapshots), SNR 10 dB, K = 3")
+                  k="F1 against K, SNR 10 dB", l="F1 against L (snapshots), SNR 10 dB, K = 3",
+                  ula=f"Near-field ULA (`{ULA_SCENARIO}`, full array, comparable to the literature): "
+                      "F1 against SNR (dB)")
     lines = ["# rismvdr accuracy bench", "",
              f"`{meta['scenario']}` scenario, {meta['n_scenes']} scenes per point, seed {meta['seed']}; "
              f"gates 5 deg / 5 deg / 1 m; default detector. B1: blind (each method finds K); "
@@ -173,6 +241,8 @@ def _markdown(records: list[dict], meta: dict) -> str:
         methods = list(dict.fromkeys((r["suite"], r["method"]) for r in rows))
         cell = {(r["suite"], r["method"], r["value"]): r["f1"] for r in rows}
         lines += [f"## {titles.get(sweep, sweep)}", ""]
+        if sweep == "ula":
+            lines += [ula_setup(meta["n_scenes"]), ""]
         head = ["F1"] if values == [None] else [f"{v:g}" for v in values]
         lines.append("| suite | method | " + " | ".join(head) + " |")
         lines.append("|---|---|" + "---:|" * len(head))
@@ -180,7 +250,21 @@ def _markdown(records: list[dict], meta: dict) -> str:
             cells = [_fmt(cell[(suite, name, v)]) if (suite, name, v) in cell else "-" for v in values]
             lines.append(f"| {suite} | {name} | " + " | ".join(cells) + " |")
         lines.append("")
+        if sweep == "ula":
+            lines += _ratio_table(rows, values, methods)
     return "\n".join(lines)
+
+
+def _ratio_table(rows, values, methods) -> list[str]:
+    """RMSE / sqrt(CRB) of phi and of r (cells "phi / r"), method x value."""
+    cell = {(r["suite"], r["method"], r["value"]): f"{_fmt(r.get('rmse_over_sqrt_crb_phi'), 2)} / "
+            f"{_fmt(r.get('rmse_over_sqrt_crb_r'), 2)}" for r in rows}
+    lines = ["RMSE / sqrt(CRB) over true positives, phi / r (n/a: no true positive):", "",
+             "| suite | method | " + " | ".join(f"{v:g}" for v in values) + " |",
+             "|---|---|" + "---:|" * len(values)]
+    for suite, name in sorted(methods):
+        lines.append(f"| {suite} | {name} | " + " | ".join(cell.get((suite, name, v), "-") for v in values) + " |")
+    return lines + [""]
 
 
 def _series(records, sweep, key):
@@ -239,6 +323,36 @@ def _plot_rmse_snr(path, records) -> bool:
     return True
 
 
+def _plot_ula(path, records) -> bool:
+    """Azimuth and range RMSE over true positives against SNR for the `ula` sweep, with sqrt(CRB)."""
+    import matplotlib.pyplot as plt
+
+    if not any(r["sweep"] == "ula" for r in records):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, crb_key, label in ((axes[0], "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)"),
+                                    (axes[1], "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")):
+        for name, (x, y) in _series(records, "ula", key).items():
+            ax.semilogy(x, y, marker="o", label=name)
+        crb_n, crb_y = {}, {}
+        for r in records:  # sqrt(CRB) over the matched sources of the best-covered method per point
+            if r["sweep"] == "ula" and r.get(crb_key) is not None and math.isfinite(r[crb_key]):
+                if r["value"] not in crb_n or (r["tp"] or 0) > crb_n[r["value"]]:
+                    crb_n[r["value"]], crb_y[r["value"]] = r["tp"] or 0, r[crb_key]
+        if crb_y:
+            xs = sorted(crb_y)
+            ax.semilogy(xs, [crb_y[x] for x in xs], "k--", label="sqrt(CRB)")
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    cfg = get_scenario(ULA_SCENARIO)
+    fig.suptitle(f"{cfg.name}: {cfg.nh}-element ULA, full array, L = {cfg.n_snapshots}, K = {cfg.k_min}, "
+                 f"r in [{cfg.r_m[0]:g}, {cfg.r_m[1]:g}] m")
+    plots.save_figure(fig, path)
+    return True
+
+
 def _write_csv(path, records) -> None:
     with atomic_write(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(RECORD_KEYS), extrasaction="ignore")
@@ -247,8 +361,8 @@ def _write_csv(path, records) -> None:
             w.writerow({k: "" if r.get(k) is None else r[k] for k in RECORD_KEYS})
 
 
-def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweeps=("base", "snr", "k", "l"),
-                 snr_values_db=SNR_VALUES_DB, quick: bool = False, scenario: str = "seed",
+def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweeps=DEFAULT_SWEEPS,
+                 snr_values_db=None, quick: bool = False, scenario: str = "seed",
                  progress: bool = True) -> dict:
     """Run the accuracy bench and write the report folder.
 
@@ -257,10 +371,12 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
       n_scenes: scenes per point.
       seed: PRNG seed; a point's scenes use `fold_in(key(seed), point_seed(point))`.
       methods: method names (default: every registered method that applies; `quick`:
-        `QUICK_METHODS`).
+        `QUICK_METHODS`). The `ula` sweep runs `ULA_METHODS`, intersected with `methods` when
+        given.
       sweeps: subset of `SWEEPS`.
-      snr_values_db: the SNR values (dB) of the `snr` sweeps (default -10 .. 25 in 5 dB steps).
-      quick: use `QUICK_METHODS` when `methods` is None, and `L_VALUES_QUICK` (no L = 64).
+      snr_values_db: the SNR values (dB) of the `snr` and `ula` sweeps (default -10 .. 25 in 5 dB
+        steps; `quick`: `SNR_VALUES_QUICK_DB`).
+      quick: use `QUICK_METHODS` when `methods` is None, and the thinner `*_QUICK` values.
       scenario: the base scenario (default `seed`).
       progress: tqdm bar over points (auto-off when not a terminal).
 
@@ -280,9 +396,19 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         if quick:
             names = [n for n in QUICK_METHODS if n in names]
     l_values = L_VALUES_QUICK if quick else L_VALUES
-    points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db), l_values=l_values)
+    if snr_values_db is None:
+        snr_values_db = SNR_VALUES_QUICK_DB if quick else SNR_VALUES_DB
+    points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db), l_values=l_values,
+                          k_values=K_VALUES_QUICK if quick else K_VALUES)
     if not points:
         raise ValueError(f"sweeps: none chosen; known: {', '.join(SWEEPS)}")
+    ula_names = [n for n in ULA_METHODS if not methods or n in names]
+    if "ula" in sweeps and not ula_names:
+        log.warning("sweep ula skipped: it runs only %s, none of them among the chosen methods",
+                    ", ".join(ULA_METHODS))
+        points = [p for p in points if p.sweep != "ula"]
+        if not points:
+            raise ValueError(f"methods: the ula sweep runs only {', '.join(ULA_METHODS)}; none chosen")
     model = _load_model() if any(METHODS[n].learned for n in names) else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,14 +416,14 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     records, base_errors = [], {}
     bar = tqdm(points, desc="bench points", unit="point", disable=None if progress else True)
     for point in bar:
-        cfg = get_scenario(scenario, **point.overrides)
+        cfg = get_scenario(point.scenario or scenario, **point.overrides)
         geometry = scenario_geometry(cfg)
         tp = time.perf_counter()
         scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
         crb = truth_crb(scenes, geometry, model=cfg.steering_model)
         settings = settings_for_scenario(cfg)
         f1s = []
-        for name in names:
+        for name in (ula_names if point.sweep == "ula" else names):
             m = METHODS[name]
             if not _applies(name, cfg) or m.learned and not _learned_fits(model, cfg, geometry):
                 continue
@@ -335,6 +461,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         written.append("f1_vs_snr.png")
     if _plot_rmse_snr(out / "rmse_phi_vs_snr_k1.png", records):
         written.append("rmse_phi_vs_snr_k1.png")
+    if _plot_ula(out / "ula_rmse_vs_snr.png", records):
+        written.append("ula_rmse_vs_snr.png")
     if base_errors:
         plots.plot_error_cdf(out / "position_error_cdf_base.png", base_errors,
                              title=f"base set: 3-D position error of true positives ({n_scenes} scenes)")

@@ -492,13 +492,23 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from rismvdr.bench import run_accuracy
 
-    n_scenes = args.scenes if args.scenes is not None else (20 if args.quick else 200)
+    n_scenes = args.scenes if args.scenes is not None else (16 if args.quick else 200)
     t0 = time.perf_counter()
     result = run_accuracy(args.out, n_scenes=n_scenes, seed=args.seed, methods=args.methods,
-                          sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db), quick=args.quick,
+                          sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db) if args.snr_db else None, quick=args.quick,
                           progress=not args.quiet)
     print(f"bench accuracy: wall time {time.perf_counter() - t0:.1f} s"
           + f" ({n_scenes} scenes per point; methods {', '.join(result['meta']['methods'])})")
+    return 0
+
+
+def cmd_bench_speed(args) -> int:
+    from rismvdr.bench_speed import run_speed
+
+    run_speed(args.out, quick=args.quick, parts=tuple(args.parts), methods=args.methods, seed=args.seed,
+              precision=args.precision, max_chunk_mb=args.max_chunk_mb, timeout_s=args.timeout_s,
+              method_scenes=args.method_scenes, method_batch=args.method_batch, progress=not args.quiet,
+              command=" ".join(["rismvdr", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None)
     return 0
 
 
@@ -575,27 +585,61 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     be = sub.add_parser("bench", help="benchmarks: `bench accuracy` (F1, errors and RMSE / sqrt(CRB) against "
-                        "SNR, K and L, per method)")
+                        "SNR, K and L, per method) and `bench speed` (scenes/s and peak memory)")
     bsub = be.add_subparsers(dest="bench", required=True, metavar="WHAT")
     ba = bsub.add_parser("accuracy", help="accuracy sweeps on the seed scenario: base set, SNR (K = 1, 3), K, L",
                          description="Suites B1 (blind: each method finds K) and B2 (oracle K: music-oracle-k, "
                                      "mvdr-oracle). Writes accuracy.json (flat records), accuracy.csv, "
                                      "accuracy.md (F1 tables) and PNG plots to --out.")
     ba.add_argument("--out", required=True, help="report folder")
-    ba.add_argument("--quick", action="store_true", help="20 scenes per point (unless --scenes), the methods "
-                    "mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless --methods), L sweep up to 32")
-    ba.add_argument("--scenes", type=int, help="scenes per point (default 200; --quick 20)")
+    ba.add_argument("--quick", action="store_true", help="under 10 min on a 2-core CPU: 16 scenes per point "
+                    "(unless --scenes), the methods mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless "
+                    "--methods), SNR -10 0 10 20 dB (unless --snr-db), K 1 3 5, L 4 16 32")
+    ba.add_argument("--scenes", type=int, help="scenes per point (default 200; --quick 16)")
     ba.add_argument("--seed", type=int, default=0, help="PRNG seed; each point's scenes use fold_in(seed, a stable hash of the point), "
                     "so a point's test set does not depend on the other points run (default 0)")
     ba.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                     help="methods to run (default: every registered method that applies)")
-    ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l"),
-                    default=["base", "snr", "k", "l"], help="sweeps to run (default base snr k l): base set, SNR at "
-                    "K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3")
-    ba.add_argument("--snr-db", type=float, nargs="+", default=[-10, -5, 0, 5, 10, 15, 20, 25],
-                    help="SNR values of the snr sweeps, dB (default -10 to 25 in 5 dB steps)")
+    ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l", "ula"),
+                    default=["base", "snr", "k", "l", "ula"], help="sweeps to run (default base snr k l ula): base "
+                    "set, SNR at K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3, and ula: the "
+                    "near-field full-array case of the literature (scenario ula15: 15-element half-wavelength ULA, "
+                    "L = 100, K = 2, r 3.5-15 m) against SNR, MUSIC and MVDR only, with RMSE / sqrt(CRB)")
+    ba.add_argument("--snr-db", type=float, nargs="+",
+                    help="SNR values of the snr and ula sweeps, dB (default -10 to 25 in 5 dB steps; "
+                    "--quick: -10 0 10 20)")
     ba.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ba.set_defaults(func=cmd_bench)
+    bs = bsub.add_parser(
+        "speed", help="scenes/s and peak memory: 2.5D spectrum (dense, Woodbury), detection, every method, "
+        "train step, against the original NumPy formula measured in the same run",
+        description="Each measurement runs in its own worker process (its peak memory is its own); timings "
+                    "exclude compilation. spectrum: the original 361 x 181 x 8 grid (G = 522,728, N = 144) "
+                    "from rank-5 R_true, rismvdr dense (Cholesky) and Woodbury against the NumPy formula "
+                    "inv + einsum one scene at a time (and PyTorch on CUDA when importable); detect: the "
+                    "shared detector on 121 x 61 x 16 mvdr-oracle maps; methods: every method end to end on "
+                    "seed scenes; train: configs/seed.py and configs/seed_refiner.py steps. Writes "
+                    "speed.json, speed.csv, speed.md and speed.png to --out.")
+    bs.add_argument("--out", required=True, help="report folder")
+    bs.add_argument("--quick", action="store_true", help="fewer repetitions, scenes and batch sizes (CPU: "
+                    "about 10 min on 2 cores)")
+    bs.add_argument("--parts", nargs="+", choices=("spectrum", "detect", "methods", "train"),
+                    default=["spectrum", "detect", "methods", "train"], help="what to measure (default all)")
+    bs.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                    help="methods of the methods part (default every RIS-mode method)")
+    bs.add_argument("--method-scenes", type=int, help="timed scenes per method (default CPU 128, quick 32; "
+                    "GPU 1024, quick 512)")
+    bs.add_argument("--method-batch", type=int, help="scenes per jitted call in the methods part (default "
+                    "CPU 32, GPU 256)")
+    bs.add_argument("--precision", choices=("highest", "fast"), default="highest",
+                    help="matmul precision of the JAX spectrum paths (fast allows TF32 on GPUs; default highest)")
+    bs.add_argument("--max-chunk-mb", type=float, default=256.0,
+                    help="bound on the spectrum's per-chunk intermediate, MiB (default 256)")
+    bs.add_argument("--timeout-s", type=float, default=600.0, help="per-measurement wall-clock limit, seconds; "
+                    "a worker past it is killed and recorded as a timeout (default 600)")
+    bs.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulated scenes (default 0)")
+    bs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    bs.set_defaults(func=cmd_bench_speed)
 
     def train_flags(t, *, stage):
         t.add_argument("--config", help="config file defining get_config() (e.g. configs/seed.py, configs/tiny.py)"

@@ -1,12 +1,186 @@
-"""The README's library example is executed, so it cannot rot."""
+"""The README's usage sections are executed, so they cannot rot.
+
+* ```python blocks: exec'd as they stand (the kernels used as a library from JAX code).
+* ```bash blocks of the usage sections ("Command line", "Training" with its GPU block,
+  "Hyperparameter search (Optuna)" with its several-machines block), found by the `## ` heading
+  that precedes them, so a block added to another section changes nothing here. Each block is
+  split into commands (`\\` continuations joined, `# comments` dropped) and run in order, in one
+  temporary working directory per section (files one command writes are read by the next, as a
+  user would), with a `configs` link to the checkout's `configs/` (the README's commands run from
+  a checkout's root):
+
+  - `rismvdr ...`: in-process, `rismvdr.cli.main(argv)`, after the section's scale-down table
+    (below) and the flags appended per subcommand. Return code 0 and every `--out` path present;
+    an unknown subcommand or flag (argparse exits with status 2) fails the test with the line.
+  - `pip install -e '.[X]'`: the extra X exists in pyproject.toml.
+  - `python benchmarks/X.py ...`: the script exists and its `--help` lists every flag used.
+  - anything else fails the test: teach this module about a new kind of line.
+
+Scale-down: every `(README text, replacement)` of a table is applied by exact-string
+replacement to the comment-free command line, and each must match at least once in its section,
+so a README edit that silently stops matching fails here. The flags appended per subcommand are
+real flags of that subcommand (one device: the test session simulates 8 CPU devices on few
+cores; few steps; no progress bars).
+"""
+import json
+import os
 import re
+import shlex
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
+import jax
 import numpy as np
+import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from rismvdr.cli import main
+from test_hpo import postgres_url  # noqa: F401  (the throw-away PostgreSQL server fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# --- Command line: the quickstart on a handful of scenes --------------------------------------
+CLI_SUBS = [
+    ("--scenes 1000 --seed 0 --out scenes.npz", "--scenes 4 --seed 0 --out scenes.npz"),
+    ("--scenes 200 --out k3.npz", "--scenes 2 --out k3.npz"),
+    # demo: 2 scenes, the oracle only (every method is compiled in test_cli / the slow suite)
+    ("demo --out demo_report --scenes 200", "demo --out demo_report --scenes 2 --methods mvdr-oracle"),
+    ("bench accuracy --quick", "bench accuracy --quick --scenes 2 --sweeps base --methods mvdr-oracle"),
+]
+CLI_APPEND = {"localize": ["-q"], "bench accuracy": ["-q"]}
+
+# --- Training: the tiny config, 2 steps ---------------------------------------------------------
+FAST_TRAIN = ["--devices", "1", "-q", "--set", "steps=2", "--set", "eval_every=2", "--set", "checkpoint_every=2",
+              "--set", "batch_size=4", "--set", "val_scenes=8", "--set", "val_peak_scenes=4"]
+TRAIN_SUBS = [
+    ("configs/seed.py", "configs/tiny.py"),
+    # no tiny Stage-2 config ships: the tiny backbone config (its small `refiner` field; Stage 2
+    # switches to REFINER_PHASES)
+    ("configs/seed_refiner.py", "configs/tiny.py"),
+    # learned inference on a coarse grid
+    ("--checkpoint runs/seed --out det.csv",
+     "--checkpoint runs/seed --out det.csv --phi-step-deg 4 --theta-step-deg 4 --planes 4 -q"),
+]
+TRAIN_APPEND = {"train": FAST_TRAIN, "train-refiner": FAST_TRAIN}
+
+# --- Hyperparameter search: tiny config, 2 trials of 1 validation period ------------------------
+# The study is named after the config (`tiny`); `--workers 2` spawns processes that import JAX
+# afresh (tested in test_hpo.py): one worker here. The PostgreSQL URL points at the throw-away
+# server of test_hpo.py's fixture; `/shared` is a folder of the working directory.
+HPO_SUBS = [
+    ("configs/seed.py", "configs/tiny.py"),
+    ("--trials 40", "--trials 2"),
+    ("--epochs 4", "--epochs 1"),
+    ("--workers 2", "--workers 1"),
+    ("--stage1-trials 60 --stage1-epochs 3 --stage2-topk 5 --stage2-epochs 8",
+     "--stage1-trials 2 --stage1-epochs 1 --stage2-topk 1 --stage2-epochs 1 --e2e-scenes 2"),
+    ("--study seed", "--study tiny"),
+    ("postgresql+psycopg2://user@dbhost/rismvdr", "{postgres_url}"),
+    ("/shared/hpo", "shared/hpo"),
+]
+# Loss scales only: traced in the step, so every trial runs the same compiled programs (the
+# shipped space's architectures are tested in test_hpo.py). Base-config overrides as there.
+TEST_SPACE = {"loss_scale.cell": ("float", 0.5, 2.0, True), "loss_scale.aux": ("float", 0.5, 2.0, True)}
+FAST_HPO = ["--space", "space.py", "--devices", "1", "--sampler-seed", "0", "--compile-cache", "{cache}",
+            "--set", "batch_size=4", "--set", "eval_every=2", "--set", "val_scenes=8", "--set", "val_peak_scenes=0"]
+HPO_APPEND = {"hpo": FAST_HPO, "hpo2": FAST_HPO, "train": FAST_TRAIN}
 
 
+# ------------------------------------------------------------------------------------------------
+def _section(title: str) -> str:
+    parts = re.split(r"^## ", README.read_text(), flags=re.M)
+    found = [p for p in parts if p.split("\n", 1)[0].strip() == title]
+    assert len(found) == 1, f"README: no single '## {title}' section"
+    return found[0]
+
+
+def _commands(section: str) -> list[str]:
+    """The section's ```bash blocks as command lines, without comments or continuations."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)
+    assert blocks, "no ```bash block in the section"
+    lines = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            tokens = shlex.split(line, comments=True)
+            if tokens:
+                lines.append(shlex.join(tokens))
+    return lines
+
+
+def _subcommand(tokens: list[str]) -> str:
+    if len(tokens) > 2 and tokens[1] in ("hpo", "plot", "bench") and not tokens[2].startswith("-"):
+        return f"{tokens[1]} {tokens[2]}"
+    return tokens[1]
+
+
+def _check_pip(tokens: list[str]) -> None:
+    assert tokens[:3] == ["pip", "install", "-e"] and len(tokens) == 4, shlex.join(tokens)
+    m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", tokens[3])
+    assert m, shlex.join(tokens)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in (m.group(1) or "").split(","):
+        assert not extra or extra in extras, f"{shlex.join(tokens)}: no extra {extra!r} in pyproject.toml"
+
+
+def _check_benchmark(tokens: list[str]) -> None:
+    script = ROOT / tokens[1]
+    assert script.is_file(), f"{shlex.join(tokens)}: no {tokens[1]}"
+    res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+    assert res.returncode == 0, res.stderr
+    known = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", res.stdout))
+    for tok in tokens[2:]:
+        if tok.startswith("-"):
+            assert tok.split("=", 1)[0] in known, f"{shlex.join(tokens)}: {tok} is not a flag of {tokens[1]}"
+
+
+def _run_section(title, subs, append, cwd: Path, **values) -> list[str]:
+    """Run every command of the section in `cwd`; returns the command lines run."""
+    subs = [(old, new.format(**values)) for old, new in subs]
+    append = {k: [a.format(**values) for a in v] for k, v in append.items()}
+    hits = dict.fromkeys(subs, 0)
+    used = set()
+    ran = []
+    for line in _commands(_section(title)):
+        for pair in subs:
+            hits[pair] += line.count(pair[0])
+            line = line.replace(*pair)
+        tokens = shlex.split(line)
+        if tokens[0] == "pip":
+            _check_pip(tokens)
+        elif tokens[0] == "python" and len(tokens) > 1 and tokens[1].startswith("benchmarks/"):
+            _check_benchmark(tokens)
+        elif tokens[0] == "rismvdr":
+            sub = _subcommand(tokens)
+            argv = tokens[1:] + append.get(sub, [])
+            used.add(sub)
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse: unknown subcommand or flag
+                pytest.fail(f"README ({title}): `{line}` was refused by the parser (exit {e.code})")
+            assert rc == 0, f"README ({title}): `{line}` exited with {rc}"
+            for i, tok in enumerate(argv[:-1]):
+                if tok == "--out":
+                    assert (cwd / argv[i + 1]).exists(), f"`{line}`: no {argv[i + 1]}"
+        else:
+            pytest.fail(f"README ({title}): `{line}`: a kind of line this test does not know how to check")
+        ran.append(line)
+    stale = [old for (old, _), n in hits.items() if n == 0]
+    assert not stale, f"README ({title}): scale-down substitutions that no longer match: {stale}"
+    assert set(append) <= used, f"README ({title}): no command for {set(append) - used}"
+    return ran
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    (tmp_path / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------------------------
 def test_readme_python_blocks_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
@@ -17,3 +191,36 @@ def test_readme_python_blocks_run():
         if det is not None:
             assert det.valid.shape == (8, 5)
             assert np.all(np.isfinite(np.asarray(det.phi)[np.asarray(det.valid)]))
+
+
+def test_readme_command_line(workdir):
+    ran = _run_section("Command line", CLI_SUBS, CLI_APPEND, workdir)
+    assert len(ran) >= 8
+    assert json.loads((workdir / "metrics.json").read_text())["test_set"]["n_scenes"] == 4
+
+
+@pytest.mark.slow
+def test_readme_training(workdir):
+    # the Command line section's scene file, which the last line localizes
+    assert main(["simulate", "--scenario", "seed", "--scenes", "4", "--seed", "0", "--out", "scenes.npz"]) == 0
+    ran = _run_section("Training", TRAIN_SUBS, TRAIN_APPEND, workdir)
+    assert any(line.startswith("pip ") for line in ran) and any("benchmarks/" in line for line in ran)
+    assert (workdir / "my_model" / "model.npz").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
+def test_readme_hpo(workdir, postgres_url):  # noqa: F811
+    (workdir / "space.py").write_text(f"def get_space():\n    return {TEST_SPACE!r}\n")
+    cache = jax.config.jax_compilation_cache_dir
+    try:
+        ran = _run_section("Hyperparameter search (Optuna)", HPO_SUBS, HPO_APPEND, workdir,
+                           postgres_url=postgres_url, cache=cache or "none")
+    finally:  # `hpo --compile-cache` sets JAX's cache directory for this process: put it back
+        from jax.experimental.compilation_cache import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", cache)
+        compilation_cache.reset_cache()
+    assert any(postgres_url in line for line in ran)
+    assert (workdir / "shared" / "hpo" / "hpo.journal").is_file()
+    assert json.loads((workdir / "best.json").read_text())["study"] == "tiny"
