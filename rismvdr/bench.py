@@ -54,7 +54,7 @@ from rismvdr.methods import METHODS, localize, method_names, settings_for_scenar
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
-__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy",
+__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy", "summary_table",
            "RECORD_KEYS", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,46 @@ def _ratio_table(rows, values, methods) -> list[str]:
     return lines + [""]
 
 
+def summary_table(records: list[dict], meta: dict) -> str:
+    """One compact markdown table (method rows) for the README: base-set F1 and median position
+    error, F1 at K = 3 for some SNRs, F1 at K = 5, single-source azimuth RMSE / sqrt(CRB) at
+    the highest SNR, and the `ula` case's RMSE / sqrt(CRB) (phi / r) at its highest SNR.
+    Columns whose sweep was not run are left out."""
+    def pick(sweep, value=None):
+        rows = [r for r in records if r["sweep"] == sweep and (value is None or r["value"] == value)]
+        return {r["method"]: r for r in rows}
+
+    def top(sweep):
+        vals = [r["value"] for r in records if r["sweep"] == sweep and r["value"] is not None]
+        return max(vals) if vals else None
+
+    cols: list[tuple[str, dict, Any]] = []
+    base = pick("base")
+    if base:
+        cols += [("F1 base", base, lambda r: _fmt(r["f1"])),
+                 ("median err base (m)", base, lambda r: _fmt(r["median_pos_err_m"]))]
+    snr3 = [v for v in (0, 10, 20) if pick("snr_k3", v)]
+    cols += [(f"F1 K=3, {v:g} dB", pick("snr_k3", v), lambda r: _fmt(r["f1"])) for v in snr3]
+    if pick("k", 5):
+        cols.append(("F1 K=5, 10 dB", pick("k", 5), lambda r: _fmt(r["f1"])))
+    if top("snr_k1") is not None:
+        v = top("snr_k1")
+        cols.append((f"RMSE/sqrt(CRB) phi, K=1, {v:g} dB", pick("snr_k1", v),
+                     lambda r: _fmt(r["rmse_over_sqrt_crb_phi"], 2)))
+    if top("ula") is not None:
+        v = top("ula")
+        cols += [(f"ULA F1, {v:g} dB", pick("ula", v), lambda r: _fmt(r["f1"])),
+                 (f"ULA RMSE/sqrt(CRB) phi / r, {v:g} dB", pick("ula", v),
+                  lambda r: f"{_fmt(r['rmse_over_sqrt_crb_phi'], 2)} / {_fmt(r['rmse_over_sqrt_crb_r'], 2)}")]
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    lines = [f"`rismvdr bench accuracy` ({meta['n_scenes']} scenes per point, seed {meta['seed']}; "
+             f"'-': not run at that point):", "",
+             "| method | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(f(rows[m]) if m in rows else "-" for _, rows, f in cols) + " |")
+    return "\n".join(lines)
+
+
 def _series(records, sweep, key):
     """method -> (values, metric) of one sweep."""
     out: dict[str, tuple[list, list]] = {}
@@ -456,7 +496,9 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     result: dict[str, Any] = dict(meta=metrics.to_jsonable(meta), records=records)
     write_json(out / "accuracy.json", result)
     _write_csv(out / "accuracy.csv", records)
-    written = ["accuracy.json", "accuracy.csv", "accuracy.md"]
+    written = ["accuracy.json", "accuracy.csv", "accuracy.md", "accuracy_summary.md"]
+    with atomic_write(out / "accuracy_summary.md") as f:
+        f.write(summary_table(records, meta) + "\n")
     if _plot_f1_snr(out / "f1_vs_snr.png", records):
         written.append("f1_vs_snr.png")
     if _plot_rmse_snr(out / "rmse_phi_vs_snr_k1.png", records):

@@ -423,7 +423,7 @@ def plan_measurements(*, gpu: bool, quick: bool, parts=PARTS, methods=None, torc
                                   **common))
     if "methods" in parts:
         b = method_batch or (256 if gpu else 32)
-        n = method_scenes or ((512 if quick else 1024) if gpu else (32 if quick else 128))
+        n = method_scenes or ((256 if quick else 1024) if gpu else (32 if quick else 128))
         for name in names:
             grid = "somp 61 x 31 x 8" if METHODS[name].run is not None else "default"
             specs.append(dict(kind="method", part="methods", name=name, grid=grid, batch=min(b, n), scenes=n,
@@ -526,8 +526,9 @@ def _write(out: Path, meta: dict, records: list[dict], final: bool) -> list[str]
 
 
 def run_speed(out, *, quick: bool = False, parts=PARTS, methods=None, seed: int = 0, precision: str = "highest",
-              max_chunk_mb: float = 256.0, timeout_s: float = 600.0, method_scenes: int | None = None,
-              method_batch: int | None = None, progress: bool = True, command: str | None = None) -> dict:
+              max_chunk_mb: float = 256.0, timeout_s: float = 600.0, deadline_s: float | None = None,
+              method_scenes: int | None = None, method_batch: int | None = None, progress: bool = True,
+              command: str | None = None) -> dict:
     """Run the speed bench (one worker process per measurement) and write the report folder.
 
     Args:
@@ -539,6 +540,8 @@ def run_speed(out, *, quick: bool = False, parts=PARTS, methods=None, seed: int 
       precision: matmul precision of the JAX spectrum paths (`highest` | `fast`).
       max_chunk_mb: `spectrum_25d` chunk bound, MiB.
       timeout_s: per-worker wall-clock limit; a worker past it is killed and recorded as such.
+      deadline_s: wall-clock budget of the whole run: a worker gets at most the time left, and
+        measurements not started by then are recorded as skipped (the report is still written).
       method_scenes, method_batch: timed scenes and batch size of the `methods` part.
       progress: tqdm bar over measurements.
       command: the command line recorded in the report.
@@ -564,7 +567,7 @@ def run_speed(out, *, quick: bool = False, parts=PARTS, methods=None, seed: int 
                               seed=seed, precision=precision, max_chunk_mb=max_chunk_mb,
                               method_scenes=method_scenes, method_batch=method_batch)
     meta = dict(generator="rismvdr bench speed", command=command or "rismvdr bench speed", quick=quick,
-                parts=list(parts), seed=seed, precision=precision, machine=machine,
+                parts=list(parts), seed=seed, precision=precision, deadline_s=deadline_s, machine=machine,
                 torch_note=None if torch_cuda else "PyTorch formula not measured: torch not importable or no CUDA",
                 spectrum_grid=dict(SPECTRUM_GRID, shape="361 x 181 x 8", points=361 * 181 * 8),
                 default_grid="121 x 61 x 16 (1 deg, 16 planes in 1/r over 0.5..10 m)", partial=True)
@@ -573,8 +576,14 @@ def run_speed(out, *, quick: bool = False, parts=PARTS, methods=None, seed: int 
     bar = tqdm(specs, desc="speed bench", unit="measurement", disable=None if progress else True)
     for spec in bar:
         bar.set_postfix_str(f"{spec['part']}:{spec['name']} b{spec['batch']}")
-        env_w = dict(env, JAX_PLATFORMS="cpu") if spec["kind"] == "numpy" else env
-        res = _run_worker(spec, env_w, timeout_s)
+        # NumPy runs on the CPU; the PyTorch worker builds its inputs with JAX on the CPU so that
+        # JAX does not take the GPU memory PyTorch measures.
+        env_w = dict(env, JAX_PLATFORMS="cpu") if spec["kind"] in ("numpy", "torch") else env
+        left = None if deadline_s is None else deadline_s - (time.perf_counter() - t0)
+        if left is not None and left < 5.0:
+            res = dict(status="skipped: deadline", wall_s=0.0)
+        else:
+            res = _run_worker(spec, env_w, timeout_s if left is None else min(timeout_s, left))
         grid_label = GRID_LABELS.get(spec.get("grid"), spec.get("grid"))
         rec = dict(part=spec["part"], name=spec["name"], variant=_variant(spec, precision), grid=grid_label,
                    batch=spec["batch"], scenes=spec.get("scenes"), reps=spec.get("reps"), **res)

@@ -507,7 +507,7 @@ def cmd_bench_speed(args) -> int:
 
     run_speed(args.out, quick=args.quick, parts=tuple(args.parts), methods=args.methods, seed=args.seed,
               precision=args.precision, max_chunk_mb=args.max_chunk_mb, timeout_s=args.timeout_s,
-              method_scenes=args.method_scenes, method_batch=args.method_batch, progress=not args.quiet,
+              deadline_s=args.deadline_s, method_scenes=args.method_scenes, method_batch=args.method_batch, progress=not args.quiet,
               command=" ".join(["rismvdr", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None)
     return 0
 
@@ -628,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                     help="methods of the methods part (default every RIS-mode method)")
     bs.add_argument("--method-scenes", type=int, help="timed scenes per method (default CPU 128, quick 32; "
-                    "GPU 1024, quick 512)")
+                    "GPU 1024, quick 256)")
     bs.add_argument("--method-batch", type=int, help="scenes per jitted call in the methods part (default "
                     "CPU 32, GPU 256)")
     bs.add_argument("--precision", choices=("highest", "fast"), default="highest",
@@ -637,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bound on the spectrum's per-chunk intermediate, MiB (default 256)")
     bs.add_argument("--timeout-s", type=float, default=600.0, help="per-measurement wall-clock limit, seconds; "
                     "a worker past it is killed and recorded as a timeout (default 600)")
+    bs.add_argument("--deadline-s", type=float, help="wall-clock budget of the whole run, seconds: measurements "
+                    "not started in time are recorded as skipped and the report is still written (default none)")
     bs.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulated scenes (default 0)")
     bs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     bs.set_defaults(func=cmd_bench_speed)

@@ -224,3 +224,16 @@ def test_readme_hpo(workdir, postgres_url):  # noqa: F811
     assert any(postgres_url in line for line in ran)
     assert (workdir / "shared" / "hpo" / "hpo.journal").is_file()
     assert json.loads((workdir / "best.json").read_text())["study"] == "tiny"
+
+
+def test_readme_include_blocks_match_their_files():
+    """Tables the README includes (`<!-- include: PATH -->`) equal the generated files."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "include.py"
+    spec = importlib.util.spec_from_file_location("bench_include", path)
+    inc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inc)
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert inc.BLOCK.search(text), "README includes no generated table"
+    assert inc.stale_blocks() == [], "run python benchmarks/include.py"
