@@ -24,7 +24,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) benchmarks/spectrum.py
+	$(VENV)/bin/rismvdr bench accuracy --quick --out bench_report/accuracy
+	$(VENV)/bin/rismvdr bench speed --quick --out bench_report/speed
 
 clean:
-	rm -rf $(VENV) demo_report .pytest_cache
+	rm -rf $(VENV) demo_report bench_report .pytest_cache
