@@ -331,11 +331,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _version(module: str):
+def _version(dist: str):
+    """Installed version of a distribution (None when absent)."""
+    from importlib import metadata
+
     try:
-        mod = __import__(module)
-        return getattr(mod, "__version__", "unknown")
-    except Exception:  # noqa: BLE001 - absent or broken optional package
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -355,9 +357,9 @@ def _w_info(spec: dict) -> dict:
         load_avg_1_5_15=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         backend=jax.default_backend(), device_kind=dev.device_kind, device_count=jax.device_count(),
         xla_flags=os.environ.get("XLA_FLAGS"), runtime_rss_mib=_peak_rss_mib(),
-        versions={m: _version(m) for m in ("jax", "jaxlib", "numpy", "scipy", "flax", "optax", "orbax", "rismvdr")},
+        versions={m: _version(m) for m in ("jax", "jaxlib", "numpy", "scipy", "flax", "optax", "orbax-checkpoint",
+                                             "rismvdr", "torch")},
     )
-    info["versions"]["orbax-checkpoint"] = info["versions"].pop("orbax")
     info["torch"] = None
     try:
         import torch

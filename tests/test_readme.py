@@ -237,3 +237,31 @@ def test_readme_include_blocks_match_their_files():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert inc.BLOCK.search(text), "README includes no generated table"
     assert inc.stale_blocks() == [], "run python benchmarks/include.py"
+
+
+def test_readme_benchmarks_commands_parse():
+    """The Benchmarks section's commands take minutes, so they are checked, not run: every
+    `rismvdr` line parses with the real parser, scripts exist (shell scripts pass `bash -n`,
+    Python scripts accept their flags). `rismvdr bench speed` runs end to end in
+    test_bench_speed.py and `bench accuracy` in test_bench.py."""
+    from rismvdr.cli import build_parser
+
+    lines = _commands(_section("Benchmarks"))
+    kinds = set()
+    for line in lines:
+        tokens = shlex.split(line)
+        if tokens[0] == "rismvdr":
+            try:
+                build_parser().parse_args(tokens[1:])
+            except SystemExit as e:
+                pytest.fail(f"README (Benchmarks): `{line}` was refused by the parser (exit {e.code})")
+            kinds.add(_subcommand(tokens))
+        elif tokens[0] == "bash":
+            script = ROOT / tokens[1]
+            assert script.is_file(), f"`{line}`: no {tokens[1]}"
+            assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, f"`{line}`: syntax error"
+        elif tokens[0] == "python" and tokens[1].startswith("benchmarks/"):
+            _check_benchmark(tokens)
+        else:
+            pytest.fail(f"README (Benchmarks): `{line}`: a kind of line this test does not know how to check")
+    assert {"bench accuracy", "bench speed"} <= kinds
