@@ -40,12 +40,13 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rismvdr.detect import Detections
 from rismvdr.physics.geometry import from_positions
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.steering import steering
@@ -56,7 +57,6 @@ __all__ = [
     "SceneFileError",
     "DetectionsFileError",
     "SceneFile",
-    "DetectionArrays",
     "scene_file_from_scenes",
     "scenes_from_file",
     "save_scenes",
@@ -600,24 +600,6 @@ def _truth_covariance_jit(geometry, phi, theta, r, power, *, model):
 # --------------------------------------------------------------------------------------------
 
 
-class DetectionArrays(NamedTuple):
-    """Padded detections read from a CSV: host arrays, unpacks as a 5-tuple in the field order
-    of `rismvdr.detect.Detections`. Padding is NaN (the file has no value there).
-
-    Attributes:
-      phi, theta: `[S, Kmax]` float64, radians, NaN where not valid.
-      r: `[S, Kmax]` float64, metres, NaN where not valid.
-      score_db: `[S, Kmax]` float64, NaN where not valid.
-      valid: `[S, Kmax]` bool.
-    """
-
-    phi: np.ndarray
-    theta: np.ndarray
-    r: np.ndarray
-    score_db: np.ndarray
-    valid: np.ndarray
-
-
 def _fmt(v: float) -> str:
     return format(float(v), ".12g")
 
@@ -669,8 +651,11 @@ def write_detections_csv(path, phi, theta, r, score_db, valid) -> None:
                         _fmt(x[i, k]), _fmt(yy[i, k]), _fmt(z[i, k]), _fmt(arrays["score_db"][i, k])])
 
 
-def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = None) -> DetectionArrays:
+def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = None) -> Detections:
     """Read a detections CSV back into padded `[S, Kmax]` arrays (radians, metres).
+
+    Returns the detector's own container, `rismvdr.detect.Detections`, holding float64 NumPy
+    arrays (phi, theta, r, score_db NaN where not valid) and a bool `valid`.
 
     Columns may come in any order (extra columns are ignored); detections of a scene fill its
     slots in file order. `x_m, y_m, z_m` must be numbers but are not checked against
@@ -762,7 +747,7 @@ def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = N
         slot[scene] += 1
         out[:, scene, j] = (np.radians(phi_deg), np.radians(theta_deg), r_m, score)
         valid[scene, j] = True
-    return DetectionArrays(out[0], out[1], out[2], out[3], valid)
+    return Detections(out[0], out[1], out[2], out[3], valid)
 
 
 # --------------------------------------------------------------------------------------------
