@@ -13,9 +13,8 @@ Sweeps (each point a fresh test set of `n_scenes` scenes, seed `fold_in(seed, po
 * `snr`: fixed SNR -10 .. 25 dB in 5 dB steps, at K = 1 (`snr_k1`) and K = 3 (`snr_k3`).
 * `k`: K = 1 .. 5 at 10 dB.
 * `l`: L (snapshots) in 4, 8, 16, 32, 64 at 10 dB, K = 3.
-
-`--quick` (under 10 minutes on a 2-core CPU) thins every sweep: SNR -10, 0, 10, 20 dB, K 1, 3,
-5, L 4, 16, 32, 16 scenes per point and the methods of `QUICK_METHODS`.
+* `r`: range bins 0.5-2, 2-4, 4-6, 6-8, 8-10 m (all sources of a scene in the bin) at 10 dB,
+  K = 3; the search box stays the base scenario's 0.5..10 m, so no method is told the bin.
 * `ula`: a full-array near-field case comparable to the literature, on its own scenario
   `ula15` (whatever the base scenario): 15-element half-wavelength ULA, L = 100 snapshots,
   K = 2 equal-power sources, phi in [-60, 60] deg, r in [3.5, 15] m (Fresnel region), SNR
@@ -23,13 +22,18 @@ Sweeps (each point a fresh test set of `n_scenes` scenes, seed `fold_in(seed, po
   mode (`ULA_METHODS`), reported as F1 and RMSE / sqrt(CRB) per parameter
   (`ula_rmse_vs_snr.png`, a second table in `accuracy.md`).
 
+`--quick` (under 10 minutes on a 2-core CPU) thins every sweep: SNR -10, 0, 10, 20 dB, K 1, 3,
+5, L 4, 16, 32, range bins 0.5-2, 4-6, 8-10 m, 16 scenes per point and the methods of
+`QUICK_METHODS`.
+
 Learned methods run only where the shipped model fits (RIS mode, the model's N, M and L: the
 shipped model was trained for L = 16, so the `l` sweep runs them at L = 16 only).
 
 Outputs in the report folder: `accuracy.json` (`{"meta": ..., "records": [...]}`, a flat
 list of records: `pandas.DataFrame(json.load(f)["records"])`), `accuracy.csv` (the same
-records), `accuracy.md` (one F1 table per sweep, method x value), and PNG plots
-(`f1_vs_snr.png`, `rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`).
+records), `accuracy.md` (one F1 table per sweep, method x value), `accuracy_summary.md` (one
+compact table, the one the README includes), and PNG plots (`f1_vs_snr.png`, `f1_vs_range.png`,
+`rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`).
 """
 from __future__ import annotations
 
@@ -54,15 +58,15 @@ from rismvdr.methods import METHODS, localize, method_names, settings_for_scenar
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
-__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy", "summary_table",
+__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "R_BINS_M", "R_BINS_QUICK_M", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy", "summary_table",
            "RECORD_KEYS", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
 
 #: Sweep names accepted by `--sweeps` (`snr` is `snr_k1` and `snr_k3`).
-SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "ula")
+SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula")
 #: Sweeps run when none are named (also by `--quick`).
-DEFAULT_SWEEPS = ("base", "snr", "k", "l", "ula")
+DEFAULT_SWEEPS = ("base", "snr", "k", "l", "r", "ula")
 #: The scenario of the `ula` sweep (full-array near-field ULA, `rismvdr.physics.scenarios`).
 ULA_SCENARIO = "ula15"
 #: Methods of the `ula` sweep: the MUSIC / MVDR family that applies in full-array mode.
@@ -74,6 +78,9 @@ L_VALUES = (4, 8, 16, 32, 64)
 L_VALUES_QUICK = (4, 16, 32)
 SNR_VALUES_QUICK_DB = (-10, 0, 10, 20)
 K_VALUES_QUICK = (1, 3, 5)
+#: Source-range bins (m) of the `r` sweep (the search box stays the base scenario's 0.5..10 m).
+R_BINS_M = ((0.5, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0))
+R_BINS_QUICK_M = ((0.5, 2.0), (4.0, 6.0), (8.0, 10.0))
 #: Methods of `--quick` (those registered and applicable).
 QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-k")
 #: Methods given the truth (oracle K): reported under suite B2.
@@ -102,7 +109,7 @@ class BenchPoint(NamedTuple):
 
 
 def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUES,
-                 k_values=K_VALUES) -> list[BenchPoint]:
+                 k_values=K_VALUES, r_bins_m=R_BINS_M) -> list[BenchPoint]:
     """The points of the chosen sweeps, in a fixed order."""
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -119,6 +126,9 @@ def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUE
     if "l" in sweeps:
         pts += [BenchPoint("l", "n_snapshots", n, dict(snr_db=(10.0, 10.0), k_min=3, k_max=3, n_snapshots=n))
                 for n in l_values]
+    if "r" in sweeps:
+        pts += [BenchPoint("r", "r_bin_mid_m", 0.5 * (lo + hi), dict(snr_db=(10.0, 10.0), k_min=3, k_max=3, r_m=(lo, hi)))
+                for lo, hi in r_bins_m]
     if "ula" in sweeps:
         pts += [BenchPoint("ula", "snr_db", s, dict(snr_db=(float(s), float(s))), scenario=ULA_SCENARIO)
                 for s in snr_values_db]
@@ -227,6 +237,8 @@ def _markdown(records: list[dict], meta: dict) -> str:
     titles = dict(base="Base set (`seed` scenario as is: SNR U[-5, 20] dB, K U{1..5}, L = 16)",
                   snr_k1="F1 against SNR (dB), K = 1", snr_k3="F1 against SNR (dB), K = 3",
                   k="F1 against K, SNR 10 dB", l="F1 against L (snapshots), SNR 10 dB, K = 3",
+                  r="F1 against source range (bin midpoint, m; every source of a scene in the bin), SNR 10 dB, "
+                    "K = 3; the search box stays 0.5 - 10 m",
                   ula=f"Near-field ULA (`{ULA_SCENARIO}`, full array, comparable to the literature): "
                       "F1 against SNR (dB)")
     lines = ["# rismvdr accuracy bench", "",
@@ -289,6 +301,8 @@ def summary_table(records: list[dict], meta: dict) -> str:
     cols += [(f"F1 K=3, {v:g} dB", pick("snr_k3", v), lambda r: _fmt(r["f1"])) for v in snr3]
     if pick("k", 5):
         cols.append(("F1 K=5, 10 dB", pick("k", 5), lambda r: _fmt(r["f1"])))
+    r_vals = sorted({r["value"] for r in records if r["sweep"] == "r"})
+    cols += [(f"F1 r bin {v:g} m", pick("r", v), lambda r: _fmt(r["f1"])) for v in r_vals[:1] + r_vals[-1:]]
     if top("snr_k1") is not None:
         v = top("snr_k1")
         cols.append((f"RMSE/sqrt(CRB) phi, K=1, {v:g} dB", pick("snr_k1", v),
@@ -318,18 +332,19 @@ def _series(records, sweep, key):
     return out
 
 
-def _plot_f1_snr(path, records) -> bool:
+def _plot_f1(path, records, panels: dict[str, tuple[str, str]]) -> bool:
+    """F1 against a sweep's variable, one panel per sweep run: `panels` = {sweep: (title, x label)}."""
     import matplotlib.pyplot as plt
 
-    sweeps = [s for s in ("snr_k1", "snr_k3") if any(r["sweep"] == s for r in records)]
+    sweeps = [s for s in panels if any(r["sweep"] == s for r in records)]
     if not sweeps:
         return False
     fig, axes = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
         for name, (x, y) in _series(records, sweep, "f1").items():
             ax.plot(x, y, marker="o", label=name)
-        ax.set_title(f"K = {sweep[-1]}")
-        ax.set_xlabel("SNR (dB)")
+        ax.set_title(panels[sweep][0])
+        ax.set_xlabel(panels[sweep][1])
         ax.set_ylabel("F1")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
@@ -439,7 +454,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     if snr_values_db is None:
         snr_values_db = SNR_VALUES_QUICK_DB if quick else SNR_VALUES_DB
     points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db), l_values=l_values,
-                          k_values=K_VALUES_QUICK if quick else K_VALUES)
+                          k_values=K_VALUES_QUICK if quick else K_VALUES,
+                          r_bins_m=R_BINS_QUICK_M if quick else R_BINS_M)
     if not points:
         raise ValueError(f"sweeps: none chosen; known: {', '.join(SWEEPS)}")
     ula_names = [n for n in ULA_METHODS if not methods or n in names]
@@ -461,7 +477,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         tp = time.perf_counter()
         scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
         crb = truth_crb(scenes, geometry, model=cfg.steering_model)
-        settings = settings_for_scenario(cfg)
+        # the r sweep draws sources in a range bin but searches the base scenario's whole box
+        settings = settings_for_scenario(cfg.replace(r_m=base_cfg.r_m) if point.sweep == "r" else cfg)
         f1s = []
         for name in (ula_names if point.sweep == "ula" else names):
             m = METHODS[name]
@@ -491,7 +508,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     bar.close()
     wall = time.perf_counter() - t0
     meta = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, quick=quick, methods=names,
-                sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values), b2_methods=list(B2_METHODS), wall_s=wall,
+                sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values),
+                r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS), wall_s=wall,
                 base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy")
     result: dict[str, Any] = dict(meta=metrics.to_jsonable(meta), records=records)
     write_json(out / "accuracy.json", result)
@@ -499,8 +517,10 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     written = ["accuracy.json", "accuracy.csv", "accuracy.md", "accuracy_summary.md"]
     with atomic_write(out / "accuracy_summary.md") as f:
         f.write(summary_table(records, meta) + "\n")
-    if _plot_f1_snr(out / "f1_vs_snr.png", records):
+    if _plot_f1(out / "f1_vs_snr.png", records, dict(snr_k1=("K = 1", "SNR (dB)"), snr_k3=("K = 3", "SNR (dB)"))):
         written.append("f1_vs_snr.png")
+    if _plot_f1(out / "f1_vs_range.png", records, dict(r=("K = 3, SNR 10 dB", "source range bin midpoint (m)"))):
+        written.append("f1_vs_range.png")
     if _plot_rmse_snr(out / "rmse_phi_vs_snr_k1.png", records):
         written.append("rmse_phi_vs_snr_k1.png")
     if _plot_ula(out / "ula_rmse_vs_snr.png", records):

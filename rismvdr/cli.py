@@ -594,15 +594,16 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--out", required=True, help="report folder")
     ba.add_argument("--quick", action="store_true", help="under 10 min on a 2-core CPU: 16 scenes per point "
                     "(unless --scenes), the methods mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless "
-                    "--methods), SNR -10 0 10 20 dB (unless --snr-db), K 1 3 5, L 4 16 32")
+                    "--methods), SNR -10 0 10 20 dB (unless --snr-db), K 1 3 5, L 4 16 32, range bins 0.5-2, 4-6, 8-10 m")
     ba.add_argument("--scenes", type=int, help="scenes per point (default 200; --quick 16)")
     ba.add_argument("--seed", type=int, default=0, help="PRNG seed; each point's scenes use fold_in(seed, a stable hash of the point), "
                     "so a point's test set does not depend on the other points run (default 0)")
     ba.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                     help="methods to run (default: every registered method that applies)")
-    ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l", "ula"),
-                    default=["base", "snr", "k", "l", "ula"], help="sweeps to run (default base snr k l ula): base "
-                    "set, SNR at K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3, and ula: the "
+    ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula"),
+                    default=["base", "snr", "k", "l", "r", "ula"], help="sweeps to run (default base snr k l r ula): "
+                    "base set, SNR at K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3, r: source "
+                    "range bins 0.5-2 .. 8-10 m at 10 dB K = 3 (search box unchanged), and ula: the "
                     "near-field full-array case of the literature (scenario ula15: 15-element half-wavelength ULA, "
                     "L = 100, K = 2, r 3.5-15 m) against SNR, MUSIC and MVDR only, with RMSE / sqrt(CRB)")
     ba.add_argument("--snr-db", type=float, nargs="+",

@@ -80,11 +80,13 @@ def test_quick_points_are_a_thin_subset():
     """--quick thins every sweep (it must run in under 10 minutes on 2 cores); its points are
     points of the full run, with the same test sets (same point seeds)."""
     quick = bench.bench_points(bench.DEFAULT_SWEEPS, snr_values_db=bench.SNR_VALUES_QUICK_DB,
-                               l_values=bench.L_VALUES_QUICK, k_values=bench.K_VALUES_QUICK)
+                               l_values=bench.L_VALUES_QUICK, k_values=bench.K_VALUES_QUICK,
+                               r_bins_m=bench.R_BINS_QUICK_M)
     full = bench.bench_points(bench.DEFAULT_SWEEPS)
     assert [p.value for p in quick if p.sweep == "l"] == [4, 16, 32]
     assert [p.value for p in quick if p.sweep == "k"] == [1, 3, 5]
-    assert len(quick) == 19 < len(full)
+    assert [p.value for p in quick if p.sweep == "r"] == [1.25, 5.0, 9.0]
+    assert len(quick) == 22 < len(full)
     full_seeds = {bench.point_seed(p) for p in full}
     assert all(bench.point_seed(p) in full_seeds for p in quick)
 
