@@ -20,8 +20,17 @@ def report(tmp_path_factory):
 
 
 def test_files_written(report):
-    for name in ("accuracy.json", "accuracy.csv", "accuracy.md", "f1_vs_snr.png", "rmse_phi_vs_snr_k1.png"):
+    for name in ("accuracy.json", "accuracy.csv", "accuracy.md", "accuracy_summary.md", "f1_vs_snr.png",
+                 "rmse_phi_vs_snr_k1.png"):
         assert (report / name).stat().st_size > 0, name
+
+
+def test_summary_table(report):
+    """The README's table: one row per method, the columns of the sweeps that ran."""
+    summary = (report / "accuracy_summary.md").read_text()
+    assert "| method | RMSE/sqrt(CRB) phi, K=1, 25 dB |" in summary
+    assert "| mvdr-oracle |" in summary and "| mvdr-mf |" in summary
+    assert "F1 base" not in summary  # the base sweep did not run
 
 
 def test_json_and_csv_records(report):
