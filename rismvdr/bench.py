@@ -38,6 +38,7 @@ compact table, the one the README includes), and PNG plots (`f1_vs_snr.png`, `f1
 from __future__ import annotations
 
 import csv
+import json
 import dataclasses
 import logging
 import math
@@ -83,6 +84,11 @@ R_BINS_M = ((0.5, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0))
 R_BINS_QUICK_M = ((0.5, 2.0), (4.0, 6.0), (8.0, 10.0))
 #: Methods of `--quick` (those registered and applicable).
 QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-k")
+#: (sweep, value, method) pairs not run on the CPU backend, with the reason (reported in the
+#: markdown and the JSON meta): `somp-ml` at L = 64 stops making progress inside XLA on the CPU
+#: (jax 0.10.2: the process waits at 0 % CPU for over 10 minutes on 4 scenes; L = 32 takes
+#: 1.4 s). Not yet understood; see benchmarks/README.md.
+CPU_SKIPS = {("l", 64, "somp-ml"): "hangs inside XLA on the CPU backend (jax 0.10.2), cause not yet found"}
 #: Methods given the truth (oracle K): reported under suite B2.
 B2_METHODS = ("music-oracle-k", "mvdr-oracle")
 #: Metrics copied into every record (from `rismvdr.evaluation.evaluate_detections`).
@@ -247,7 +253,7 @@ def _markdown(records: list[dict], meta: dict) -> str:
              f"B2: oracle K ({', '.join(f'`{m}`' for m in B2_METHODS)}). Cells: F1; '-': not run "
              f"(method does not apply, e.g. learned methods away from L = 16). Wall time "
              f"{meta['wall_s']:.0f} s.", ""]
-    for sweep in dict.fromkeys(r["sweep"] for r in records):
+    for sweep in sorted({r["sweep"] for r in records}, key=SWEEPS.index):
         rows = [r for r in records if r["sweep"] == sweep]
         values = list(dict.fromkeys(r["value"] for r in rows))
         methods = list(dict.fromkeys((r["suite"], r["method"]) for r in rows))
@@ -262,6 +268,9 @@ def _markdown(records: list[dict], meta: dict) -> str:
             cells = [_fmt(cell[(suite, name, v)]) if (suite, name, v) in cell else "-" for v in values]
             lines.append(f"| {suite} | {name} | " + " | ".join(cells) + " |")
         lines.append("")
+        for sk in meta.get("skipped") or []:
+            if sk["sweep"] == sweep:
+                lines += [f"Not run: `{sk['method']}` at {sk['value']}: {sk['reason']}.", ""]
         if sweep == "ula":
             lines += _ratio_table(rows, values, methods)
     return "\n".join(lines)
@@ -418,7 +427,7 @@ def _write_csv(path, records) -> None:
 
 def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweeps=DEFAULT_SWEEPS,
                  snr_values_db=None, quick: bool = False, scenario: str = "seed",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, resume: bool = False) -> dict:
     """Run the accuracy bench and write the report folder.
 
     Args:
@@ -434,6 +443,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
       quick: use `QUICK_METHODS` when `methods` is None, and the thinner `*_QUICK` values.
       scenario: the base scenario (default `seed`).
       progress: tqdm bar over points (auto-off when not a terminal).
+      resume: keep the records of an earlier (interrupted) run in `out/accuracy.json` with the
+        same scenario, scene count and seed, and run only the (point, method) pairs it lacks.
 
     Returns:
       `{"meta": ..., "records": [...]}` as written to `accuracy.json`.
@@ -469,7 +480,20 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records, base_errors = [], {}
+    records, base_errors, done, skipped = [], {}, set(), []
+    if resume and (out / "accuracy.json").is_file():
+        prev = json.loads((out / "accuracy.json").read_text())
+        pm = prev.get("meta", {})
+        if (pm.get("scenario"), pm.get("n_scenes"), pm.get("seed")) != (base_cfg.name, n_scenes, seed):
+            raise ValueError(f"resume: {out / 'accuracy.json'} holds scenario {pm.get('scenario')}, "
+                             f"{pm.get('n_scenes')} scenes per point, seed {pm.get('seed')}; this run asks for "
+                             f"{base_cfg.name}, {n_scenes}, {seed}")
+        records = list(prev.get("records", []))
+        done = {(r["sweep"], r["value"], r["method"]) for r in records}
+        base_errors = {r["method"]: np.asarray(r["tp_pos_err_m"]) for r in records
+                       if r["sweep"] == "base" and r.get("tp_pos_err_m") is not None}
+        print(f"resume: {len(records)} records of {out / 'accuracy.json'} kept; their points and methods are "
+              f"not run again")
     bar = tqdm(points, desc="bench points", unit="point", disable=None if progress else True)
     for point in bar:
         cfg = get_scenario(point.scenario or scenario, **point.overrides)
@@ -483,6 +507,13 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         for name in (ula_names if point.sweep == "ula" else names):
             m = METHODS[name]
             if not _applies(name, cfg) or m.learned and not _learned_fits(model, cfg, geometry):
+                continue
+            if (point.sweep, point.value, name) in done:
+                continue
+            if jax.default_backend() == "cpu" and (point.sweep, point.value, name) in CPU_SKIPS:
+                skipped.append(dict(sweep=point.sweep, value=point.value, method=name,
+                                    reason=CPU_SKIPS[(point.sweep, point.value, name)]))
+                log.warning("%s not run at %s=%s: %s", name, point.variable, point.value, skipped[-1]["reason"])
                 continue
             try:
                 res = localize(name, scenes, geometry, settings, progress=False, keep_maps=False,
@@ -498,6 +529,7 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
             f1s.append(f"{name} {_fmt(ev['f1'], 2)}")
             if point.sweep == "base":
                 base_errors[name] = _tp_errors(scenes, d)
+                records[-1]["tp_pos_err_m"] = base_errors[name].tolist()  # for the CDF of a resumed run
         label = point.sweep if point.value is None else f"{point.sweep} {point.variable}={point.value:g}"
         tqdm.write(f"[{len(records)} records] {label}: F1 " + ", ".join(f1s)
                    + f" ({time.perf_counter() - tp:.1f} s)")
@@ -510,7 +542,7 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     meta = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, quick=quick, methods=names,
                 sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values),
                 r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS), wall_s=wall,
-                base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy")
+                base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped)
     result: dict[str, Any] = dict(meta=metrics.to_jsonable(meta), records=records)
     write_json(out / "accuracy.json", result)
     _write_csv(out / "accuracy.csv", records)

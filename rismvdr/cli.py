@@ -496,7 +496,7 @@ def cmd_bench(args) -> int:
     t0 = time.perf_counter()
     result = run_accuracy(args.out, n_scenes=n_scenes, seed=args.seed, methods=args.methods,
                           sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db) if args.snr_db else None, quick=args.quick,
-                          progress=not args.quiet)
+                          progress=not args.quiet, resume=args.resume)
     print(f"bench accuracy: wall time {time.perf_counter() - t0:.1f} s"
           + f" ({n_scenes} scenes per point; methods {', '.join(result['meta']['methods'])})")
     return 0
@@ -609,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--snr-db", type=float, nargs="+",
                     help="SNR values of the snr and ula sweeps, dB (default -10 to 25 in 5 dB steps; "
                     "--quick: -10 0 10 20)")
+    ba.add_argument("--resume", action="store_true", help="keep the records of an interrupted run in "
+                    "--out/accuracy.json (same scenes per point and seed) and run only what it lacks")
     ba.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ba.set_defaults(func=cmd_bench)
     bs = bsub.add_parser(

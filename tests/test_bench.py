@@ -156,3 +156,19 @@ def test_ula_sweep_skipped_without_its_methods(tmp_path):
     records = json.loads((tmp_path / "accuracy.json").read_text())["records"]
     assert records and all(r["sweep"] == "snr_k1" for r in records)
     assert not (tmp_path / "ula_rmse_vs_snr.png").exists()
+
+
+def test_resume_keeps_records_and_runs_the_rest(tmp_path, capsys):
+    out = tmp_path / "r"
+    common = ["bench", "accuracy", "--out", str(out), "--scenes", "2", "--methods", "mvdr-oracle",
+              "--sweeps", "snr_k1", "--quiet"]
+    assert main(common + ["--snr-db", "25"]) == 0
+    first = json.loads((out / "accuracy.json").read_text())["records"]
+    assert main(common + ["--snr-db", "0", "25", "--resume"]) == 0
+    records = json.loads((out / "accuracy.json").read_text())["records"]
+    assert sorted(r["value"] for r in records) == [0, 25]
+    kept = [r for r in records if r["value"] == 25]
+    assert kept == first  # not run again
+    # a different scene count is a different test set: refused
+    assert main(common[:5] + ["3"] + common[6:] + ["--snr-db", "0", "--resume"]) == 2
+    assert "resume" in capsys.readouterr().err
