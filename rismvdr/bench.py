@@ -59,7 +59,7 @@ from rismvdr.methods import METHODS, localize, method_names, settings_for_scenar
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
-__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "R_BINS_M", "R_BINS_QUICK_M", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy", "summary_table",
+__all__ = ["SWEEPS", "DEFAULT_SWEEPS", "ULA_SCENARIO", "ULA_METHODS", "SNR_VALUES_DB", "L_VALUES", "L_VALUES_QUICK", "SNR_VALUES_QUICK_DB", "K_VALUES_QUICK", "R_BINS_M", "R_BINS_QUICK_M", "QUICK_METHODS", "B2_METHODS", "BenchPoint", "bench_points", "point_seed", "run_accuracy", "summary_table", "write_report",
            "RECORD_KEYS", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,9 @@ def _markdown(records: list[dict], meta: dict) -> str:
              f"gates 5 deg / 5 deg / 1 m; default detector. B1: blind (each method finds K); "
              f"B2: oracle K ({', '.join(f'`{m}`' for m in B2_METHODS)}). Cells: F1; '-': not run "
              f"(method does not apply, e.g. learned methods away from L = 16). Wall time "
-             f"{meta['wall_s']:.0f} s.", ""]
+             f"{meta['wall_s']:.0f} s"
+             + (f" for the last part: the run was resumed (`--resume`) with {meta['resumed_records']} records "
+                f"of an earlier, interrupted part" if meta.get("resumed_records") else "") + ".", ""]
     for sweep in sorted({r["sweep"] for r in records}, key=SWEEPS.index):
         rows = [r for r in records if r["sweep"] == sweep]
         values = list(dict.fromkeys(r["value"] for r in rows))
@@ -330,6 +332,12 @@ def summary_table(records: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _style(i: int) -> dict:
+    """Line style of the i-th method: 10 colours, then a new line style and marker, so that
+    13+ methods stay distinguishable."""
+    return dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], marker=("o", "s", "^")[i // 10 % 3])
+
+
 def _series(records, sweep, key):
     """method -> (values, metric) of one sweep."""
     out: dict[str, tuple[list, list]] = {}
@@ -350,8 +358,8 @@ def _plot_f1(path, records, panels: dict[str, tuple[str, str]]) -> bool:
         return False
     fig, axes = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
-        for name, (x, y) in _series(records, sweep, "f1").items():
-            ax.plot(x, y, marker="o", label=name)
+        for i, (name, (x, y)) in enumerate(_series(records, sweep, "f1").items()):
+            ax.plot(x, y, label=name, **_style(i))
         ax.set_title(panels[sweep][0])
         ax.set_xlabel(panels[sweep][1])
         ax.set_ylabel("F1")
@@ -369,8 +377,8 @@ def _plot_rmse_snr(path, records) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     crb_x, crb_y = {}, {}
-    for name, (x, y) in _series(records, "snr_k1", "rmse_phi_deg").items():
-        ax.semilogy(x, y, marker="o", label=name)
+    for i, (name, (x, y)) in enumerate(_series(records, "snr_k1", "rmse_phi_deg").items()):
+        ax.semilogy(x, y, label=name, **_style(i))
     for r in records:  # sqrt(CRB) over the matched sources of the best-covered method per point
         if r["sweep"] == "snr_k1" and r.get("sqrt_crb_phi_deg") is not None:
             if r["value"] not in crb_x or (r["tp"] or 0) > crb_x[r["value"]]:
@@ -396,8 +404,8 @@ def _plot_ula(path, records) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, key, crb_key, label in ((axes[0], "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)"),
                                     (axes[1], "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")):
-        for name, (x, y) in _series(records, "ula", key).items():
-            ax.semilogy(x, y, marker="o", label=name)
+        for i, (name, (x, y)) in enumerate(_series(records, "ula", key).items()):
+            ax.semilogy(x, y, label=name, **_style(i))
         crb_n, crb_y = {}, {}
         for r in records:  # sqrt(CRB) over the matched sources of the best-covered method per point
             if r["sweep"] == "ula" and r.get(crb_key) is not None and math.isfinite(r[crb_key]):
@@ -480,7 +488,7 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records, base_errors, done, skipped = [], {}, set(), []
+    records, done, skipped, n_resumed = [], set(), [], 0
     if resume and (out / "accuracy.json").is_file():
         prev = json.loads((out / "accuracy.json").read_text())
         pm = prev.get("meta", {})
@@ -489,9 +497,8 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
                              f"{pm.get('n_scenes')} scenes per point, seed {pm.get('seed')}; this run asks for "
                              f"{base_cfg.name}, {n_scenes}, {seed}")
         records = list(prev.get("records", []))
+        n_resumed = len(records)
         done = {(r["sweep"], r["value"], r["method"]) for r in records}
-        base_errors = {r["method"]: np.asarray(r["tp_pos_err_m"]) for r in records
-                       if r["sweep"] == "base" and r.get("tp_pos_err_m") is not None}
         print(f"resume: {len(records)} records of {out / 'accuracy.json'} kept; their points and methods are "
               f"not run again")
     bar = tqdm(points, desc="bench points", unit="point", disable=None if progress else True)
@@ -528,8 +535,7 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
             records.append(_record(point, name, cfg, n_scenes, seed, ev, res.seconds))
             f1s.append(f"{name} {_fmt(ev['f1'], 2)}")
             if point.sweep == "base":
-                base_errors[name] = _tp_errors(scenes, d)
-                records[-1]["tp_pos_err_m"] = base_errors[name].tolist()  # for the CDF of a resumed run
+                records[-1]["tp_pos_err_m"] = _tp_errors(scenes, d).tolist()  # the error CDF of the report
         label = point.sweep if point.value is None else f"{point.sweep} {point.variable}={point.value:g}"
         tqdm.write(f"[{len(records)} records] {label}: F1 " + ", ".join(f1s)
                    + f" ({time.perf_counter() - tp:.1f} s)")
@@ -542,13 +548,31 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
     meta = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, quick=quick, methods=names,
                 sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values),
                 r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS), wall_s=wall,
-                base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped)
+                base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped,
+                resumed_records=n_resumed)
     result: dict[str, Any] = dict(meta=metrics.to_jsonable(meta), records=records)
     write_json(out / "accuracy.json", result)
+    written = write_report(out, result)
+    print((out / "accuracy.md").read_text())
+    print(f"wrote accuracy.json, {', '.join(written)} to {out} (wall time {wall:.1f} s, {len(points)} points, "
+          f"{len(records)} records)")
+    return result
+
+
+def write_report(out, result: dict | None = None) -> list[str]:
+    """(Re)write the CSV, markdown tables and plots of a report folder from its records
+    (`result`, default: `out/accuracy.json`), e.g. after a change to the plots; returns the
+    names written."""
+    out = Path(out)
+    if result is None:
+        result = json.loads((out / "accuracy.json").read_text())
+    meta, records = result["meta"], result["records"]
     _write_csv(out / "accuracy.csv", records)
-    written = ["accuracy.json", "accuracy.csv", "accuracy.md", "accuracy_summary.md"]
+    written = ["accuracy.csv", "accuracy.md", "accuracy_summary.md"]
     with atomic_write(out / "accuracy_summary.md") as f:
         f.write(summary_table(records, meta) + "\n")
+    with atomic_write(out / "accuracy.md") as f:
+        f.write(_markdown(records, meta) + "\n")
     if _plot_f1(out / "f1_vs_snr.png", records, dict(snr_k1=("K = 1", "SNR (dB)"), snr_k3=("K = 3", "SNR (dB)"))):
         written.append("f1_vs_snr.png")
     if _plot_f1(out / "f1_vs_range.png", records, dict(r=("K = 3, SNR 10 dB", "source range bin midpoint (m)"))):
@@ -557,14 +581,10 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         written.append("rmse_phi_vs_snr_k1.png")
     if _plot_ula(out / "ula_rmse_vs_snr.png", records):
         written.append("ula_rmse_vs_snr.png")
+    base_errors = {r["method"]: np.asarray(r["tp_pos_err_m"]) for r in records
+                   if r["sweep"] == "base" and r.get("tp_pos_err_m") is not None}
     if base_errors:
         plots.plot_error_cdf(out / "position_error_cdf_base.png", base_errors,
-                             title=f"base set: 3-D position error of true positives ({n_scenes} scenes)")
+                             title=f"base set: 3-D position error of true positives ({meta['n_scenes']} scenes)")
         written.append("position_error_cdf_base.png")
-    md = _markdown(records, dict(meta, wall_s=wall))
-    with atomic_write(out / "accuracy.md") as f:
-        f.write(md + "\n")
-    print(md)
-    print(f"wrote {', '.join(written)} to {out} (wall time {wall:.1f} s, {len(points)} points, "
-          f"{len(records)} records)")
-    return result
+    return written

@@ -172,3 +172,11 @@ def test_resume_keeps_records_and_runs_the_rest(tmp_path, capsys):
     # a different scene count is a different test set: refused
     assert main(common[:5] + ["3"] + common[6:] + ["--snr-db", "0", "--resume"]) == 2
     assert "resume" in capsys.readouterr().err
+
+
+def test_write_report_rebuilds_from_json(report):
+    md = (report / "accuracy.md").read_text()
+    (report / "accuracy.md").unlink()
+    written = bench.write_report(report)
+    assert "accuracy.md" in written and "f1_vs_snr.png" in written
+    assert (report / "accuracy.md").read_text() == md
