@@ -625,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "speed.json, speed.csv, speed.md and speed.png to --out.")
     bs.add_argument("--out", required=True, help="report folder")
     bs.add_argument("--quick", action="store_true", help="fewer repetitions, scenes and batch sizes (CPU: "
-                    "about 10 min on 2 cores)")
+                    "5 min on 2 cores; the full run takes about 6)")
     bs.add_argument("--parts", nargs="+", choices=("spectrum", "detect", "methods", "train"),
                     default=["spectrum", "detect", "methods", "train"], help="what to measure (default all)")
     bs.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
