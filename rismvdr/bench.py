@@ -370,27 +370,33 @@ def _plot_f1(path, records, panels: dict[str, tuple[str, str]]) -> bool:
     return True
 
 
+def _rmse_panel(ax, records, sweep: str, key: str, crb_key: str, ylabel: str) -> None:
+    """RMSE over true positives of every method against the sweep's SNR, semilog, with the
+    sqrt(CRB) of the matched sources of the best-covered method (most TPs) per point."""
+    for i, (name, (x, y)) in enumerate(_series(records, sweep, key).items()):
+        ax.semilogy(x, y, label=name, **_style(i))
+    crb_n, crb_y = {}, {}
+    for r in records:
+        if r["sweep"] == sweep and r.get(crb_key) is not None and math.isfinite(r[crb_key]):
+            if r["value"] not in crb_n or (r["tp"] or 0) > crb_n[r["value"]]:
+                crb_n[r["value"]], crb_y[r["value"]] = r["tp"] or 0, r[crb_key]
+    if crb_y:
+        xs = sorted(crb_y)
+        ax.semilogy(xs, [crb_y[x] for x in xs], "k--", label="sqrt(CRB)")
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _plot_rmse_snr(path, records) -> bool:
     import matplotlib.pyplot as plt
 
     if not any(r["sweep"] == "snr_k1" for r in records):
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    crb_x, crb_y = {}, {}
-    for i, (name, (x, y)) in enumerate(_series(records, "snr_k1", "rmse_phi_deg").items()):
-        ax.semilogy(x, y, label=name, **_style(i))
-    for r in records:  # sqrt(CRB) over the matched sources of the best-covered method per point
-        if r["sweep"] == "snr_k1" and r.get("sqrt_crb_phi_deg") is not None:
-            if r["value"] not in crb_x or (r["tp"] or 0) > crb_x[r["value"]]:
-                crb_x[r["value"]], crb_y[r["value"]] = r["tp"] or 0, r["sqrt_crb_phi_deg"]
-    if crb_y:
-        xs = sorted(crb_y)
-        ax.semilogy(xs, [crb_y[x] for x in xs], "k--", label="sqrt(CRB)")
-    ax.set_xlabel("SNR (dB)")
-    ax.set_ylabel("azimuth RMSE over TPs (deg)")
+    _rmse_panel(ax, records, "snr_k1", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
     ax.set_title("K = 1")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
     plots.save_figure(fig, path)
     return True
 
@@ -402,22 +408,8 @@ def _plot_ula(path, records) -> bool:
     if not any(r["sweep"] == "ula" for r in records):
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, key, crb_key, label in ((axes[0], "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)"),
-                                    (axes[1], "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")):
-        for i, (name, (x, y)) in enumerate(_series(records, "ula", key).items()):
-            ax.semilogy(x, y, label=name, **_style(i))
-        crb_n, crb_y = {}, {}
-        for r in records:  # sqrt(CRB) over the matched sources of the best-covered method per point
-            if r["sweep"] == "ula" and r.get(crb_key) is not None and math.isfinite(r[crb_key]):
-                if r["value"] not in crb_n or (r["tp"] or 0) > crb_n[r["value"]]:
-                    crb_n[r["value"]], crb_y[r["value"]] = r["tp"] or 0, r[crb_key]
-        if crb_y:
-            xs = sorted(crb_y)
-            ax.semilogy(xs, [crb_y[x] for x in xs], "k--", label="sqrt(CRB)")
-        ax.set_xlabel("SNR (dB)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    _rmse_panel(axes[0], records, "ula", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
+    _rmse_panel(axes[1], records, "ula", "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")
     cfg = get_scenario(ULA_SCENARIO)
     fig.suptitle(f"{cfg.name}: {cfg.nh}-element ULA, full array, L = {cfg.n_snapshots}, K = {cfg.k_min}, "
                  f"r in [{cfg.r_m[0]:g}, {cfg.r_m[1]:g}] m")
