@@ -498,22 +498,28 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
         cfg = get_scenario(point.scenario or scenario, **point.overrides)
         geometry = scenario_geometry(cfg)
         tp = time.perf_counter()
-        scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
-        crb = truth_crb(scenes, geometry, model=cfg.steering_model)
-        # the r sweep draws sources in a range bin but searches the base scenario's whole box
-        settings = settings_for_scenario(cfg.replace(r_m=base_cfg.r_m) if point.sweep == "r" else cfg)
-        f1s = []
+        todo = []  # the methods this point runs, decided before any scene is simulated
         for name in (ula_names if point.sweep == "ula" else names):
             m = METHODS[name]
             if not _applies(name, cfg) or m.learned and not _learned_fits(model, cfg, geometry):
                 continue
-            if (point.sweep, point.value, name) in done:
+            if (point.sweep, point.value, name) in done:  # --resume: already in the report
                 continue
             if jax.default_backend() == "cpu" and (point.sweep, point.value, name) in CPU_SKIPS:
                 skipped.append(dict(sweep=point.sweep, value=point.value, method=name,
                                     reason=CPU_SKIPS[(point.sweep, point.value, name)]))
                 log.warning("%s not run at %s=%s: %s", name, point.variable, point.value, skipped[-1]["reason"])
                 continue
+            todo.append(name)
+        if not todo:
+            continue
+        scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
+        crb = truth_crb(scenes, geometry, model=cfg.steering_model)
+        # the r sweep draws sources in a range bin but searches the base scenario's whole box
+        settings = settings_for_scenario(cfg.replace(r_m=base_cfg.r_m) if point.sweep == "r" else cfg)
+        f1s = []
+        for name in todo:
+            m = METHODS[name]
             try:
                 res = localize(name, scenes, geometry, settings, progress=False, keep_maps=False,
                                model=model if m.learned else None)

@@ -10,12 +10,16 @@ from rismvdr import bench
 from rismvdr.cli import main
 
 
+def _accuracy_argv(out, *methods, snr_db=("0", "25")) -> list[str]:
+    """A 2-scene `bench accuracy` on the K = 1 SNR sweep."""
+    return ["bench", "accuracy", "--out", str(out), "--scenes", "2", "--methods", *methods,
+            "--sweeps", "snr_k1", "--snr-db", *snr_db, "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = main(["bench", "accuracy", "--out", str(out), "--scenes", "2", "--methods", "mvdr-oracle", "mvdr-mf",
-               "--sweeps", "snr_k1", "--snr-db", "0", "25", "--quiet"])
-    assert rc == 0
+    assert main(_accuracy_argv(out, "mvdr-oracle", "mvdr-mf")) == 0
     return out
 
 
@@ -160,17 +164,17 @@ def test_ula_sweep_skipped_without_its_methods(tmp_path):
 
 def test_resume_keeps_records_and_runs_the_rest(tmp_path, capsys):
     out = tmp_path / "r"
-    common = ["bench", "accuracy", "--out", str(out), "--scenes", "2", "--methods", "mvdr-oracle",
-              "--sweeps", "snr_k1", "--quiet"]
-    assert main(common + ["--snr-db", "25"]) == 0
+    assert main(_accuracy_argv(out, "mvdr-oracle", snr_db=("25",))) == 0
     first = json.loads((out / "accuracy.json").read_text())["records"]
-    assert main(common + ["--snr-db", "0", "25", "--resume"]) == 0
+    assert main(_accuracy_argv(out, "mvdr-oracle") + ["--resume"]) == 0
     records = json.loads((out / "accuracy.json").read_text())["records"]
     assert sorted(r["value"] for r in records) == [0, 25]
     kept = [r for r in records if r["value"] == 25]
     assert kept == first  # not run again
     # a different scene count is a different test set: refused
-    assert main(common[:5] + ["3"] + common[6:] + ["--snr-db", "0", "--resume"]) == 2
+    argv = _accuracy_argv(out, "mvdr-oracle", snr_db=("0",)) + ["--resume"]
+    argv[argv.index("--scenes") + 1] = "3"
+    assert main(argv) == 2
     assert "resume" in capsys.readouterr().err
 
 
