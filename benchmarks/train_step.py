@@ -37,7 +37,7 @@ def main(argv=None):
     base = apply_overrides(load_config(args.config), args.set).replace(stage=args.stage)
     backbone = None
     if args.stage == "refiner":
-        from rismvdr.learned import load_learned
+        from rismvdr.localize.learned import load_learned
 
         backbone = load_learned(args.backbone)
     rows = []

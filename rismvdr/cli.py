@@ -65,7 +65,7 @@ def _scenario_from_meta(meta: dict | None):
 
 def _settings(args, sf):
     """Localizer settings: the scene file's scenario box if recorded, then CLI overrides."""
-    from rismvdr.methods import LocalizerSettings, settings_for_scenario
+    from rismvdr.localize.registry import LocalizerSettings, settings_for_scenario
 
     cfg = _scenario_from_meta(sf.meta)
     base = settings_for_scenario(cfg) if cfg is not None else LocalizerSettings()
@@ -88,13 +88,13 @@ def _settings(args, sf):
 
 def _learned_model(args):
     """The model for learned methods: --checkpoint if given, else the shipped weights."""
-    from rismvdr.methods import METHODS
+    from rismvdr.localize.registry import METHODS
 
     if not METHODS[args.method].learned:
         if getattr(args, "checkpoint", None):
             raise ValueError(f"--checkpoint: method {args.method!r} is not a learned method")
         return None
-    from rismvdr.learned import load_learned
+    from rismvdr.localize.learned import load_learned
 
     return load_learned(args.checkpoint, step=args.checkpoint_step)
 
@@ -127,7 +127,7 @@ def _add_localizer_flags(p):
 def cmd_simulate(args) -> int:
     import jax
 
-    from rismvdr.io import save_scenes, scene_file_from_scenes
+    from rismvdr.files import save_scenes, scene_file_from_scenes
     from rismvdr.physics.scenarios import get_scenario, scenario_geometry
     from rismvdr.physics.simulate import simulate
 
@@ -144,8 +144,8 @@ def cmd_simulate(args) -> int:
 def cmd_localize(args) -> int:
     import numpy as np
 
-    from rismvdr.io import load_scenes, scenes_from_file, write_detections_csv
-    from rismvdr.methods import localize
+    from rismvdr.files import load_scenes, scenes_from_file, write_detections_csv
+    from rismvdr.localize.registry import localize
 
     sf = load_scenes(args.scenes)
     settings = _settings(args, sf)
@@ -157,7 +157,7 @@ def cmd_localize(args) -> int:
     if res.fallbacks is not None:
         print(f"{args.method}: refiner map rejected in {res.fallbacks} of {sf.n_scenes} scenes (MVDR fallback)")
     if args.maps_out:
-        from rismvdr.io import atomic_write
+        from rismvdr.files import atomic_write
 
         phi, theta, r = res.grid.arrays()
         with atomic_write(args.maps_out, "wb") as f:
@@ -181,9 +181,9 @@ def _load_maps(path):
 
 
 def cmd_evaluate(args) -> int:
-    from rismvdr import metrics
-    from rismvdr.evaluation import evaluate_detections, scene_pssr_db, truth_crb
-    from rismvdr.io import load_scenes, read_detections_csv, scenes_from_file, write_json
+    from rismvdr.eval import metrics
+    from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
+    from rismvdr.files import load_scenes, read_detections_csv, scenes_from_file, write_json
 
     sf = load_scenes(args.scenes)
     if not sf.has_truth:
@@ -216,11 +216,11 @@ def _test_set(sf, path) -> dict:
 
 
 def cmd_plot(args) -> int:
-    from rismvdr import plots
+    from rismvdr.eval import plots
 
     if args.what == "scene":
-        from rismvdr.io import load_scenes, read_detections_csv, scenes_from_file
-        from rismvdr.methods import localize
+        from rismvdr.files import load_scenes, read_detections_csv, scenes_from_file
+        from rismvdr.localize.registry import localize
 
         sf = load_scenes(args.scenes)
         if not 0 <= args.index < sf.n_scenes:
@@ -252,7 +252,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from rismvdr.methods import METHODS
+    from rismvdr.localize.registry import METHODS
 
     for m in METHODS.values():
         flags = [t for t, on in (("needs truth", m.needs_truth), ("full-array only", m.full_array_only),
@@ -321,7 +321,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_refiner(args) -> int:
-    from rismvdr.learned import load_learned
+    from rismvdr.localize.learned import load_learned
     from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides, from_dict
     from rismvdr.train.trainer import fit
 
@@ -357,7 +357,7 @@ def cmd_hpo(args) -> int:
     """`rismvdr hpo`: one study (surrogate or end-to-end objective); `rismvdr hpo export`."""
     if args.hpo_command == "export":
         return cmd_hpo_export(args)
-    from rismvdr import hpo
+    from rismvdr.hpo import study as hpo
 
     for flag, value in (("--config", args.config), ("--workdir", args.workdir), ("--trials", args.trials)):
         if value is None:
@@ -374,7 +374,7 @@ def cmd_hpo(args) -> int:
 
 def cmd_hpo2(args) -> int:
     """`rismvdr hpo2`: surrogate stage 1, end-to-end rerun of its top-k, reranked table."""
-    from rismvdr import hpo
+    from rismvdr.hpo import study as hpo
 
     kw = cmd_hpo_common(args)
     s1 = hpo.make_settings(args.config, overrides=args.set or [], space=args.space, workdir=args.workdir,
@@ -394,7 +394,7 @@ def cmd_hpo_common(args) -> dict:
     """The flags `hpo` and `hpo2` share: ObjectiveSettings fields and run_study keywords."""
     import optuna
 
-    from rismvdr import hpo
+    from rismvdr.hpo import study as hpo
 
     if args.config is None or args.workdir is None:
         raise ValueError("--config and --workdir: required")
@@ -428,7 +428,7 @@ def cmd_hpo_summary(study, args) -> None:
 
 
 def cmd_hpo_export(args) -> int:
-    from rismvdr import hpo
+    from rismvdr.hpo import study as hpo
 
     if args.storage is None and args.workdir is None:
         raise ValueError("--workdir or --storage: required (where the study lives)")
@@ -444,8 +444,8 @@ def _model_check(model, n_scenes: int) -> dict:
     seed 0: stored with an exported model and re-checked by the test suite."""
     import jax
 
-    from rismvdr.evaluation import evaluate_detections
-    from rismvdr.methods import localize, settings_for_scenario
+    from rismvdr.eval.evaluation import evaluate_detections
+    from rismvdr.localize.registry import localize, settings_for_scenario
     from rismvdr.physics.scenarios import scenario_geometry
     from rismvdr.physics.simulate import simulate
     from rismvdr.train.config import from_dict
@@ -463,7 +463,7 @@ def _model_check(model, n_scenes: int) -> dict:
 
 
 def cmd_export(args) -> int:
-    from rismvdr.learned import export_model, load_learned
+    from rismvdr.localize.learned import export_model, load_learned
 
     model = load_learned(args.workdir, step=args.step)
     if args.backbone_only:
@@ -483,14 +483,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from rismvdr.demo import run_demo
+    from rismvdr.bench.demo import run_demo
 
     run_demo(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods, scenario=args.scenario)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from rismvdr.bench import run_accuracy
+    from rismvdr.bench.accuracy import run_accuracy
 
     n_scenes = args.scenes if args.scenes is not None else (16 if args.quick else 200)
     t0 = time.perf_counter()
@@ -503,7 +503,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_bench_speed(args) -> int:
-    from rismvdr.bench_speed import run_speed
+    from rismvdr.bench.speed import run_speed
 
     run_speed(args.out, quick=args.quick, parts=tuple(args.parts), methods=args.methods, seed=args.seed,
               precision=args.precision, max_chunk_mb=args.max_chunk_mb, timeout_s=args.timeout_s,
@@ -516,7 +516,7 @@ def cmd_bench_speed(args) -> int:
 # Parser
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from rismvdr.methods import METHODS
+    from rismvdr.localize.registry import METHODS
 
     p = argparse.ArgumentParser(
         prog="rismvdr",

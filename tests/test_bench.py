@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rismvdr import bench
+from rismvdr.bench import accuracy as bench
 from rismvdr.cli import main
 
 

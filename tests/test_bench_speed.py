@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from rismvdr import bench_speed
+from rismvdr.bench import speed as bench_speed
 from rismvdr.cli import main
-from rismvdr.methods import method_names
+from rismvdr.localize.registry import method_names
 from rismvdr.physics import get_scenario, scenario_geometry, simulate
 from rismvdr.physics.spectra import grid_steering, make_grid, mvdr_spectrum
 

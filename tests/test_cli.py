@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rismvdr.cli import main, parse_overrides
-from rismvdr.io import load_scenes, read_detections_csv
+from rismvdr.files import load_scenes, read_detections_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rismvdr.evaluation import evaluate_detections, truth_crb
-from rismvdr.methods import localize, settings_for_scenario
+from rismvdr.eval.evaluation import evaluate_detections, truth_crb
+from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.compressive import CompressiveConfig, f_thresholds
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rismvdr import metrics
-from rismvdr.detect import DetectorConfig, Detections, _greedy_nms, detect, detect_peaks_2d
+from rismvdr.eval import metrics
+from rismvdr.localize.detect import DetectorConfig, Detections, _greedy_nms, detect, detect_peaks_2d
 from rismvdr.physics.geometry import ula
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate

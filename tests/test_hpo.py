@@ -1,4 +1,4 @@
-"""Hyperparameter search (`rismvdr.hpo`, `rismvdr hpo`, `rismvdr hpo2`) on the `tiny` config.
+"""Hyperparameter search (`rismvdr.hpo.study`, `rismvdr hpo`, `rismvdr hpo2`) on the `tiny` config.
 
 Trials train 2 steps (one validation) on one device with a search space of loss scales only:
 those enter the jitted step as traced scalars, so every trial compiles the same programs and,
@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from rismvdr import hpo
+from rismvdr.hpo import study as hpo
 from rismvdr.cli import main
 from rismvdr.train.config import apply_overrides, from_dict, load_config, to_dict
 

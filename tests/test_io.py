@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from rismvdr import io
+from rismvdr import files as io
 from rismvdr.physics import get_scenario, scenario_geometry, simulate, upa
 
 SPEC_DTYPES = {
@@ -163,7 +163,7 @@ def test_scenes_from_file_truth_variants():
 def test_unknown_keys_are_ignored_with_a_warning(tmp_path, caplog):
     raw = small_raw()
     np.savez(tmp_path / "x.npz", noise_variance=np.ones(2), **raw)
-    with caplog.at_level("WARNING", logger="rismvdr.io"):
+    with caplog.at_level("WARNING", logger="rismvdr.files"):
         sf = io.load_scenes(tmp_path / "x.npz")
     assert "noise_variance" in caplog.text and sf.n_scenes == 2
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rismvdr.cli import main
-from rismvdr.detect import RefinerGuard
-from rismvdr.learned import export_model, load_learned, refiner_map_ok
+from rismvdr.localize.detect import RefinerGuard
+from rismvdr.localize.learned import export_model, load_learned, refiner_map_ok
 from rismvdr.physics.compressive import (
     CompressiveConfig,
     dictionary,

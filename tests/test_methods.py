@@ -12,9 +12,9 @@ import pytest
 
 import jax
 
-from rismvdr.detect import DetectorConfig, Detections
-from rismvdr.evaluation import evaluate_detections
-from rismvdr.methods import METHODS, LocalizerSettings, localize, method_names, settings_for_scenario
+from rismvdr.localize.detect import DetectorConfig, Detections
+from rismvdr.eval.evaluation import evaluate_detections
+from rismvdr.localize.registry import METHODS, LocalizerSettings, localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 

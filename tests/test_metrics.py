@@ -1,4 +1,4 @@
-"""Tests for rismvdr.metrics: hand-made scenes with known answers, oracles and properties."""
+"""Tests for rismvdr.eval.metrics: hand-made scenes with known answers, oracles and properties."""
 import json
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rismvdr import metrics as M
+from rismvdr.eval import metrics as M
 
 DEG = np.pi / 180.0
 

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from rismvdr.evaluation import evaluate_detections
-from rismvdr.learned import default_weights_dir, load_learned
-from rismvdr.methods import localize, settings_for_scenario
+from rismvdr.eval.evaluation import evaluate_detections
+from rismvdr.localize.learned import default_weights_dir, load_learned
+from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 

@@ -479,7 +479,7 @@ def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry
 @functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
 def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates,
                       model):
-    from rismvdr.detect import DetectorConfig, _greedy_nms
+    from rismvdr.localize.detect import DetectorConfig, _greedy_nms
 
     det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
                          gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)
@@ -542,7 +542,7 @@ def localize_compressive(y, H, codes, a_flat, thresholds, geometry: ArrayGeometr
 
 @functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "ml", "model"))
 def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gates, ml, model):
-    from rismvdr.detect import DetectorConfig, _greedy_nms
+    from rismvdr.localize.detect import DetectorConfig, _greedy_nms
 
     det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
                          gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)

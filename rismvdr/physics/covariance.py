@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rismvdr._validation import (
+from rismvdr.physics._validation import (
     check_complex,
     check_finite,
     check_ndim,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rismvdr._validation import check_finite, check_positive
+from rismvdr.physics._validation import check_finite, check_positive
 
 __all__ = ["ArrayGeometry", "upa", "ula", "from_positions"]
 

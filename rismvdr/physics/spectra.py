@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rismvdr._validation import check_complex, check_finite, check_hermitian, check_ndim
+from rismvdr.physics._validation import check_complex, check_finite, check_hermitian, check_ndim
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.steering import steering
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rismvdr._validation import check_finite, check_positive, is_concrete
+from rismvdr.physics._validation import check_finite, check_positive, is_concrete
 from rismvdr.physics.geometry import ArrayGeometry
 
 __all__ = ["STEERING_MODELS", "unit_direction", "path_difference", "steering"]

@@ -101,7 +101,7 @@ class Trainer:
         """Args:
           cfg: the run's config.
           n_devices: devices of the data mesh (all by default).
-          backbone: Stage 2 only: `rismvdr.learned.LearnedModel` of the frozen backbone.
+          backbone: Stage 2 only: `rismvdr.localize.learned.LearnedModel` of the frozen backbone.
         """
         cfg.validate()
         self.cfg = cfg
@@ -128,7 +128,7 @@ class Trainer:
             self.mdef, params = split_model(SpectrumRefiner(widths=tuple(r.widths), dilations=tuple(r.dilations),
                                                             groups=r.groups, rngs=nnx.Rngs(cfg.seed)))
             self.active = ("heatmap",)
-            from rismvdr.learned import refiner_grid
+            from rismvdr.localize.learned import refiner_grid
 
             self.rgrid = refiner_grid(self.bcfg, dataclasses.asdict(r))
         self.params0 = params
@@ -161,7 +161,7 @@ class Trainer:
 
     def _refiner_inputs(self, scenes: Scene):
         """Stage 2: the frozen backbone's low-rank MVDR map on the coarse grid, in dB."""
-        from rismvdr.learned import backbone_factor
+        from rismvdr.localize.learned import backbone_factor
 
         f, _ = backbone_factor(self.backbone, scenes, exist_threshold=self.cfg.refiner.exist_threshold)
         op = jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=self.cfg.loss.delta_rel))(f)
@@ -175,7 +175,7 @@ class Trainer:
         ls = self.cfg.loss
         active = self.active if active is None else active
         if self.cfg.stage == "backbone":
-            from rismvdr.learned import als_samp_factor
+            from rismvdr.localize.learned import als_samp_factor
 
             samp = als_samp_factor(scenes) if self.bcfg.beta > 0 else None
             out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp, refine_range=False)
@@ -263,9 +263,9 @@ class Trainer:
 
     def peak_metrics(self, params, scenes: Scene, *, progress: bool = False) -> dict:
         """Detection metrics of the learned method(s) on `scenes` (coarse 2-degree grid)."""
-        from rismvdr.learned import LearnedModel
-        from rismvdr.evaluation import evaluate_detections
-        from rismvdr.methods import localize, settings_for_scenario
+        from rismvdr.localize.learned import LearnedModel
+        from rismvdr.eval.evaluation import evaluate_detections
+        from rismvdr.localize.registry import localize, settings_for_scenario
 
         if self.cfg.stage == "backbone":
             model = LearnedModel(self.bcfg, self.mdef, tuple(params), None, None, None, "training", {})
@@ -279,7 +279,7 @@ class Trainer:
                                          batch_size=min(32, len(scenes)))
         res = localize(method, scenes, self.bcfg.geometry(), settings, progress=progress, model=model)
         det = res.detections
-        from rismvdr.evaluation import scene_pssr_db
+        from rismvdr.eval.evaluation import scene_pssr_db
 
         pssr = scene_pssr_db(res.power_db, det.phi, det.theta, det.valid, res.grid)
         m = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, pssr=pssr)
@@ -348,7 +348,7 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
       n_devices: data-parallel devices (all by default).
       progress: tqdm bar with loss and throughput (auto-off when not a terminal).
       stop_at: stop (and checkpoint) after this many steps, as if interrupted (tests, budgets).
-      backbone: Stage 2: the frozen backbone (`rismvdr.learned.LearnedModel`).
+      backbone: Stage 2: the frozen backbone (`rismvdr.localize.learned.LearnedModel`).
       on_eval: called as `on_eval(step, validation_metrics)` after every validation (and its
         checkpoint); an exception it raises (e.g. `optuna.TrialPruned`) ends the run after the
         checkpoint is closed and propagates to the caller.
@@ -442,7 +442,7 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
             status = "stopped early"
     bar.close()
     try:
-        from rismvdr.plots import plot_training_curves
+        from rismvdr.eval.plots import plot_training_curves
 
         plot_training_curves(workdir / "loss_curve.png", metrics_path)
     except Exception as exc:  # a plot must never lose a run

@@ -5,7 +5,7 @@ loaded from a training run directory (Orbax checkpoints), from an exported model
 (`model.npz` + `model.json`, what the package ships in `rismvdr/weights/`), or, by default,
 from the shipped weights.
 
-Methods (registered in `rismvdr.methods`; all finish in the shared detector):
+Methods (registered in `rismvdr.localize.registry`; all finish in the shared detector):
 - `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector.
 - `learned-refiner`: the seed's Stage-2 path. Low-rank MVDR map on the coarse refiner grid
   (range planes max-reduced) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rismvdr.detect import RefinerGuard
+from rismvdr.localize.detect import RefinerGuard
 from rismvdr.models.backbone import Backbone, BackboneConfig
 from rismvdr.models.unet import SpectrumRefiner
 from rismvdr.physics.spectra import Grid, make_grid, mvdr_lowrank_operator
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_WEIGHTS = Path(__file__).resolve().parent / "weights"
+_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 def default_weights_dir() -> Path:
@@ -160,7 +160,7 @@ def load_learned(path: str | Path | None = None, *, step: str | int | None = "be
 
 def export_model(model: LearnedModel, out_dir: str | Path) -> Path:
     """Write `model.npz` (float32 weights) + `model.json` (configs, training record)."""
-    from rismvdr.io import atomic_write
+    from rismvdr.files import atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def export_model(model: LearnedModel, out_dir: str | Path) -> Path:
                   n_refiner=len(model.refiner_params) if model.has_refiner else 0)
     with atomic_write(out / "model.npz", "wb") as f:
         np.savez_compressed(f, **arrays)
-    from rismvdr.metrics import to_jsonable
+    from rismvdr.eval.metrics import to_jsonable
 
     with atomic_write(out / "model.json") as f:
         json.dump(to_jsonable(record), f, indent=1)
@@ -236,7 +236,7 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, thres
     """Peaks of one scene's refiner probability map `[T, P]` (coarse grid): local maxima above
     `threshold`, best range plane of each by the MVDR operator over the detection
     grid's planes, gate NMS, then the shared 3-D refinement and NMS."""
-    from rismvdr.detect import _greedy_nms, refine_peaks
+    from rismvdr.localize.detect import _greedy_nms, refine_peaks
     from rismvdr.physics.spectra import operator_spectrum
     from rismvdr.physics.steering import steering
 
@@ -283,7 +283,7 @@ def make_runner(model: LearnedModel, kind: str, geometry, settings, *, guard: Re
     """A jitted `(backbone_params, refiner_params, scenes) -> (Detections, Spectrum25D, fallback)`
     for `kind` "learned" or "learned-refiner" (fallback `[B]` bool: the refiner map was rejected
     or absent, MVDR peaks on R_blend were used)."""
-    from rismvdr.detect import Detections, detect
+    from rismvdr.localize.detect import Detections, detect
     from rismvdr.physics.spectra import grid_steering, spectrum_25d
 
     grid = settings.grid(geometry.linear)

@@ -1,7 +1,7 @@
 """`rismvdr bench speed`: scenes per second and peak memory of every stage, against the
 original system's formula measured in the same run.
 
-Every measurement runs in its own worker process (`python -m rismvdr.bench_speed`), so its
+Every measurement runs in its own worker process (`python -m rismvdr.bench.speed`), so its
 peak memory is its own: `peak_rss_mib` is the worker's peak host RSS (`ru_maxrss`; it includes
 the JAX runtime, see the `info` record's `runtime_rss_mib`), `device_peak_mib` is JAX's
 `peak_bytes_in_use` on an accelerator (PyTorch: `torch.cuda.max_memory_allocated`). The driver
@@ -53,7 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rismvdr.io import atomic_write, write_json
+from rismvdr.files import atomic_write, write_json
 
 __all__ = ["PARTS", "SPECTRUM_GRID", "RECORD_KEYS", "numpy_original_mvdr", "plan_measurements", "run_speed",
            "worker"]
@@ -67,7 +67,7 @@ GRID_LABELS = {"seed361": "361 x 181 x 8", "default": "121 x 61 x 16"}
 RECORD_KEYS = ("part", "name", "variant", "grid", "batch", "scenes", "reps", "scenes_per_s", "median_s",
                "first_call_s", "ratio_vs_numpy", "baseline", "peak_rss_mib", "device_peak_mib", "status",
                "wall_s")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def _device_peak_mib():
 
 
 def _grid(name: str):
-    from rismvdr.methods import settings_for_scenario
+    from rismvdr.localize.registry import settings_for_scenario
     from rismvdr.physics import get_scenario
     from rismvdr.physics.spectra import make_grid
 
@@ -240,8 +240,8 @@ def _w_detect(spec: dict) -> dict:
     """The shared detector alone on precomputed `mvdr-oracle` maps."""
     import jax
 
-    from rismvdr.detect import detect
-    from rismvdr.methods import METHODS, settings_for_scenario
+    from rismvdr.localize.detect import detect
+    from rismvdr.localize.registry import METHODS, settings_for_scenario
     from rismvdr.physics import get_scenario, scenario_geometry, simulate
     from rismvdr.physics.spectra import grid_steering, spectrum_25d
 
@@ -264,7 +264,7 @@ def _w_method(spec: dict) -> dict:
     """One localization method end to end: one batch to compile, then `scenes` timed."""
     import jax
 
-    from rismvdr.methods import METHODS, localize, settings_for_scenario
+    from rismvdr.localize.registry import METHODS, localize, settings_for_scenario
     from rismvdr.physics import get_scenario, scenario_geometry, simulate
 
     cfg = get_scenario("seed")
@@ -274,7 +274,7 @@ def _w_method(spec: dict) -> dict:
     scenes = simulate(cfg, jax.random.key(spec["seed"]), n)
     model = None
     if METHODS[spec["name"]].learned:
-        from rismvdr.learned import load_learned
+        from rismvdr.localize.learned import load_learned
 
         model = load_learned()
     warm = jax.tree_util.tree_map(lambda a: a[: min(spec["batch"], n)], scenes)
@@ -298,7 +298,7 @@ def _w_train(spec: dict) -> dict:
     cfg = load_config(spec["config"]).replace(stage=spec["stage"], batch_size=spec["batch"])
     backbone = None
     if spec["stage"] == "refiner":
-        from rismvdr.learned import load_learned
+        from rismvdr.localize.learned import load_learned
 
         backbone = load_learned()
     tr = Trainer(cfg, n_devices=1, backbone=backbone)
@@ -346,7 +346,7 @@ def _w_info(spec: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    import rismvdr.methods  # noqa: F401 - the import cost every worker pays
+    import rismvdr.localize.registry  # noqa: F401 - the import cost every worker pays
 
     jax.block_until_ready(jnp.ones(8) * 2)
     dev = jax.devices()[0]
@@ -387,7 +387,7 @@ def plan_measurements(*, gpu: bool, quick: bool, parts=PARTS, methods=None, torc
                       seed: int = 0, precision: str = "highest", max_chunk_mb: float = 256.0,
                       method_scenes: int | None = None, method_batch: int | None = None) -> list[dict]:
     """The worker specs of a run, in the order they run (baselines first)."""
-    from rismvdr.methods import METHODS, method_names
+    from rismvdr.localize.registry import METHODS, method_names
 
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -434,7 +434,7 @@ def plan_measurements(*, gpu: bool, quick: bool, parts=PARTS, methods=None, torc
 
 
 def _run_worker(spec: dict, env: dict, timeout_s: float) -> dict:
-    cmd = [sys.executable, "-m", "rismvdr.bench_speed", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "rismvdr.bench.speed", json.dumps(spec)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -493,7 +493,7 @@ def _plot(path, records) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rismvdr import plots
+    from rismvdr.eval import plots
 
     rows = [r for r in records if r.get("ratio_vs_numpy")]
     if not rows:

@@ -1,5 +1,5 @@
 """Method registry: every localizer is a function from a scene batch to detections, and every
-one goes through the same 2.5D spectrum evaluation and the same detector (`rismvdr.detect`),
+one goes through the same 2.5D spectrum evaluation and the same detector (`rismvdr.localize.detect`),
 so comparisons between methods are fair.
 
 A method builds one spectrum operator per scene (`rismvdr.physics.spectra`), optionally a
@@ -17,7 +17,7 @@ per-scene cap on the count (MUSIC's estimated order), and hands both to the shar
 | `music-oracle-k` | same MUSIC, true K given (the seed's "oracle" benchmark) | true K |
 | `bartlett` | Bartlett on the default covariance (factor form when it has one) | detector |
 | `somp`, `somp-ml` | compressive: SOMP on the measurements (+ off-grid ML), `physics.compressive` | F test |
-| `learned` | MVDR (Woodbury) on the trained backbone's R_blend (`rismvdr.learned`) | detector |
+| `learned` | MVDR (Woodbury) on the trained backbone's R_blend (`rismvdr.localize.learned`) | detector |
 | `learned-refiner` | low-rank MVDR map -> SpectrumRefiner -> peaks -> MVDR range plane -> 3-D refinement; guarded, falls back to `learned` | refiner map |
 | `learned-ml` | `learned` detections as the start of the compressive ML refinement + F-test order search | F test |
 
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.detect import DetectorConfig, Detections, RefinerGuard, detect
+from rismvdr.localize.detect import DetectorConfig, Detections, RefinerGuard, detect
 from rismvdr.physics.compressive import CompressiveConfig, f_thresholds, localize_compressive, localize_from_start
 from rismvdr.physics.covariance import estimate_covariance
 from rismvdr.physics.geometry import ArrayGeometry
@@ -326,13 +326,13 @@ def localize(
 
     Args:
       method: a name from `METHODS`.
-      scenes: batched `Scene` (from `simulate` or `rismvdr.io.scenes_from_file`).
+      scenes: batched `Scene` (from `simulate` or `rismvdr.files.scenes_from_file`).
       geometry: the array geometry of the scenes.
       settings: grid, detector and estimator settings (`settings_for_scenario(cfg)` matches a
         scenario's box and gates).
       progress: show a tqdm bar over batches (auto-off when not a terminal).
       keep_maps: return the 2.5D maps (S x T x P floats) as well.
-      model: learned methods: a `rismvdr.learned.LearnedModel` (default: the shipped weights).
+      model: learned methods: a `rismvdr.localize.learned.LearnedModel` (default: the shipped weights).
 
     Raises:
       ValueError: unknown method, or a method that does not apply to these scenes.
@@ -352,7 +352,7 @@ def localize(
     bs = max(1, min(settings.batch_size, n_scenes))
     fallbacks = None
     if m.learned:
-        from rismvdr import learned as _learned
+        from rismvdr.localize import learned as _learned
 
         model = _learned.load_learned() if model is None else model
         _learned.check_scenes(model, scenes)

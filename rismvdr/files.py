@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rismvdr.detect import Detections
+from rismvdr.localize.detect import Detections
 from rismvdr.physics.geometry import from_positions
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.steering import steering
@@ -654,7 +654,7 @@ def write_detections_csv(path, phi, theta, r, score_db, valid) -> None:
 def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = None) -> Detections:
     """Read a detections CSV back into padded `[S, Kmax]` arrays (radians, metres).
 
-    Returns the detector's own container, `rismvdr.detect.Detections`, holding float64 NumPy
+    Returns the detector's own container, `rismvdr.localize.detect.Detections`, holding float64 NumPy
     arrays (phi, theta, r, score_db NaN where not valid) and a bool `valid`.
 
     Columns may come in any order (extra columns are ignored); detections of a scene fill its

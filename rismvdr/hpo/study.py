@@ -379,9 +379,9 @@ def e2e_metrics(run_dir: str | Path, cfg: TrainConfig, *, scenes: int, seed: int
     """`evaluate_detections` of the production `learned` method (full 1-degree grid, shared
     detector) with the best checkpoint of `run_dir`, on scenes `0..scenes-1` of
     (`cfg`'s scenario, `seed`)."""
-    from rismvdr.evaluation import evaluate_detections
-    from rismvdr.learned import load_learned
-    from rismvdr.methods import localize, settings_for_scenario
+    from rismvdr.eval.evaluation import evaluate_detections
+    from rismvdr.localize.learned import load_learned
+    from rismvdr.localize.registry import localize, settings_for_scenario
     from rismvdr.physics.scenarios import scenario_geometry
 
     model = load_learned(run_dir, step="best")
@@ -876,8 +876,8 @@ def export_best(study_name: str, storage: str, out: str | Path) -> dict:
     Raises:
       FileNotFoundError: no journal file; ValueError: no such study or no complete trial.
     """
-    from rismvdr.io import write_json
-    from rismvdr.metrics import to_jsonable
+    from rismvdr.files import write_json
+    from rismvdr.eval.metrics import to_jsonable
 
     st = make_storage(storage, create=False)
     names = optuna.get_all_study_names(st)

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr import metrics, plots
-from rismvdr.evaluation import evaluate_detections, scene_pssr_db, truth_crb
-from rismvdr.io import atomic_write, save_scenes, scene_file_from_scenes, write_detections_csv, write_json
-from rismvdr.methods import localize, method_names, settings_for_scenario
+from rismvdr.eval import metrics
+from rismvdr.eval import plots
+from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
+from rismvdr.files import atomic_write, save_scenes, scene_file_from_scenes, write_detections_csv, write_json
+from rismvdr.localize.registry import localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
@@ -37,11 +38,11 @@ ANCHORS = {
 
 def _default_methods(cfg, geometry) -> list[str]:
     """Every applicable method; learned ones only when the shipped model fits the scenario."""
-    from rismvdr.methods import METHODS
+    from rismvdr.localize.registry import METHODS
 
     names = method_names(full_array=cfg.mode == "full")
     try:
-        from rismvdr.learned import default_weights_dir, load_learned
+        from rismvdr.localize.learned import default_weights_dir, load_learned
 
         model = load_learned() if (default_weights_dir() / "model.json").is_file() else None
     except (OSError, ValueError) as exc:  # a broken install must not stop the classical report

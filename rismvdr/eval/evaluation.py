@@ -1,5 +1,5 @@
 """Evaluation glue shared by the CLI, the demo and the benchmarks: detections + scenes ->
-the metrics of SPEC section 7 (through `rismvdr.metrics`, the one metrics module), with
+the metrics of SPEC section 7 (through `rismvdr.eval.metrics`, the one metrics module), with
 per-scene PSSR from the 2.5D maps and the CRB of the true sources when the scenes allow it.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from rismvdr import metrics
+from rismvdr.eval import metrics
 from rismvdr.physics.crb import crb_scenes
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import Grid
@@ -27,7 +27,7 @@ def scene_pssr_db(power_db: np.ndarray, phi, theta, valid, grid: Grid, *, exclus
 
     The peaks are the scene's valid detections (snapped to the nearest grid cell), or the
     global maximum if it has none; the sidelobe is the largest value outside a box of
-    `exclusion_cells` cells around each peak (`rismvdr.metrics.pssr_db`).
+    `exclusion_cells` cells around each peak (`rismvdr.eval.metrics.pssr_db`).
 
     Args:
       power_db: `[S, T, P]` maps in dB.

@@ -52,10 +52,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr import metrics, plots
-from rismvdr.evaluation import evaluate_detections, truth_crb
-from rismvdr.io import atomic_write, write_json
-from rismvdr.methods import METHODS, localize, method_names, settings_for_scenario
+from rismvdr.eval import metrics
+from rismvdr.eval import plots
+from rismvdr.eval.evaluation import evaluate_detections, truth_crb
+from rismvdr.files import atomic_write, write_json
+from rismvdr.localize.registry import METHODS, localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
@@ -91,7 +92,7 @@ QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-
 CPU_SKIPS = {("l", 64, "somp-ml"): "hangs inside XLA on the CPU backend (jax 0.10.2), cause not yet found"}
 #: Methods given the truth (oracle K): reported under suite B2.
 B2_METHODS = ("music-oracle-k", "mvdr-oracle")
-#: Metrics copied into every record (from `rismvdr.evaluation.evaluate_detections`).
+#: Metrics copied into every record (from `rismvdr.eval.evaluation.evaluate_detections`).
 METRIC_KEYS = (
     "f1", "precision", "recall", "fp_per_scene", "tp", "fp", "fn",
     "median_pos_err_m", "p90_pos_err_m", "rmse_phi_deg", "rmse_theta_deg", "rmse_r_m",
@@ -150,7 +151,7 @@ def point_seed(point: BenchPoint) -> int:
 def _load_model():
     """The shipped learned model, or None when it is missing or broken."""
     try:
-        from rismvdr.learned import default_weights_dir, load_learned
+        from rismvdr.localize.learned import default_weights_dir, load_learned
 
         return load_learned() if (default_weights_dir() / "model.json").is_file() else None
     except (OSError, ValueError) as exc:  # a broken install must not stop the classical bench

@@ -1,6 +1,6 @@
 """Plots for people: a scene's 2.5D spectrum with truth and detections, and per-method curves
 against SNR (F1, position error, RMSE with the CRB). Matplotlib with the Agg backend; every
-figure is written atomically (`rismvdr.io.atomic_write`).
+figure is written atomically (`rismvdr.files.atomic_write`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rismvdr.io import atomic_write  # noqa: E402
+from rismvdr.files import atomic_write  # noqa: E402
 from rismvdr.physics.spectra import Grid  # noqa: E402
 
 __all__ = ["plot_scene_map", "plot_snr_curves", "plot_error_cdf", "plot_training_curves", "save_figure"]
@@ -93,7 +93,7 @@ def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: st
     """F1, median position error and azimuth RMSE (with sqrt CRB) against SNR, per method.
 
     Args:
-      metrics_by_method: method -> metrics dict of `rismvdr.metrics.evaluate` (with
+      metrics_by_method: method -> metrics dict of `rismvdr.eval.metrics.evaluate` (with
         `per_snr_bin`).
     """
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))

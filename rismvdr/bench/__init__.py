@@ -1,0 +1,1 @@
+"""Benchmarks and the demo: accuracy sweeps, speed, the README's demo report."""

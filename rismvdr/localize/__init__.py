@@ -1,0 +1,1 @@
+"""Localization: the one detector, the method registry and every method family."""
