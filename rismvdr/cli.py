@@ -183,7 +183,7 @@ def _load_maps(path):
 def cmd_evaluate(args) -> int:
     from rismvdr.eval import metrics
     from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
-    from rismvdr.files import load_scenes, read_detections_csv, scenes_from_file, write_json
+    from rismvdr.files import load_scenes, read_detections_csv, scenes_from_file, to_jsonable, write_json
 
     sf = load_scenes(args.scenes)
     if not sf.has_truth:
@@ -204,7 +204,7 @@ def cmd_evaluate(args) -> int:
                              pssr=pssr, crb=crb, gates=gates, snr_bin_db=args.snr_bin_db)
     label = args.label or Path(args.detections).stem
     out = dict(method=label, test_set=_test_set(sf, args.scenes), **ev)
-    write_json(args.out, metrics.to_jsonable(out))
+    write_json(args.out, to_jsonable(out))
     print(metrics.format_table({label: ev}))
     print(f"wrote {args.out}")
     return 0

@@ -48,7 +48,7 @@ import numpy as np
 
 from rismvdr.localize.detect import Detections
 from rismvdr.physics.geometry import from_positions
-from rismvdr.physics.simulate import Scene
+from rismvdr.physics.simulate import Scene, truth_covariance
 from rismvdr.physics.steering import steering
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "write_detections_csv",
     "read_detections_csv",
     "write_json",
+    "to_jsonable",
     "atomic_write",
 ]
 
@@ -421,7 +422,7 @@ def _validate_meta(meta, fail) -> dict | None:
         return None
     if isinstance(meta, Mapping):
         try:
-            return json.loads(json.dumps(_jsonable(meta), allow_nan=False))
+            return json.loads(json.dumps(to_jsonable(meta), allow_nan=False))
         except (TypeError, ValueError) as e:
             fail("meta", f"not JSON-serialisable: {e}")
     a = np.asarray(meta)
@@ -591,8 +592,7 @@ def _truth_covariance(geometry, phi, theta, r, power, *, model: str):
 @functools.partial(jax.jit, static_argnames="model")
 def _truth_covariance_jit(geometry, phi, theta, r, power, *, model):
     a = steering(geometry, phi, theta, r, model=model, dtype=jnp.complex64)  # [S, K, N]
-    return jnp.einsum("skn,sk,skm->snm", a, power.astype(jnp.complex64), jnp.conj(a),
-                      precision=jax.lax.Precision.HIGHEST)
+    return truth_covariance(a, power)
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,35 +755,47 @@ def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = N
 # --------------------------------------------------------------------------------------------
 
 
-def _jsonable(obj):
-    """Plain JSON types: arrays to lists, NumPy/jax scalars to Python, NaN/Inf to None."""
-    if obj is None or isinstance(obj, (bool, str)):
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types for `json.dumps`: dicts (str keys), lists, str, int, float, bool, None.
+
+    The one JSON sanitiser of rismvdr (reports, metrics, model records, HPO exports). NaN and
+    +-inf become `None` (JSON has neither); NumPy/jax scalars and arrays become Python numbers
+    and (nested) lists; tuples become lists; dataclasses and NamedTuples become dicts; paths
+    become strings. Anything else (complex numbers, objects) raises `TypeError`.
+
+    >>> to_jsonable({"x": np.array([1.0, np.nan]), "k": (np.int64(3), True)})
+    {'x': [1.0, None], 'k': [3, True]}
+    """
+    if obj is None or isinstance(obj, str):
         return obj
-    if isinstance(obj, int):
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
         return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
+        return to_jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "_asdict"):  # NamedTuple
+        return to_jsonable(obj._asdict())
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if hasattr(obj, "__array__"):  # np.ndarray, jax.Array
         a = np.asarray(obj)
         if a.dtype.kind in "biuf":
-            return _jsonable(a.tolist())
+            return to_jsonable(a.tolist()) if a.ndim else to_jsonable(a.item())
         if a.dtype.kind == "U":
             return a.tolist()
-    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+    raise TypeError(f"to_jsonable: cannot write a {type(obj).__name__} as JSON")
 
 
 def write_json(path, obj, *, indent: int = 2) -> None:
     """Write `obj` as JSON (atomic). NaN and +-Inf become `null`; arrays become lists."""
-    text = json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
+    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
     with atomic_write(path, "w") as fh:
         fh.write(text + "\n")

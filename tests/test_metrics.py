@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rismvdr.eval import metrics as M
+from rismvdr.files import to_jsonable
 
 DEG = np.pi / 180.0
 
@@ -27,7 +28,7 @@ def run(est_scenes, gt_scenes, **kw):
 
 
 def jsonable_equal(a, b):
-    return M.to_jsonable(a) == M.to_jsonable(b)
+    return to_jsonable(a) == to_jsonable(b)
 
 
 TRUTH = [[(10.0, 5.0, 2.0), (-30.0, -10.0, 6.0), (45.0, 20.0, 8.5)], [(0.0, 0.0, 1.0)]]
@@ -276,22 +277,22 @@ def test_json_round_trip():
     rng = np.random.default_rng(2)
     est, gt, snr = _random_set(rng, 20)
     m = run(est, gt, snr_db=snr)
-    j = M.to_jsonable(m)
+    j = to_jsonable(m)
     assert j["rmse_over_sqrt_crb_phi"] is None  # NaN -> null
     text = json.dumps(j, allow_nan=False)
     assert json.loads(text) == j
     recs = M.pairs_to_records(M.match_pairs(*pad(est), *pad(gt), snr_db=snr))
     assert len(recs) == m["n_pairs"]
-    assert json.loads(json.dumps(M.to_jsonable(recs), allow_nan=False)) == M.to_jsonable(recs)
+    assert json.loads(json.dumps(to_jsonable(recs), allow_nan=False)) == to_jsonable(recs)
     assert set(recs[0]) == {
         "scene", "est_index", "gt_index", "k_true", "snr_db", "err_phi_deg", "err_theta_deg",
         "err_r_m", "pos_err_m", "is_tp", "score", "sqrt_crb_phi_deg", "sqrt_crb_theta_deg",
         "sqrt_crb_r_m"}
-    assert M.to_jsonable({1: np.float32(np.inf), "a": (np.int64(3), np.bool_(True))}) == {
+    assert to_jsonable({1: np.float32(np.inf), "a": (np.int64(3), np.bool_(True))}) == {
         "1": None, "a": [3, True]}
     import jax.numpy as jnp
 
-    assert M.to_jsonable({"x": jnp.array([1.0, jnp.nan])}) == {"x": [1.0, None]}
+    assert to_jsonable({"x": jnp.array([1.0, jnp.nan])}) == {"x": [1.0, None]}
 
 
 @settings(max_examples=40, deadline=None)
@@ -309,11 +310,11 @@ def test_permutation_invariance(seed, n_scenes):
     g2 = [np.take_along_axis(a, perm_g, axis=1) for a in g]
     score2 = np.take_along_axis(score, perm_e, axis=1)
     out = M.evaluate(*e2, *g2, snr_db=snr, est_score=score2)
-    assert M.to_jsonable(out) == M.to_jsonable(ref)  # exact: sums are order independent
+    assert to_jsonable(out) == to_jsonable(ref)  # exact: sums are order independent
     # and the scene order does not matter either
     order = rng.permutation(n_scenes)
     out = M.evaluate(*(a[order] for a in e), *(a[order] for a in g), snr_db=snr[order])
-    assert M.to_jsonable(out) == M.to_jsonable(M.evaluate(*e, *g, snr_db=snr))
+    assert to_jsonable(out) == to_jsonable(M.evaluate(*e, *g, snr_db=snr))
 
 
 def test_validation_names_the_argument():
@@ -370,7 +371,7 @@ def test_pssr_db():
 def test_format_table():
     a = run(TRUTH, TRUTH)
     b = run([[]], [[(0.0, 0.0, 1.0)]])
-    text = M.format_table({"oracle": a, "a|b": M.to_jsonable(b)})
+    text = M.format_table({"oracle": a, "a|b": to_jsonable(b)})
     lines = text.splitlines()
     assert len(lines) == 4
     assert lines[0].startswith("| method | P | R | F1 | FP/scene | median pos err (m)")

@@ -52,10 +52,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.eval import metrics
-from rismvdr.eval import plots
+from rismvdr.eval import metrics, plots
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
-from rismvdr.files import atomic_write, write_json
+from rismvdr.files import atomic_write, to_jsonable, write_json
 from rismvdr.localize.registry import METHODS, localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -190,7 +189,7 @@ def _record(point: BenchPoint, name: str, cfg, n_scenes: int, seed: int, ev: dic
                k=cfg.k_min if cfg.k_min == cfg.k_max else None, n_snapshots=cfg.n_snapshots)
     rec.update({k: ev.get(k) for k in METRIC_KEYS})
     rec["seconds"] = seconds
-    return metrics.to_jsonable(rec)
+    return to_jsonable(rec)
 
 
 def _fmt(v, digits=3) -> str:
@@ -549,7 +548,7 @@ def run_accuracy(out, *, n_scenes: int = 200, seed: int = 0, methods=None, sweep
                 r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS), wall_s=wall,
                 base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped,
                 resumed_records=n_resumed)
-    result: dict[str, Any] = dict(meta=metrics.to_jsonable(meta), records=records)
+    result: dict[str, Any] = dict(meta=to_jsonable(meta), records=records)
     write_json(out / "accuracy.json", result)
     written = write_report(out, result)
     print((out / "accuracy.md").read_text())

@@ -15,10 +15,16 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.eval import metrics
-from rismvdr.eval import plots
+from rismvdr.eval import metrics, plots
 from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
-from rismvdr.files import atomic_write, save_scenes, scene_file_from_scenes, write_detections_csv, write_json
+from rismvdr.files import (
+    atomic_write,
+    save_scenes,
+    scene_file_from_scenes,
+    to_jsonable,
+    write_detections_csv,
+    write_json,
+)
 from rismvdr.localize.registry import localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -84,7 +90,7 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
         ev["scenes_per_second"] = n_scenes / res.seconds
         results[name] = ev
         timing[name] = res.seconds
-        write_json(out / f"metrics_{name}.json", metrics.to_jsonable(
+        write_json(out / f"metrics_{name}.json", to_jsonable(
             dict(method=name, test_set=dict(scenario=cfg.name, seed=seed, n_scenes=n_scenes), **ev)))
         pairs = metrics.match_pairs(
             np.where(d.valid, d.phi, np.nan), np.where(d.valid, d.theta, np.nan), np.where(d.valid, d.r, np.nan),
@@ -94,7 +100,7 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
             est_valid=d.valid, gt_mask=np.asarray(scenes.mask))
         errors[name] = pairs.pos_err[pairs.is_tp]
         first_maps[name] = (res.power_db[0], res.plane[0], res.grid, tuple(a[0][d.valid[0]] for a in (d.phi, d.theta, d.r)))
-    write_json(out / "metrics.json", metrics.to_jsonable(
+    write_json(out / "metrics.json", to_jsonable(
         dict(test_set=dict(scenario=cfg.name, seed=seed, n_scenes=n_scenes), methods=results)))
     plots.plot_snr_curves(out / "snr_curves.png", results, title=f"{cfg.name} scenario, {n_scenes} scenes, seed {seed}")
     plots.plot_error_cdf(out / "position_error_cdf.png", errors, title="3-D position error of true positives")

@@ -18,10 +18,6 @@ __all__ = ["scene_pssr_db", "truth_crb", "evaluate_detections"]
 log = logging.getLogger(__name__)
 
 
-def _nearest(axis: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.clip(np.searchsorted(axis, x), 0, len(axis) - 1) if len(axis) > 1 else np.zeros_like(x, int)
-
-
 def scene_pssr_db(power_db: np.ndarray, phi, theta, valid, grid: Grid, *, exclusion_cells: int = 3) -> np.ndarray:
     """Per-scene peak-to-sidelobe ratio (dB) of 2.5D maps.
 

@@ -40,7 +40,8 @@ Conventions (fixed here, shared by every method):
   "[-5,0)" (lower edge inclusive). Each group holds the same numbers as the overall dict.
   Keys are strings so that a JSON round trip returns the same dict.
 
-`to_jsonable` turns the result into plain JSON types, with NaN and +-inf written as `null`.
+`rismvdr.files.to_jsonable` turns the result into plain JSON types, with NaN and +-inf
+written as `null`.
 """
 from __future__ import annotations
 
@@ -65,7 +66,6 @@ __all__ = [
     "evaluate",
     "pssr_db",
     "format_table",
-    "to_jsonable",
 ]
 
 _ANGLE_TOL = 1e-6  # radians of slack on the [-pi, pi] / [-pi/2, pi/2] range checks
@@ -591,7 +591,7 @@ def evaluate(
       snr_bin_db: width of the SNR bins, dB; bins are `[j w, (j+1) w)`.
 
     Returns:
-      A plain dict (pass it through `to_jsonable` before `json.dumps`):
+      A plain dict (pass it through `rismvdr.files.to_jsonable` before `json.dumps`):
       `n_scenes, n_est, n_truth, n_pairs, tp, fp, fn, precision, recall, f1, fp_per_scene,
       rmse_phi_deg, rmse_theta_deg, rmse_r_m, median_pos_err_m, p90_pos_err_m, rmse_xyz_all_m,
       mean_pssr_db, median_pssr_db, sqrt_crb_phi_deg, sqrt_crb_theta_deg, sqrt_crb_r_m,
@@ -711,41 +711,6 @@ def pssr_db(spectrum, peaks=None, *, exclusion: int | tuple[int, int] = 3,
     return float(10.0 * np.log10(peak / side))
 
 
-# ----------------------------------------------------------------------------------------------
-# reports
-# ----------------------------------------------------------------------------------------------
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types for `json.dumps`: dicts (str keys), lists, str, int, float, bool, None.
-
-    NaN and +-inf become `None` (JSON has neither); NumPy scalars and arrays become Python
-    numbers and (nested) lists; tuples become lists; dataclasses become dicts.
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if hasattr(obj, "_asdict"):  # NamedTuple
-        return to_jsonable(obj._asdict())
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()] if obj.ndim else to_jsonable(obj.item())
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "__array__") and not isinstance(obj, np.generic):  # e.g. jax.Array
-        return to_jsonable(np.asarray(obj))
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    raise TypeError(f"to_jsonable: cannot convert {type(obj).__name__}")
-
-
 _TABLE_COLUMNS = (
     ("P", "precision", 3),
     ("R", "recall", 3),
@@ -760,7 +725,7 @@ _TABLE_COLUMNS = (
 
 
 def format_table(metrics_by_method: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table, one row per method, of `evaluate` (or `to_jsonable`-ed) results.
+    """Markdown table, one row per method, of `evaluate` (or JSON round-tripped) results.
 
     Columns: method, P, R, F1, FP/scene, median and p90 position error (m), RMSE of phi and
     theta (deg), RMSE of r (m). Missing, None or NaN values print as "n/a".

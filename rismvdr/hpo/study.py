@@ -876,8 +876,7 @@ def export_best(study_name: str, storage: str, out: str | Path) -> dict:
     Raises:
       FileNotFoundError: no journal file; ValueError: no such study or no complete trial.
     """
-    from rismvdr.files import write_json
-    from rismvdr.eval.metrics import to_jsonable
+    from rismvdr.files import to_jsonable, write_json
 
     st = make_storage(storage, create=False)
     names = optuna.get_all_study_names(st)

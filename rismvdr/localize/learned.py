@@ -173,7 +173,7 @@ def export_model(model: LearnedModel, out_dir: str | Path) -> Path:
                   n_refiner=len(model.refiner_params) if model.has_refiner else 0)
     with atomic_write(out / "model.npz", "wb") as f:
         np.savez_compressed(f, **arrays)
-    from rismvdr.eval.metrics import to_jsonable
+    from rismvdr.files import to_jsonable
 
     with atomic_write(out / "model.json") as f:
         json.dump(to_jsonable(record), f, indent=1)

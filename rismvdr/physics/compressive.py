@@ -46,6 +46,7 @@ from scipy import stats
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.spectra import Grid, Spectrum25D
 from rismvdr.physics.steering import steering
+from rismvdr.physics.linalg import abs2
 
 __all__ = [
     "CompressiveConfig",
@@ -142,10 +143,6 @@ def _correlate(D, R):
     return jnp.einsum("lmg,lm->lg", jnp.conj(D), R, precision=_HI)
 
 
-def _abs2(x):
-    return jnp.real(x) ** 2 + jnp.imag(x) ** 2
-
-
 def _ls_fit(B, y, mask):
     """Joint least-squares symbols for columns `B` `[L|1, M, K]` (masked columns ignored).
 
@@ -183,20 +180,20 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
 
     def step(k, carry):
         idx, mask, resid, rss, fstat, first = carry
-        score = jnp.sum(_abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)  # [G]
+        score = jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)  # [G]
         first = jnp.where(k == 0, score, first)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         idx = idx.at[k].set(g.astype(jnp.int32))
         mask = mask.at[k].set(True)
         _, resid_new = _ls_fit(D[:, :, idx], y, mask)
-        rss_new = jnp.sum(_abs2(resid_new))
+        rss_new = jnp.sum(abs2(resid_new))
         dof = (m - (k + 1)) * l
         f = ((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30)
         fstat = fstat.at[k].set(f)
         return idx, mask, resid_new, rss_new, fstat, first
 
     real = jnp.real(y).dtype
-    init = (jnp.zeros(k_max, jnp.int32), jnp.zeros(k_max, bool), y, jnp.sum(_abs2(y)),
+    init = (jnp.zeros(k_max, jnp.int32), jnp.zeros(k_max, bool), y, jnp.sum(abs2(y)),
             jnp.zeros(k_max, real), jnp.zeros(D.shape[-1], real))
     idx, _, _, _, fstat, first = jax.lax.fori_loop(0, k_max, step, init)
     passed = fstat > thresholds.astype(real)
@@ -229,7 +226,7 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
 
     def step(k, carry):
         eta, mask, resid, rss, fstat, hist, first = carry
-        score = jnp.sum(_abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+        score = jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
         first = jnp.where(k == 0, score, first)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         eta = eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]]))
@@ -239,14 +236,14 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
         eta = jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta)
         a = steering(geometry, eta[:, 0], eta[:, 1], eta[:, 2], model=model, dtype=y.dtype)
         _, resid_new = _ls_fit(_apply(E, a.T), y, mask)
-        rss_new = jnp.sum(_abs2(resid_new))
+        rss_new = jnp.sum(abs2(resid_new))
         dof = (m - (k + 1)) * l
         fstat = fstat.at[k].set(((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30))
         hist = hist.at[k + 1].set(eta)
         return eta, mask, resid_new, rss_new, fstat, hist, first
 
     eta0 = jnp.concatenate([jnp.zeros((k_max, 2), real), jnp.full((k_max, 1), float(grid.r[-1]), real)], -1)
-    init = (eta0, jnp.zeros(k_max, bool), y, jnp.sum(_abs2(y)), jnp.zeros(k_max, real),
+    init = (eta0, jnp.zeros(k_max, bool), y, jnp.sum(abs2(y)), jnp.zeros(k_max, real),
             jnp.broadcast_to(eta0, (k_max + 1, k_max, 3)), jnp.zeros(D.shape[-1], real))
     _, _, _, _, fstat, hist, first = jax.lax.fori_loop(0, k_max, step, init)
     passed = fstat > thresholds.astype(real)
@@ -334,13 +331,13 @@ def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
 
     def fstats(mask):
         _, e = _ls_fit(B, y, mask)
-        rss = jnp.sum(_abs2(e))
+        rss = jnp.sum(abs2(e))
         order = jnp.sum(mask)
         dof = jnp.maximum((m - order) * l, 1)
 
         def without(j):
             _, ej = _ls_fit(B, y, mask & (jnp.arange(k_all) != j))
-            return jnp.sum(_abs2(ej))
+            return jnp.sum(abs2(ej))
 
         rss_wo = jax.vmap(without)(jnp.arange(k_all))
         f = ((rss_wo - rss) / l) / jnp.maximum(rss / dof, 1e-30)
@@ -389,7 +386,7 @@ def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, mod
         def rss(j):
             Bj = B.at[:, :, k].set(g[:, :, j])
             _, e = _ls_fit(Bj, y, m_k)
-            return jnp.sum(_abs2(e))
+            return jnp.sum(abs2(e))
 
         cost = jax.vmap(rss)(jnp.arange(u.shape[0]))  # [U]
         j = jnp.clip(jnp.argmin(cost), 1, u.shape[0] - 2)
@@ -438,13 +435,13 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
 
     def rss_of(phi, theta, r, mask):
         _, e = _ls_fit(cols(phi, theta, r), y, mask)
-        return jnp.sum(_abs2(e)), e
+        return jnp.sum(abs2(e)), e
 
     def step(_, carry):
         phi, theta, r, mask, stopped = carry
         count = jnp.sum(mask)
         rss, resid = rss_of(phi, theta, r, mask)
-        score = jnp.sum(_abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+        score = jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         slot = jnp.argmin(mask)  # first free slot
         cphi, cth, cr = phi.at[slot].set(gphi[g]), theta.at[slot].set(gth[g]), r.at[slot].set(gr[g])
@@ -491,7 +488,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
     def one(y1, h1, c1, p0, t0, rr0, m0):
         E = scene_operators(h1, c1, l, n, y1.dtype)
         D = dictionary(E, a_flat)
-        norms = jnp.sum(_abs2(D), axis=1)
+        norms = jnp.sum(abs2(D), axis=1)
         phi, theta, r, mask, f = ml_from_start(y1, E, D, norms, coords, thresholds, geo, grid,
                                                p0.astype(real), t0.astype(real), rr0.astype(real), m0, cfg,
                                                model=model)
@@ -499,7 +496,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
         score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
         phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, mask, det, cfg.k_max)
         return CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
-                                 jnp.sum(valid).astype(jnp.int32), jnp.sum(_abs2(e)))
+                                 jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
                        batch_size=min(4, y.shape[0]))
@@ -554,7 +551,7 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
     def one(y1, h1, c1):
         E = scene_operators(h1, c1, l, n, y1.dtype)
         D = dictionary(E, a_flat)
-        norms = jnp.sum(_abs2(D), axis=1)
+        norms = jnp.sum(abs2(D), axis=1)
         rss = jnp.zeros((), real)
         if ml:
             phi, theta, r, mask, order, f, first = somp_ml(
@@ -563,7 +560,7 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
             if cfg.retest:
                 mask, f = order_retest(y1, _apply(E, a.T), mask, thresholds, cfg)
             _, e = _ls_fit(_apply(E, a.T), y1, mask)
-            rss = jnp.sum(_abs2(e))
+            rss = jnp.sum(abs2(e))
         else:
             idx, order, f, first = somp(y1, D, norms, thresholds, cfg)
             mask = jnp.arange(cfg.k_max) < order

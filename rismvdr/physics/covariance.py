@@ -45,6 +45,7 @@ from rismvdr.physics._validation import (
     check_shape,
     is_concrete,
 )
+from rismvdr.physics.linalg import abs2, hermitise, real_dtype
 
 __all__ = [
     "COVARIANCE_METHODS",
@@ -105,22 +106,6 @@ class AlsFit(NamedTuple):
 # ------------------------------------------------------------------------------------------
 
 
-def _real_dtype(x):
-    return jnp.finfo(x.dtype).dtype
-
-
-def _hermitize(a):
-    return 0.5 * (a + jnp.conj(jnp.swapaxes(a, -1, -2)))
-
-
-def _eye_like(n, a):
-    return jnp.eye(n, dtype=a.dtype)
-
-
-def _abs2(x):
-    return jnp.real(x) ** 2 + jnp.imag(x) ** 2
-
-
 def _max_abs(x):
     """`max |x|` with no gradient (only ever a pre-scale that cancels exactly), 1 if x == 0."""
     m = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
@@ -136,12 +121,12 @@ def _safe_sqrt(v):
 def _rms(x):
     """Root-mean-square of the entries of `x` without overflow/underflow; 1 for an all-zero x."""
     m = _max_abs(x)
-    return m * _safe_sqrt(jnp.mean(_abs2(x / m)))
+    return m * _safe_sqrt(jnp.mean(abs2(x / m)))
 
 
 def _chol_solve(a, b):
     """Solve `a x = b` for Hermitian positive-definite `a` `[..., n, n]`, `b` `[..., n, k]`."""
-    c = jnp.linalg.cholesky(_hermitize(a))
+    c = jnp.linalg.cholesky(hermitise(a))
     w = jax.lax.linalg.triangular_solve(c, b, left_side=True, lower=True)
     return jax.lax.linalg.triangular_solve(
         c, w, left_side=True, lower=True, transpose_a=True, conjugate_a=True
@@ -151,13 +136,13 @@ def _chol_solve(a, b):
 def _from_factor(x, precision):
     """`CovEstimate` from a factor `x` `[N, q]`: scale so that tr(x x^H) = N, R = x x^H."""
     n = x.shape[0]
-    real = _real_dtype(x)
+    real = real_dtype(x)
     x = x / _max_abs(x)  # exact pre-scale: the trace normalisation below cancels it
-    energy = jnp.sum(_abs2(x))
+    energy = jnp.sum(abs2(x))
     ok = energy > 0
     scale = jnp.where(ok, jnp.sqrt(jnp.asarray(n, real) / jnp.where(ok, energy, 1)), 0)
     x = x * scale.astype(x.dtype)
-    r = _hermitize(jnp.matmul(x, jnp.conj(x).T, precision=precision))
+    r = hermitise(jnp.matmul(x, jnp.conj(x).T, precision=precision))
     return CovEstimate(R=r, factor=x)
 
 
@@ -167,7 +152,7 @@ def _normalise_scene(y, h, codes):
     Returns (y, h, codes, y_scale, g_scale) with the originals equal to
     `y * y_scale` and `G_l * g_scale`. In full-array mode `G_l = I` already has unit gain.
     """
-    real = _real_dtype(y)
+    real = real_dtype(y)
     y_scale = _rms(y)
     y = y / y_scale
     if h is None:
@@ -176,7 +161,7 @@ def _normalise_scene(y, h, codes):
     h, codes = h / mh, codes / mc
     l, m = y.shape
     # tr(G_l G_l^H) = sum_n |c_ln|^2 sum_m |H_mn|^2
-    gain2 = jnp.sum(jnp.sum(_abs2(codes), axis=0) * jnp.sum(_abs2(h), axis=0)) / (l * m)
+    gain2 = jnp.sum(jnp.sum(abs2(codes), axis=0) * jnp.sum(abs2(h), axis=0)) / (l * m)
     g = _safe_sqrt(gain2)
     return y, h / g, codes, y_scale, mh * mc * g
 
@@ -294,7 +279,7 @@ def trace_normalize(R, target=None):
     n = R.shape[-1]
     real = jnp.finfo(R.dtype).dtype if jnp.issubdtype(R.dtype, jnp.inexact) else jnp.float32
     target = jnp.asarray(n if target is None else target, real)
-    R = _hermitize(R)
+    R = hermitise(R)
     tr = jnp.real(jnp.trace(R, axis1=-2, axis2=-1))
     ok = jnp.abs(tr) > jnp.abs(target) * jnp.finfo(real).tiny
     scale = jnp.where(ok, target / jnp.where(ok, tr, 1), 1).astype(R.dtype)
@@ -309,19 +294,19 @@ def trace_normalize(R, target=None):
 def _sample_core(y, precision):
     y, *_ = _normalise_scene(y, None, None)
     l = y.shape[0]
-    return _from_factor(y.T / jnp.sqrt(jnp.asarray(l, _real_dtype(y))), precision)
+    return _from_factor(y.T / jnp.sqrt(jnp.asarray(l, real_dtype(y))), precision)
 
 
 def _matched_filter_core(y, h, codes, precision):
     y, h, codes, _, _ = _normalise_scene(y, h, codes)
     xhat = _adjoint_apply(y, h, codes, precision)  # [L, N]
     l = y.shape[0]
-    return _from_factor(xhat.T / jnp.sqrt(jnp.asarray(l, _real_dtype(y))), precision)
+    return _from_factor(xhat.T / jnp.sqrt(jnp.asarray(l, real_dtype(y))), precision)
 
 
 def _ridge_ls_core(y, h, codes, lam, precision):
     y, h, codes, _, _ = _normalise_scene(y, h, codes)
-    real = _real_dtype(y)
+    real = real_dtype(y)
     l, m = y.shape
     lam = jnp.asarray(lam, real)
     if h is None:  # G_l = I: xhat_l = y_l / (1 + lam)
@@ -329,10 +314,10 @@ def _ridge_ls_core(y, h, codes, lam, precision):
     else:
         # G_l G_l^H = H diag(|c_l|^2) H^H, formed per snapshot (no unit-modulus assumption).
         ggh = jnp.einsum(
-            "mn,ln,kn->lmk", h, _abs2(codes).astype(h.dtype), jnp.conj(h), precision=precision
+            "mn,ln,kn->lmk", h, abs2(codes).astype(h.dtype), jnp.conj(h), precision=precision
         )  # [L, M, M]
         mu = lam * jnp.real(jnp.trace(ggh, axis1=-2, axis2=-1)) / m  # [L], relative ridge
-        a = ggh + mu[:, None, None].astype(h.dtype) * _eye_like(m, h)[None, :, :]
+        a = ggh + mu[:, None, None].astype(h.dtype) * jnp.eye(m, dtype=h.dtype)[None, :, :]
         w = _chol_solve(a, y[:, :, None])[:, :, 0]  # (G_l G_l^H + mu_l I)^-1 y_l
         xhat = _adjoint_apply(w, h, codes, precision)
     return _from_factor(xhat.T / jnp.sqrt(jnp.asarray(l, real)), precision)
@@ -349,7 +334,7 @@ def _als_init(y, h, codes, rank, precision):
     x = jax.lax.stop_gradient(_adjoint_apply(y, h, codes, precision)).T  # [N, L]
     l = x.shape[1]
     k = min(rank, l)
-    gram = _hermitize(jnp.matmul(jnp.conj(x).T, x, precision=precision))  # [L, L]
+    gram = hermitise(jnp.matmul(jnp.conj(x).T, x, precision=precision))  # [L, L]
     w, v = jnp.linalg.eigh(gram)  # ascending
     w, v = w[::-1][:k], v[:, ::-1][:, :k]
     keep = w > jnp.finfo(w.dtype).eps * l * jnp.maximum(w[0], jnp.finfo(w.dtype).tiny)
@@ -362,14 +347,14 @@ def _als_init(y, h, codes, rank, precision):
 
 def _als_core(y, h, codes, lam, rank, n_iter, f_solver, precision) -> AlsFit:
     y, h, codes, y_scale, g_scale = _normalise_scene(y, h, codes)
-    real = _real_dtype(y)
+    real = real_dtype(y)
     cdt = y.dtype
     l, m = y.shape
     n = _n_elements(y, h)
     mu = jnp.asarray(lam, real)
-    energy = jnp.sum(_abs2(y))
+    energy = jnp.sum(abs2(y))
     energy = jnp.where(energy > 0, energy, 1)
-    eye_r = _eye_like(rank, y)
+    eye_r = jnp.eye(rank, dtype=y.dtype)
     if h is None:
         solver = "full"
     elif f_solver == "auto":
@@ -407,7 +392,7 @@ def _als_core(y, h, codes, lam, rank, n_iter, f_solver, precision) -> AlsFit:
             # vec F = A^H (A A^H + mu I)^-1 y, rows of A are (z_l^T kron G_l): an [LM, LM] solve.
             zz = jnp.matmul(z, jnp.conj(z).T, precision=precision)  # [L, L]
             k = (zz[:, None, :, None] * ggh).reshape(l * m, l * m)
-            k = k + mu.astype(cdt) * _eye_like(l * m, y)
+            k = k + mu.astype(cdt) * jnp.eye(l * m, dtype=y.dtype)
             w = _chol_solve(k, y.reshape(l * m, 1)).reshape(l, m)
             xw = _adjoint_apply(w, h, codes, precision)  # [L, N] = G_l^H w_l
             return jnp.matmul(xw.T, jnp.conj(z), precision=precision)
@@ -415,15 +400,15 @@ def _als_core(y, h, codes, lam, rank, n_iter, f_solver, precision) -> AlsFit:
         u = z[:, :, None] * codes[:, None, :]  # [L, r, N], u[l,a,n] = z_la c_ln
         wgt = jnp.einsum("lan,lbk->anbk", jnp.conj(u), u, precision=precision)
         normal = (wgt * hh[None, :, None, :]).reshape(rank * n, rank * n)
-        normal = normal + mu.astype(cdt) * _eye_like(rank * n, y)
+        normal = normal + mu.astype(cdt) * jnp.eye(rank * n, dtype=y.dtype)
         rhs = jnp.matmul(jnp.conj(z).T, xmf, precision=precision)  # [r, N]
         vec = _chol_solve(normal, rhs.reshape(rank * n, 1))
         return vec.reshape(rank, n).T
 
     def measure(f, z):
         pred = _forward_apply(jnp.matmul(z, f.T, precision=precision), h, codes, precision)
-        misfit = jnp.sum(_abs2(y - pred))
-        penalty = mu * (jnp.sum(_abs2(f)) + jnp.sum(_abs2(z)))
+        misfit = jnp.sum(abs2(y - pred))
+        penalty = mu * (jnp.sum(abs2(f)) + jnp.sum(abs2(z)))
         return (misfit + penalty) / energy, misfit / energy
 
     def step(carry, _):
@@ -450,7 +435,7 @@ def _als_estimate(fit: AlsFit, precision) -> CovEstimate:
     l = z.shape[0]
     # Rescale first: the estimate is scale-free and this keeps float32 sums in range.
     f, z = f / _max_abs(f), z / _max_abs(z)
-    _, t = jnp.linalg.qr(jnp.conj(z) / jnp.sqrt(jnp.asarray(l, _real_dtype(z))), mode="reduced")
+    _, t = jnp.linalg.qr(jnp.conj(z) / jnp.sqrt(jnp.asarray(l, real_dtype(z))), mode="reduced")
     fw = jnp.matmul(f, jnp.conj(t).T, precision=precision)
     return _from_factor(fw, precision)
 

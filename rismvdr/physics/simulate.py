@@ -20,7 +20,7 @@ import numpy as np
 from rismvdr.physics.scenarios import SceneConfig, scenario_geometry
 from rismvdr.physics.steering import steering
 
-__all__ = ["Scene", "simulate_scene", "simulate", "stack_scenes"]
+__all__ = ["Scene", "simulate_scene", "simulate", "stack_scenes", "truth_covariance"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -169,6 +169,19 @@ def _ris_codes(cfg: SceneConfig, draws: _Draws, cdtype, real):
     return jax.lax.complex(jnp.cos(ph), jnp.sin(ph)).astype(cdtype)
 
 
+def truth_covariance(a, power) -> jax.Array:
+    """Noise-free covariance of the surface field, `R_true = A diag(p) A^H` (not normalised).
+
+    Args:
+      a: `[..., K, N]` steering vectors of the sources (rows), from `steering`.
+      power: `[..., K]` linear source powers (0 for padded slots).
+
+    Returns:
+      `[..., N, N]` Hermitian, in `a`'s dtype.
+    """
+    return jnp.einsum("...kn,...k,...km->...nm", a, power.astype(a.dtype), jnp.conj(a), precision=_HI)
+
+
 def _simulate_one(cfg: SceneConfig, key):
     cdtype = jnp.dtype(cfg.dtype)
     real = jnp.finfo(cdtype).dtype
@@ -193,7 +206,7 @@ def _simulate_one(cfg: SceneConfig, key):
     sig_pow = jnp.mean(jnp.abs(y_clean) ** 2)
     noise_var = (sig_pow / 10.0 ** (snr_db / 10.0)).astype(real)
     y = y_clean + draws.crandn((l, m), cdtype, var=noise_var)
-    r_true = jnp.einsum("kn,k,km->nm", a, power.astype(cdtype), jnp.conj(a), precision=_HI)
+    r_true = truth_covariance(a, power)
     scene = Scene(
         y=y, H=h, codes=codes, noise_var=noise_var, snr_db=snr_db,
         phi=phi, theta=theta, r=r, power=power, mask=mask, R_true=r_true,

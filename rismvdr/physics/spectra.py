@@ -36,6 +36,7 @@ import numpy as np
 from rismvdr.physics._validation import check_complex, check_finite, check_hermitian, check_ndim
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.steering import steering
+from rismvdr.physics.linalg import eye_like, hermitise
 
 __all__ = [
     "Grid",
@@ -190,15 +191,6 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _hermitise(R):
-    return 0.5 * (R + jnp.conj(jnp.swapaxes(R, -1, -2)))
-
-
-def _eye_like(R):
-    """Identity broadcast to `R`'s shape `[..., N, N]` (no implicit rank promotion)."""
-    return jnp.broadcast_to(jnp.eye(R.shape[-1], dtype=R.dtype), R.shape)
-
-
 def mvdr_operator(R, *, delta_rel: float = 1e-2) -> SpectrumOperator:
     """Dense MVDR via whitening: `R + delta I = L L^H`, `W = L^-1`, `P(a) = 1/||W a||^2`.
 
@@ -206,13 +198,13 @@ def mvdr_operator(R, *, delta_rel: float = 1e-2) -> SpectrumOperator:
       R: `[..., N, N]` Hermitian PSD covariance.
       delta_rel: diagonal loading relative to `tr(R)/N`.
     """
-    R = _hermitise(R)
+    R = hermitise(R)
     n = R.shape[-1]
     real = jnp.finfo(R.dtype).dtype
     tr = jnp.real(jnp.trace(R, axis1=-2, axis2=-1))
     delta = (delta_rel * tr / n).astype(real)
-    chol = jnp.linalg.cholesky(R + delta[..., None, None] * _eye_like(R))
-    W = jax.scipy.linalg.solve_triangular(chol, _eye_like(R), lower=True)
+    chol = jnp.linalg.cholesky(R + delta[..., None, None] * eye_like(R))
+    W = jax.scipy.linalg.solve_triangular(chol, eye_like(R), lower=True)
     return SpectrumOperator(W, jnp.ones_like(tr), "inverse", lower=True)
 
 
@@ -233,8 +225,8 @@ def mvdr_lowrank_operator(F, *, delta_rel: float = 1e-2, precision: Precision = 
     tr = jnp.sum(jnp.abs(F) ** 2, axis=(-2, -1))
     delta = (delta_rel * tr / n).astype(real)
     FhF = jnp.matmul(Fh, F, precision=prec)  # [..., r, r]
-    C = FhF + delta[..., None, None] * _eye_like(FhF)
-    chol = jnp.linalg.cholesky(_hermitise(C))
+    C = FhF + delta[..., None, None] * eye_like(FhF)
+    chol = jnp.linalg.cholesky(hermitise(C))
     W = jax.scipy.linalg.solve_triangular(chol, Fh, lower=True)
     return SpectrumOperator(W, delta, "complement")
 
@@ -245,7 +237,7 @@ def music_operator(R, n_sources, *, max_sources: int | None = None) -> SpectrumO
     `P(a) = 1 / ||E_n^H a||^2 = 1 / (||a||^2 - ||E_s^H a||^2)`. Only the top `max_sources`
     eigenvectors are kept in `W` (static; default N - 1), rows beyond `n_sources` zeroed.
     """
-    R = _hermitise(R)
+    R = hermitise(R)
     n = R.shape[-1]
     q = n - 1 if max_sources is None else int(max_sources)
     _, vecs = jnp.linalg.eigh(R)  # ascending
@@ -259,7 +251,7 @@ def music_operator(R, n_sources, *, max_sources: int | None = None) -> SpectrumO
 
 def bartlett_operator(R) -> SpectrumOperator:
     """Bartlett (conventional beamformer): `P(a) = a^H R a / N` with `W = diag(sqrt l) U^H`."""
-    R = _hermitise(R)
+    R = hermitise(R)
     vals, vecs = jnp.linalg.eigh(R)
     real = jnp.finfo(R.dtype).dtype
     W = jnp.sqrt(jnp.maximum(vals, 0.0)).astype(R.dtype)[..., :, None] * jnp.conj(

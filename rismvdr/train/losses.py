@@ -35,6 +35,7 @@ import optax
 from rismvdr.physics.covariance import trace_normalize  # the one trace normalisation (re-exported)
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.steering import steering
+from rismvdr.physics.linalg import abs2, eye_like, herm, hermitise, real_dtype
 
 __all__ = [
     "trace_normalize",
@@ -55,33 +56,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # ------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------
-def _real_dtype(x):
-    """Real floating dtype matching `x` (complex64 -> float32, complex128 -> float64)."""
-    return jnp.finfo(jnp.result_type(x, jnp.float32)).dtype
-
-
-def _abs2(z):
-    """`|z|^2` as `re^2 + im^2`: unlike `abs(z)**2`, its gradient is finite at `z = 0`."""
-    if jnp.iscomplexobj(z):
-        return jnp.real(z) ** 2 + jnp.imag(z) ** 2
-    return z * z
-
-
-def _herm(x):
-    return jnp.conj(jnp.swapaxes(x, -1, -2))
-
-
-def _hermitise(R):
-    return 0.5 * (R + _herm(R))
-
-
 def _real_trace(R):
     return jnp.real(jnp.trace(R, axis1=-2, axis2=-1))
-
-
-def _eye_like(R):
-    """Identity broadcast to `R`'s shape `[..., n, n]` (no implicit rank promotion)."""
-    return jnp.broadcast_to(jnp.eye(R.shape[-1], dtype=R.dtype), R.shape)
 
 
 def _masked_mean(values, mask):
@@ -131,8 +107,8 @@ def cov_nmse(R_hat, R_true):
         raise ValueError(f"R_hat: shape {np.shape(R_hat)} does not match R_true {np.shape(R_true)}")
     a = trace_normalize(R_hat)
     b = trace_normalize(R_true)
-    num = jnp.sum(_abs2(a - b), axis=(-2, -1))
-    den = jnp.sum(_abs2(b), axis=(-2, -1))
+    num = jnp.sum(abs2(a - b), axis=(-2, -1))
+    den = jnp.sum(abs2(b), axis=(-2, -1))
     return num / jnp.maximum(den, jnp.finfo(den.dtype).tiny)
 
 
@@ -154,11 +130,11 @@ def orthogonality_penalty(F):
     """
     _check_ndim("F", F, 2)
     r = F.shape[-1]
-    G = jnp.matmul(_herm(F), F, precision=_HIGHEST)  # [r, r]
+    G = jnp.matmul(herm(F), F, precision=_HIGHEST)  # [r, r]
     tr = _real_trace(G)
     mean_norm2 = jnp.maximum(tr / r, jnp.finfo(tr.dtype).tiny)
-    D = G / mean_norm2.astype(G.dtype) - _eye_like(G)
-    return jnp.sum(_abs2(D)) / r
+    D = G / mean_norm2.astype(G.dtype) - eye_like(G)
+    return jnp.sum(abs2(D)) / r
 
 
 def subspace_alignment(F, a_true, mask, *, eps: float = 1e-6):
@@ -189,16 +165,16 @@ def subspace_alignment(F, a_true, mask, *, eps: float = 1e-6):
     if a_true.shape[1] != n:
         raise ValueError(f"a_true: last axis {a_true.shape[1]} does not match N = {n} of F")
     _check_len("mask", mask, k, "one flag per true source")
-    real = _real_dtype(F)
+    real = real_dtype(F)
     a = jnp.where(mask[:, None], a_true, jnp.zeros((), a_true.dtype)).astype(F.dtype)  # [K, N]
-    G = jnp.matmul(_herm(F), F, precision=_HIGHEST)  # [r, r]
+    G = jnp.matmul(herm(F), F, precision=_HIGHEST)  # [r, r]
     load = eps * jnp.maximum(_real_trace(G) / r, jnp.finfo(real).tiny)
-    chol = jnp.linalg.cholesky(_hermitise(G) + load.astype(G.dtype) * _eye_like(G))
-    b = jnp.matmul(_herm(F), a.T, precision=_HIGHEST)  # F^H a_k, [r, K]
+    chol = jnp.linalg.cholesky(hermitise(G) + load.astype(G.dtype) * eye_like(G))
+    b = jnp.matmul(herm(F), a.T, precision=_HIGHEST)  # F^H a_k, [r, K]
     x = jax.scipy.linalg.cho_solve((chol, True), b)  # C^-1 F^H a_k, [r, K]
     proj = jnp.matmul(F, x, precision=_HIGHEST)  # P_F a_k, [N, K]
-    num = jnp.sum(_abs2(proj), axis=0)  # [K]
-    den = jnp.sum(_abs2(a), axis=1)  # [K]
+    num = jnp.sum(abs2(proj), axis=0)  # [K]
+    den = jnp.sum(abs2(a), axis=1)  # [K]
     frac = num / jnp.maximum(den, jnp.finfo(real).tiny)
     return 1.0 - _masked_mean(frac, mask)
 
@@ -275,7 +251,7 @@ def aux_set_loss(
     if k > s:
         raise ValueError(f"pred_phi: {s} predicted slots cannot cover {k} true slots (need S >= K)")
 
-    real = _real_dtype(jnp.result_type(pred_phi, pred_theta, pred_r))
+    real = real_dtype(jnp.result_type(pred_phi, pred_theta, pred_r))
     tiny = jnp.finfo(real).tiny
     pphi, ptheta, pr = (jnp.asarray(x, real) for x in (pred_phi, pred_theta, pred_r))
     zero = jnp.zeros((), real)
@@ -372,12 +348,12 @@ def peak_contrast(
     if stencil < 1 or stencil % 2 == 0:
         raise ValueError(f"stencil: must be a positive odd integer, got {stencil}")
 
-    real = _real_dtype(R)
+    real = real_dtype(R)
     cdtype = jnp.result_type(R, jnp.complex64)
-    R = _hermitise(jnp.asarray(R, cdtype))
+    R = hermitise(jnp.asarray(R, cdtype))
     tr = _real_trace(R)
     delta = jnp.maximum(delta_rel * tr / n, jnp.finfo(real).tiny)
-    chol = jnp.linalg.cholesky(R + delta.astype(cdtype) * _eye_like(R))
+    chol = jnp.linalg.cholesky(R + delta.astype(cdtype) * eye_like(R))
 
     zero = jnp.zeros((), real)
     phi = jnp.where(mask, jnp.asarray(phi, real), zero)
@@ -390,7 +366,7 @@ def peak_contrast(
     a = steering(geometry.astype(real), phis, thetas, r[:, None, None], model=model, dtype=cdtype)
     a = a.reshape(k * stencil * stencil, n)  # [K s s, N]
     w = jax.scipy.linalg.solve_triangular(chol, a.T, lower=True)  # L^-1 a, [N, K s s]
-    quad = jnp.sum(_abs2(w), axis=0)  # a^H Rl^-1 a
+    quad = jnp.sum(abs2(w), axis=0)  # a^H Rl^-1 a
     logp = -jnp.log(jnp.maximum(quad, jnp.finfo(real).tiny)).reshape(k, stencil * stencil)
     centre = (stencil * stencil) // 2  # (i, j) = (0, 0)
     per_source = -jax.nn.log_softmax(logp / tau, axis=-1)[:, centre]  # [K]
@@ -432,7 +408,7 @@ def gaussian_blob_targets(phi, theta, mask, phi_axis, theta_axis, *, sigma_cells
         _check_len(name, x, k, "one entry per true source")
     _check_ndim("phi_axis", phi_axis, 1)
     _check_ndim("theta_axis", theta_axis, 1)
-    real = _real_dtype(jnp.result_type(phi, theta))
+    real = real_dtype(jnp.result_type(phi, theta))
     pa = jnp.asarray(phi_axis, real)
     ta = jnp.asarray(theta_axis, real)
     zero = jnp.zeros((), real)

@@ -1,0 +1,40 @@
+"""Small numerical helpers shared by the kernels (trailing-axis conventions, `[..., N, N]`).
+
+Written once here and used by physics, models and the losses: the Hermitian transpose and
+part, a broadcast identity, `|z|^2` with a finite gradient at 0, and the real dtype of a
+complex one.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["real_dtype", "abs2", "herm", "hermitise", "eye_like"]
+
+
+def real_dtype(x):
+    """Real floating dtype matching `x` (an array or a dtype): complex64 -> float32,
+    complex128 -> float64, float32 -> float32."""
+    return jnp.finfo(jnp.result_type(x, jnp.float32)).dtype
+
+
+def abs2(z) -> jax.Array:
+    """`|z|^2` as `re^2 + im^2`: unlike `abs(z)**2`, its gradient is finite at `z = 0`."""
+    if jnp.iscomplexobj(z):
+        return jnp.real(z) ** 2 + jnp.imag(z) ** 2
+    return z * z
+
+
+def herm(x) -> jax.Array:
+    """Conjugate transpose over the last two axes."""
+    return jnp.conj(jnp.swapaxes(x, -1, -2))
+
+
+def hermitise(R) -> jax.Array:
+    """Hermitian part `(R + R^H) / 2` over the last two axes."""
+    return 0.5 * (R + herm(R))
+
+
+def eye_like(R) -> jax.Array:
+    """Identity broadcast to `R`'s shape `[..., N, N]` and dtype (no implicit rank promotion)."""
+    return jnp.broadcast_to(jnp.eye(R.shape[-1], dtype=R.dtype), R.shape)
