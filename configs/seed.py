@@ -1,21 +1,2 @@
-"""`seed`: the shipped learned localizer of the `seed` scenario (12 x 12 RIS, M = L = 16).
-
-Stage 1 (backbone): `rismvdr train --config configs/seed.py --workdir runs/seed`.
-Stage 2 (refiner): `rismvdr train-refiner --backbone runs/seed --config configs/seed_refiner.py
---workdir runs/seed-refiner` (see configs/seed_refiner.py).
-"""
-from rismvdr.train.config import ModelConfig, OptimConfig, TrainConfig
-
-
-def get_config() -> TrainConfig:
-    return TrainConfig(
-        name="seed",
-        model=ModelConfig(widths=(16, 32, 64), groups=8),
-        optim=OptimConfig(lr=2e-3, warmup_steps=100),
-        batch_size=32,
-        steps=3000,
-        val_scenes=256,
-        val_peak_scenes=96,
-        eval_every=300,
-        checkpoint_every=300,
-    )
+"""`seed`, usable by path (`--config configs/seed.py`): the packaged `rismvdr.configs.seed` (`--config seed`)."""
+from rismvdr.configs.seed import get_config  # noqa: F401

@@ -4,16 +4,57 @@ train-refiner, export, hpo (and hpo export), hpo2.
 Every command has `--help`; units are in flag names (`*_deg`, `*_m`, `*_db`). Files follow
 SPEC section 8 and are written atomically. A malformed input gives a one-line error naming
 the key and a non-zero exit status (2).
+
+Compiled programs are kept in a per-user persistent cache (`rismvdr.files.compile_cache_dir`:
+`$RISMVDR_CACHE_DIR`, else `$XDG_CACHE_HOME/rismvdr/jax`, else `~/.cache/rismvdr/jax`), so a
+command run again on the same shapes does not compile again; `--no-compile-cache` or
+`RISMVDR_COMPILE_CACHE=0` turns it off.
+
+The commands only parse, call one library function and print. Library defaults are read from
+the library (`_default`), never restated; modules that load Flax, Optax, Orbax, Optuna or
+Matplotlib are imported by the commands that need them, so `rismvdr --help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+
+import jax
+
+from rismvdr.bench.speed import PARTS, run_speed
+from rismvdr.bench.sweeps import DEFAULT_SWEEPS, SCENES_PER_POINT, SCENES_PER_POINT_QUICK, SWEEPS
+from rismvdr.configs import CONFIGS, DEFAULT_SPACE, config_file, load_named_config, space_file
+from rismvdr.eval import metrics
+from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
+from rismvdr.eval.objective import E2E_SCENES, E2E_SEED, F1_WEIGHT, TEST_SEED, XYZ_NORM_M
+from rismvdr.files import (
+    CACHE_DIR_ENV,
+    COMPILE_CACHE_ENV,
+    enable_compile_cache,
+    enable_default_compile_cache,
+    load_scenes,
+    read_detections_csv,
+    read_maps,
+    save_scenes,
+    scenario_from_meta,
+    scene_file_from_scenes,
+    scenes_from_file,
+    to_jsonable,
+    write_detections_csv,
+    write_json,
+    write_maps,
+)
+from rismvdr.localize.registry import METHODS, localize
+from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
+from rismvdr.localize.weights import load_learned
+from rismvdr.physics.scenarios import DEFAULT_GATES, Gates, get_scenario, scenario_geometry
+from rismvdr.physics.simulate import simulate
 
 __all__ = ["main", "build_parser"]
 
@@ -23,6 +64,11 @@ log = logging.getLogger("rismvdr")
 # ------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------
+def _default(function, name: str):
+    """The default of `function`'s parameter `name`: the library states it once, `--help` shows it."""
+    return inspect.signature(function).parameters[name].default
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -48,55 +94,40 @@ def parse_overrides(items) -> dict:
     return out
 
 
-def _scenario_from_meta(meta: dict | None):
-    from rismvdr.physics.scenarios import SceneConfig
-
-    if not meta or "config" not in meta:
-        return None
-    fields = {f.name for f in dataclasses.fields(SceneConfig)}
-    cfg = {k: (tuple(tuple(r) for r in v) if k == "positions" and v is not None else
-               tuple(v) if isinstance(v, list) else v)
-           for k, v in meta["config"].items() if k in fields}
-    try:
-        return SceneConfig(**cfg)
-    except (TypeError, ValueError):
-        return None
-
-
 def _settings(args, sf):
     """Localizer settings: the scene file's scenario box if recorded, then CLI overrides."""
-    from rismvdr.localize.registry import LocalizerSettings, settings_for_scenario
-
-    cfg = _scenario_from_meta(sf.meta)
+    cfg = scenario_from_meta(sf.meta)
     base = settings_for_scenario(cfg) if cfg is not None else LocalizerSettings()
-    det = base.detector
     det_kw = {k: v for k, v in dict(
         threshold_mode=args.threshold_mode, threshold_db=args.threshold_db, mad_z=args.mad_z,
         k_max=args.k_max, refine=None if not args.no_refine else False,
     ).items() if v is not None}
-    kw = {k: v for k, v in dict(
+    grid_kw = {k: v for k, v in dict(
         phi_deg=args.phi_range_deg and tuple(args.phi_range_deg),
         theta_deg=args.theta_range_deg and tuple(args.theta_range_deg),
         r_m=args.r_range_m and tuple(args.r_range_m),
         phi_step_deg=args.phi_step_deg, theta_step_deg=args.theta_step_deg, n_planes=args.planes,
+    ).items() if v is not None}
+    kw = {k: v for k, v in dict(
         steering_model=args.steering_model, precision=args.precision, batch_size=args.batch_size,
     ).items() if v is not None}
-    det = dataclasses.replace(det, **det_kw)
+    det = dataclasses.replace(base.detector, **det_kw)
     det.validate()
-    return base.replace(detector=det, **kw)
+    return base.with_grid(**grid_kw).replace(detector=det, **kw)
 
 
 def _learned_model(args):
     """The model for learned methods: --checkpoint if given, else the shipped weights."""
-    from rismvdr.localize.registry import METHODS
-
     if not METHODS[args.method].learned:
         if getattr(args, "checkpoint", None):
             raise ValueError(f"--checkpoint: method {args.method!r} is not a learned method")
         return None
-    from rismvdr.localize.learned import load_learned
+    return load_learned(args.checkpoint, step=_step_arg(args.checkpoint_step))
 
-    return load_learned(args.checkpoint, step=args.checkpoint_step)
+
+def _step_arg(text: str) -> str | int:
+    """A checkpoint step flag: "best", "latest" or a step number."""
+    return int(text) if text.isdigit() else text
 
 
 def _add_localizer_flags(p):
@@ -125,12 +156,6 @@ def _add_localizer_flags(p):
 # Commands
 # ------------------------------------------------------------------------------------------
 def cmd_simulate(args) -> int:
-    import jax
-
-    from rismvdr.files import save_scenes, scene_file_from_scenes
-    from rismvdr.physics.scenarios import get_scenario, scenario_geometry
-    from rismvdr.physics.simulate import simulate
-
     cfg = get_scenario(args.scenario, **parse_overrides(args.set))
     t0 = time.perf_counter()
     scenes = simulate(cfg, jax.random.key(args.seed), args.scenes, batch_size=args.batch_size)
@@ -142,11 +167,6 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_localize(args) -> int:
-    import numpy as np
-
-    from rismvdr.files import load_scenes, scenes_from_file, write_detections_csv
-    from rismvdr.localize.registry import localize
-
     sf = load_scenes(args.scenes)
     settings = _settings(args, sf)
     scenes = scenes_from_file(sf, model=settings.steering_model)
@@ -157,49 +177,28 @@ def cmd_localize(args) -> int:
     if res.fallbacks is not None:
         print(f"{args.method}: refiner map rejected in {res.fallbacks} of {sf.n_scenes} scenes (MVDR fallback)")
     if args.maps_out:
-        from rismvdr.files import atomic_write
-
-        phi, theta, r = res.grid.arrays()
-        with atomic_write(args.maps_out, "wb") as f:
-            np.savez(f, power_db=res.power_db, plane=res.plane, grid_phi=phi, grid_theta=theta, grid_r=r)
+        write_maps(args.maps_out, res.power_db, res.plane, res.grid)
     n = int(d.valid.sum())
     print(f"{args.method}: {n} detections in {sf.n_scenes} scenes ({res.seconds:.1f} s) -> {args.out}")
     return 0
 
 
-def _load_maps(path):
-    import numpy as np
-
-    from rismvdr.physics.spectra import Grid
-
-    with np.load(path, allow_pickle=False) as z:
-        for key in ("power_db", "plane", "grid_phi", "grid_theta", "grid_r"):
-            if key not in z:
-                raise ValueError(f"{path}: key '{key}': missing (write it with localize --maps-out)")
-        grid = Grid(tuple(z["grid_phi"].tolist()), tuple(z["grid_theta"].tolist()), tuple(z["grid_r"].tolist()))
-        return z["power_db"], z["plane"], grid
-
-
 def cmd_evaluate(args) -> int:
-    from rismvdr.eval import metrics
-    from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
-    from rismvdr.files import load_scenes, read_detections_csv, scenes_from_file, to_jsonable, write_json
-
     sf = load_scenes(args.scenes)
     if not sf.has_truth:
         raise ValueError(f"{args.scenes}: key 'gt_phi': missing, evaluation needs the truth")
     det = read_detections_csv(args.detections, n_scenes=sf.n_scenes)
-    cfg = _scenario_from_meta(sf.meta)
+    cfg = scenario_from_meta(sf.meta)
     model = cfg.steering_model if cfg is not None else "exact"
     scenes = scenes_from_file(sf, model=model)
     pssr = None
     if args.maps:
-        power_db, _, grid = _load_maps(args.maps)
+        power_db, _, grid = read_maps(args.maps)
         if power_db.shape[0] != sf.n_scenes:
             raise ValueError(f"{args.maps}: key 'power_db': {power_db.shape[0]} scenes, the scene file has {sf.n_scenes}")
         pssr = scene_pssr_db(power_db, det.phi, det.theta, det.valid, grid)
     crb = truth_crb(scenes, sf.geometry(), model=model) if not args.no_crb else None
-    gates = metrics.Gates.from_deg(args.gate_phi_deg, args.gate_theta_deg, args.gate_r_m)
+    gates = Gates.from_deg(args.gate_phi_deg, args.gate_theta_deg, args.gate_r_m)
     ev = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, score_db=det.score_db,
                              pssr=pssr, crb=crb, gates=gates, snr_bin_db=args.snr_bin_db)
     label = args.label or Path(args.detections).stem
@@ -216,12 +215,9 @@ def _test_set(sf, path) -> dict:
 
 
 def cmd_plot(args) -> int:
-    from rismvdr.eval import plots
+    from rismvdr.eval import plots  # deferred: Matplotlib, for this command only
 
     if args.what == "scene":
-        from rismvdr.files import load_scenes, read_detections_csv, scenes_from_file
-        from rismvdr.localize.registry import localize
-
         sf = load_scenes(args.scenes)
         if not 0 <= args.index < sf.n_scenes:
             raise ValueError(f"--index: must lie in [0, {sf.n_scenes - 1}], got {args.index}")
@@ -252,8 +248,6 @@ def cmd_plot(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from rismvdr.localize.registry import METHODS
-
     for m in METHODS.values():
         flags = [t for t, on in (("needs truth", m.needs_truth), ("full-array only", m.full_array_only),
                                  ("RIS only", m.ris_only), ("learned: --checkpoint or shipped weights", m.learned))
@@ -263,52 +257,48 @@ def cmd_methods(args) -> int:
 
 
 def _train_config(args):
-    from rismvdr.train.config import apply_overrides, load_config
+    from rismvdr.train.config import TrainConfig, apply_overrides  # deferred: for the training commands only
 
     if args.from_hpo:
-        from rismvdr.train.config import from_dict
-
         with open(args.from_hpo) as f:
             best = json.load(f)
         if "config" not in best:
             raise ValueError(f"--from-hpo: {args.from_hpo}: key 'config': missing (write it with `rismvdr hpo export`)")
-        cfg = from_dict(best["config"])
+        cfg = TrainConfig.from_dict(best["config"])
     elif args.config:
-        cfg = load_config(args.config)
+        cfg = load_named_config(args.config)
     else:
-        raise ValueError("--config: a config file is needed (e.g. configs/seed.py), or --from-hpo / --resume")
+        raise ValueError(f"--config: a config is needed: a packaged name ({', '.join(CONFIGS)}) or a config "
+                         "file, or --from-hpo / --resume")
     return apply_overrides(cfg, args.set or [])
 
 
 def _stored_train_config(workdir):
-    from rismvdr.train.checkpoint import Checkpointer
-    from rismvdr.train.config import from_dict
+    from rismvdr.train.checkpoint import Checkpointer  # deferred: Orbax, for the training commands only
+    from rismvdr.train.config import TrainConfig  # deferred: Flax, as above
 
     ck = Path(workdir) / "checkpoints"
     if not ck.is_dir():
         return None
     with Checkpointer(ck, read_only=True) as c:
         step = c.latest_step()
-        return None if step is None else from_dict(c.read_config(step)["train"])
+        return None if step is None else TrainConfig.from_dict(c.read_config(step)["train"])
 
 
 def _maybe_distributed(args):
     if getattr(args, "distributed", False):
-        import jax
-
         jax.distributed.initialize()  # coordinator, process count and id from the environment
 
 
 def cmd_train(args) -> int:
-    from rismvdr.train.trainer import fit
+    from rismvdr.train.config import apply_overrides  # deferred: Flax, for the training commands only
+    from rismvdr.train.trainer import fit  # deferred: Flax, Optax and Orbax, as above
 
     _maybe_distributed(args)
     if args.resume and not (args.config or args.from_hpo):
         cfg = _stored_train_config(args.workdir)
         if cfg is None:
             raise ValueError(f"--resume: no checkpoint in {args.workdir}")
-        from rismvdr.train.config import apply_overrides
-
         cfg = apply_overrides(cfg, args.set or [])
     else:
         cfg = _train_config(args)
@@ -321,18 +311,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_refiner(args) -> int:
-    from rismvdr.localize.learned import load_learned
-    from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides, from_dict
-    from rismvdr.train.trainer import fit
+    from rismvdr.localize.weights import load_learned  # deferred: Flax, for the learned methods only
+    from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides  # deferred: as above
+    from rismvdr.train.trainer import fit  # deferred: Flax, Optax and Orbax, for the training commands only
 
     _maybe_distributed(args)
-    backbone = load_learned(args.backbone, step=args.backbone_step)
+    backbone = load_learned(args.backbone, step=_step_arg(args.backbone_step))
     if args.config or args.from_hpo:
         cfg = _train_config(args)  # --set already applied
     else:
         cfg = _stored_train_config(args.workdir) if args.resume else None
         if cfg is None:  # the backbone run's own config, Stage-2 phases
-            cfg = from_dict(backbone.info["train"]) if "train" in backbone.info else TrainConfig()
+            cfg = TrainConfig.from_dict(backbone.info["train"]) if "train" in backbone.info else TrainConfig()
             cfg = cfg.replace(phases=REFINER_PHASES)
         cfg = apply_overrides(cfg.replace(stage="refiner"), args.set or [])
     if all(p.weights.heatmap == 0.0 for p in cfg.phases):
@@ -357,13 +347,13 @@ def cmd_hpo(args) -> int:
     """`rismvdr hpo`: one study (surrogate or end-to-end objective); `rismvdr hpo export`."""
     if args.hpo_command == "export":
         return cmd_hpo_export(args)
-    from rismvdr.hpo import study as hpo
+    import rismvdr.hpo as hpo  # start-up time: only the hpo commands load optuna and the trainer
 
     for flag, value in (("--config", args.config), ("--workdir", args.workdir), ("--trials", args.trials)):
         if value is None:
             raise ValueError(f"{flag}: required (or use `rismvdr hpo export`)")
     kw = cmd_hpo_common(args)
-    settings = hpo.make_settings(args.config, overrides=args.set or [], space=args.space, workdir=args.workdir,
+    settings = hpo.make_settings(kw["config"], overrides=args.set or [], space=kw["space"], workdir=args.workdir,
                                  epochs=args.epochs, objective=args.objective, **kw["settings"])
     study_name = args.study or settings.base.name
     study = hpo.run_study(settings, study_name=study_name, n_trials=args.trials, pruner=args.pruner,
@@ -374,12 +364,12 @@ def cmd_hpo(args) -> int:
 
 def cmd_hpo2(args) -> int:
     """`rismvdr hpo2`: surrogate stage 1, end-to-end rerun of its top-k, reranked table."""
-    from rismvdr.hpo import study as hpo
+    import rismvdr.hpo as hpo  # start-up time: only the hpo commands load optuna and the trainer
 
     kw = cmd_hpo_common(args)
-    s1 = hpo.make_settings(args.config, overrides=args.set or [], space=args.space, workdir=args.workdir,
+    s1 = hpo.make_settings(kw["config"], overrides=args.set or [], space=kw["space"], workdir=args.workdir,
                            epochs=args.stage1_epochs, objective="surrogate", **kw["settings"])
-    s2 = hpo.make_settings(s1.base, space=args.space, workdir=args.workdir, epochs=args.stage2_epochs,
+    s2 = hpo.make_settings(s1.base, space=kw["space"], workdir=args.workdir, epochs=args.stage2_epochs,
                            objective="e2e", **kw["settings"])
     name = args.study or s1.base.name
     _, study2 = hpo.run_hpo2(s1, s2, study_name=name, stage1_trials=args.stage1_trials, topk=args.stage2_topk,
@@ -391,28 +381,29 @@ def cmd_hpo2(args) -> int:
 
 
 def cmd_hpo_common(args) -> dict:
-    """The flags `hpo` and `hpo2` share: ObjectiveSettings fields and run_study keywords."""
-    import optuna
+    """The flags `hpo` and `hpo2` share: the config and space files, ObjectiveSettings fields and
+    run_study keywords."""
+    import optuna  # deferred: Optuna, for the hpo commands only
 
-    from rismvdr.hpo import study as hpo
+    import rismvdr.hpo as hpo  # start-up time: only the hpo commands load optuna and the trainer
 
     if args.config is None or args.workdir is None:
         raise ValueError("--config and --workdir: required")
     storage = args.storage or hpo.default_storage(args.workdir)
     cache = None if args.compile_cache in ("none", "") else (args.compile_cache or str(Path(args.workdir) / "jax_cache"))
     if args.workers == 1:
-        hpo.enable_compile_cache(cache)  # trials run in this process
+        enable_compile_cache(cache)  # trials run in this process
     verbosity = optuna.logging.INFO if args.verbose else optuna.logging.WARNING
     optuna.logging.set_verbosity(verbosity)
     settings = dict(e2e_scenes=args.e2e_scenes, e2e_seed=args.e2e_seed, xyz_norm_m=args.xyz_norm_m,
                     f1_weight=args.f1_weight, n_devices=args.devices, max_skipped_steps=args.max_skipped_steps)
     run = dict(storage=storage, workers=args.workers, heartbeat_interval=args.heartbeat_s,
                grace_period=args.grace_s, compile_cache=cache, verbosity=verbosity)
-    return {"settings": settings, "run": run}
+    return {"config": config_file(args.config), "space": space_file(args.space), "settings": settings, "run": run}
 
 
 def cmd_hpo_summary(study, args) -> None:
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # deferred: Optuna, for the hpo commands only
 
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -428,7 +419,7 @@ def cmd_hpo_summary(study, args) -> None:
 
 
 def cmd_hpo_export(args) -> int:
-    from rismvdr.hpo import study as hpo
+    import rismvdr.hpo as hpo  # start-up time: only the hpo commands load optuna and the trainer
 
     if args.storage is None and args.workdir is None:
         raise ValueError("--workdir or --storage: required (where the study lives)")
@@ -439,72 +430,37 @@ def cmd_hpo_export(args) -> int:
     return 0
 
 
-def _model_check(model, n_scenes: int) -> dict:
-    """F1 of `learned` (and `learned-refiner`) on the first `n_scenes` of the model's scenario,
-    seed 0: stored with an exported model and re-checked by the test suite."""
-    import jax
-
-    from rismvdr.eval.evaluation import evaluate_detections
-    from rismvdr.localize.registry import localize, settings_for_scenario
-    from rismvdr.physics.scenarios import scenario_geometry
-    from rismvdr.physics.simulate import simulate
-    from rismvdr.train.config import from_dict
-
-    train = from_dict(model.info["train"])
-    cfg = train.scene_config()
-    scenes = simulate(cfg, jax.random.key(0), n_scenes)
-    out = dict(scenario=train.scenario, scene_overrides=[list(kv) for kv in train.scene_overrides], seed=0,
-               n_scenes=n_scenes, tolerance=0.03, f1={})
-    for method in ("learned", "learned-refiner") if model.has_refiner else ("learned",):
-        res = localize(method, scenes, scenario_geometry(cfg), settings_for_scenario(cfg), progress=False, model=model)
-        d = res.detections
-        out["f1"][method] = float(evaluate_detections(scenes, d.phi, d.theta, d.r, d.valid)["f1"])
-    return out
-
-
 def cmd_export(args) -> int:
-    from rismvdr.localize.learned import export_model, load_learned
+    from rismvdr.train.export import export_run  # deferred: the train layer, for this command only
 
-    model = load_learned(args.workdir, step=args.step)
-    if args.backbone_only:
-        model = model._replace(refiner_cfg=None, refiner_def=None, refiner_params=None)
-    if args.refiner_peak_threshold is not None:
-        if not model.has_refiner:
-            raise ValueError("--refiner-peak-threshold: the model has no refiner")
-        if not 0.0 < args.refiner_peak_threshold < 1.0:
-            raise ValueError(f"--refiner-peak-threshold: must lie in (0, 1), got {args.refiner_peak_threshold}")
-        model = model._replace(refiner_cfg={**model.refiner_cfg, "peak_threshold": args.refiner_peak_threshold})
-    if args.record_check:
-        model = model._replace(info={**model.info, "check": _model_check(model, args.record_check)})
-    out = export_model(model, args.out)
+    out = export_run(args.workdir, args.out, step=_step_arg(args.step), backbone_only=args.backbone_only,
+                     refiner_peak_threshold=args.refiner_peak_threshold, record_check=args.record_check)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"exported {args.workdir} ({args.step}) to {out} ({size / 1e6:.2f} MB)")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from rismvdr.bench.demo import run_demo
+    from rismvdr.bench.demo import run_demo  # deferred: Flax (the learned methods) and Matplotlib
 
     run_demo(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods, scenario=args.scenario)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from rismvdr.bench.accuracy import run_accuracy
+    from rismvdr.bench.accuracy import run_accuracy  # deferred: Flax (the learned methods) and Matplotlib
 
-    n_scenes = args.scenes if args.scenes is not None else (16 if args.quick else 200)
     t0 = time.perf_counter()
-    result = run_accuracy(args.out, n_scenes=n_scenes, seed=args.seed, methods=args.methods,
-                          sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db) if args.snr_db else None, quick=args.quick,
-                          progress=not args.quiet, resume=args.resume)
+    result = run_accuracy(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods,
+                          sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db) if args.snr_db else None,
+                          quick=args.quick, progress=not args.quiet, resume=args.resume)
+    meta = result["meta"]
     print(f"bench accuracy: wall time {time.perf_counter() - t0:.1f} s"
-          + f" ({n_scenes} scenes per point; methods {', '.join(result['meta']['methods'])})")
+          + f" ({meta['n_scenes']} scenes per point; methods {', '.join(meta['methods'])})")
     return 0
 
 
 def cmd_bench_speed(args) -> int:
-    from rismvdr.bench.speed import run_speed
-
     run_speed(args.out, quick=args.quick, parts=tuple(args.parts), methods=args.methods, seed=args.seed,
               precision=args.precision, max_chunk_mb=args.max_chunk_mb, timeout_s=args.timeout_s,
               deadline_s=args.deadline_s, method_scenes=args.method_scenes, method_batch=args.method_batch, progress=not args.quiet,
@@ -516,14 +472,15 @@ def cmd_bench_speed(args) -> int:
 # Parser
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from rismvdr.localize.registry import METHODS
-
     p = argparse.ArgumentParser(
         prog="rismvdr",
         description="Near-field multi-source localization (azimuth, elevation, range; number of sources unknown) "
                     "through a reconfigurable intelligent surface or a planar array.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs in the "
+                   f"per-user cache (${COMPILE_CACHE_ENV}=0 does the same; ${CACHE_DIR_ENV} moves it; default "
+                   "$XDG_CACHE_HOME/rismvdr/jax, else ~/.cache/rismvdr/jax)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="simulate a test set of scenes into a .npz scene file (SPEC section 8)",
@@ -535,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a scenario field, e.g. --set k_min=3 --set k_max=3 --set snr_db=10,10 "
                         "(angles in *_deg fields in degrees, ranges in metres); repeatable")
-    s.add_argument("--batch-size", type=int, default=256, help="scenes per jitted call (memory bound; results do not depend on it)")
+    s.add_argument("--batch-size", type=int, default=_default(simulate, "batch_size"),
+                   help="scenes per jitted call (memory bound; results do not depend on it; default %(default)s)")
     s.set_defaults(func=cmd_simulate)
 
     loc = sub.add_parser("localize", help="localize the sources of every scene of a scene file",
@@ -555,10 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", help="method label stored in the JSON (default: the CSV file name)")
     ev.add_argument("--maps", help="maps .npz from `localize --maps-out` to report PSSR (dB)")
     ev.add_argument("--no-crb", action="store_true", help="skip the Cramer-Rao bound (RMSE / sqrt(CRB))")
-    ev.add_argument("--gate-phi-deg", type=float, default=5.0, help="azimuth gate of a true positive, degrees (default 5)")
-    ev.add_argument("--gate-theta-deg", type=float, default=5.0, help="elevation gate, degrees (default 5)")
-    ev.add_argument("--gate-r-m", type=float, default=1.0, help="range gate, metres (default 1)")
-    ev.add_argument("--snr-bin-db", type=float, default=5.0, help="width of the SNR bins of the breakdown, dB (default 5)")
+    gates = DEFAULT_GATES.as_report()
+    ev.add_argument("--gate-phi-deg", type=float, default=gates["phi_deg"],
+                    help="azimuth gate of a true positive, degrees (default %(default)g)")
+    ev.add_argument("--gate-theta-deg", type=float, default=gates["theta_deg"],
+                    help="elevation gate, degrees (default %(default)g)")
+    ev.add_argument("--gate-r-m", type=float, default=gates["r_m"], help="range gate, metres (default %(default)g)")
+    ev.add_argument("--snr-bin-db", type=float, default=_default(evaluate_detections, "snr_bin_db"),
+                    help="width of the SNR bins of the breakdown, dB (default %(default)g)")
     ev.set_defaults(func=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="plots: a scene's 2.5D map, or metrics against SNR")
@@ -592,16 +554,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "mvdr-oracle). Writes accuracy.json (flat records), accuracy.csv, "
                                      "accuracy.md (F1 tables) and PNG plots to --out.")
     ba.add_argument("--out", required=True, help="report folder")
-    ba.add_argument("--quick", action="store_true", help="under 10 min on a 2-core CPU: 16 scenes per point "
+    ba.add_argument("--quick", action="store_true", help=f"under 10 min on a 2-core CPU: {SCENES_PER_POINT_QUICK} "
+                    "scenes per point "
                     "(unless --scenes), the methods mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless "
                     "--methods), SNR -10 0 10 20 dB (unless --snr-db), K 1 3 5, L 4 16 32, range bins 0.5-2, 4-6, 8-10 m")
-    ba.add_argument("--scenes", type=int, help="scenes per point (default 200; --quick 16)")
+    ba.add_argument("--scenes", type=int, help=f"scenes per point (default {SCENES_PER_POINT}; --quick "
+                    f"{SCENES_PER_POINT_QUICK})")
     ba.add_argument("--seed", type=int, default=0, help="PRNG seed; each point's scenes use fold_in(seed, a stable hash of the point), "
                     "so a point's test set does not depend on the other points run (default 0)")
     ba.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                     help="methods to run (default: every registered method that applies)")
-    ba.add_argument("--sweeps", nargs="+", choices=("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula"),
-                    default=["base", "snr", "k", "l", "r", "ula"], help="sweeps to run (default base snr k l r ula): "
+    ba.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(DEFAULT_SWEEPS),
+                    help=f"sweeps to run (default {' '.join(DEFAULT_SWEEPS)}): "
                     "base set, SNR at K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3, r: source "
                     "range bins 0.5-2 .. 8-10 m at 10 dB K = 3 (search box unchanged), and ula: the "
                     "near-field full-array case of the literature (scenario ula15: 15-element half-wavelength ULA, "
@@ -621,33 +585,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "from rank-5 R_true, rismvdr dense (Cholesky) and Woodbury against the NumPy formula "
                     "inv + einsum one scene at a time (and PyTorch on CUDA when importable); detect: the "
                     "shared detector on 121 x 61 x 16 mvdr-oracle maps; methods: every method end to end on "
-                    "seed scenes; train: configs/seed.py and configs/seed_refiner.py steps. Writes "
+                    "seed scenes; train: the packaged seed and seed_refiner configs' steps. Writes "
                     "speed.json, speed.csv, speed.md and speed.png to --out.")
     bs.add_argument("--out", required=True, help="report folder")
     bs.add_argument("--quick", action="store_true", help="fewer repetitions, scenes and batch sizes (CPU: "
                     "5 min on 2 cores; the full run takes about 6)")
-    bs.add_argument("--parts", nargs="+", choices=("spectrum", "detect", "methods", "train"),
-                    default=["spectrum", "detect", "methods", "train"], help="what to measure (default all)")
+    bs.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default all)")
     bs.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                     help="methods of the methods part (default every RIS-mode method)")
     bs.add_argument("--method-scenes", type=int, help="timed scenes per method (default CPU 128, quick 32; "
                     "GPU 1024, quick 256)")
     bs.add_argument("--method-batch", type=int, help="scenes per jitted call in the methods part (default "
                     "CPU 32, GPU 256)")
-    bs.add_argument("--precision", choices=("highest", "fast"), default="highest",
-                    help="matmul precision of the JAX spectrum paths (fast allows TF32 on GPUs; default highest)")
-    bs.add_argument("--max-chunk-mb", type=float, default=256.0,
-                    help="bound on the spectrum's per-chunk intermediate, MiB (default 256)")
-    bs.add_argument("--timeout-s", type=float, default=600.0, help="per-measurement wall-clock limit, seconds; "
-                    "a worker past it is killed and recorded as a timeout (default 600)")
+    bs.add_argument("--precision", choices=("highest", "fast"), default=_default(run_speed, "precision"),
+                    help="matmul precision of the JAX spectrum paths (fast allows TF32 on GPUs; default %(default)s)")
+    bs.add_argument("--max-chunk-mb", type=float, default=_default(run_speed, "max_chunk_mb"),
+                    help="bound on the spectrum's per-chunk intermediate, MiB (default %(default)g)")
+    bs.add_argument("--timeout-s", type=float, default=_default(run_speed, "timeout_s"), help="per-measurement "
+                    "wall-clock limit, seconds; a worker past it is killed and recorded as a timeout (default "
+                    "%(default)g)")
     bs.add_argument("--deadline-s", type=float, help="wall-clock budget of the whole run, seconds: measurements "
                     "not started in time are recorded as skipped and the report is still written (default none)")
-    bs.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulated scenes (default 0)")
+    bs.add_argument("--seed", type=int, default=_default(run_speed, "seed"),
+                    help="PRNG seed of the simulated scenes (default %(default)s)")
     bs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     bs.set_defaults(func=cmd_bench_speed)
 
     def train_flags(t, *, stage):
-        t.add_argument("--config", help="config file defining get_config() (e.g. configs/seed.py, configs/tiny.py)"
+        t.add_argument("--config", help=f"a packaged config ({', '.join(CONFIGS)}) or a config file defining "
+                       "get_config() (e.g. configs/seed.py)"
                        + ("; default: the backbone run's config" if stage == "refiner" else ""))
         t.add_argument("--from-hpo", help="best.json from `rismvdr hpo export`: train with that configuration")
         t.add_argument("--workdir", required=True, help="run directory: checkpoints/, metrics.jsonl, config.json, "
@@ -676,28 +642,28 @@ def build_parser() -> argparse.ArgumentParser:
     train_flags(tr, stage="refiner")
     tr.set_defaults(func=cmd_train_refiner)
     def hpo_flags(h):
-        h.add_argument("--config", help="config file defining get_config() (e.g. configs/seed.py): the base "
-                       "(full-training) config the search starts from")
+        h.add_argument("--config", help=f"a packaged config ({', '.join(CONFIGS)}) or a config file defining "
+                       "get_config(): the base (full-training) config the search starts from")
         h.add_argument("--workdir", help="HPO directory: trials/<study>/<number>/ (one training run per trial), "
                        "hpo.journal (the default storage), jax_cache/")
         h.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base-config field "
                        "(dotted path, Python literal), as for train; repeatable")
-        h.add_argument("--space", default="configs/hpo_space.py", help="search-space file defining get_space() "
-                       "(default configs/hpo_space.py)")
+        h.add_argument("--space", default=DEFAULT_SPACE, help="a packaged search space or a file defining "
+                       "get_space() (default %(default)s: rismvdr/configs/hpo_space.py)")
         h.add_argument("--storage", help="a journal file path or an SQLAlchemy URL, e.g. "
                        "postgresql+psycopg2://user@host:5432/db for workers on many machines (default "
                        "<workdir>/hpo.journal; never sqlite: with --workers > 1)")
         h.add_argument("--study", help="study name (default: the config's name)")
         h.add_argument("--workers", type=int, default=1, help="worker processes on this host sharing the study "
                        "(default 1: in this process); the same command may also be started several times")
-        h.add_argument("--e2e-scenes", type=int, default=200, help="end-to-end objective: scenes of the fixed "
-                       "validation subset (default 200)")
-        h.add_argument("--e2e-seed", type=int, default=1, help="end-to-end objective: seed of that subset "
-                       "(default 1; 0 is the test set and is refused)")
-        h.add_argument("--xyz-norm-m", type=float, default=2.0, help="end-to-end objective: metres that "
-                       "rmse_xyz_all is divided by (default 2)")
-        h.add_argument("--f1-weight", type=float, default=10.0, help="end-to-end objective: weight of 1 - F1 "
-                       "(default 10)")
+        h.add_argument("--e2e-scenes", type=int, default=E2E_SCENES, help="end-to-end objective: scenes of the "
+                       "fixed validation subset (default %(default)s)")
+        h.add_argument("--e2e-seed", type=int, default=E2E_SEED, help="end-to-end objective: seed of that subset "
+                       f"(default %(default)s; {TEST_SEED} is the test set and is refused)")
+        h.add_argument("--xyz-norm-m", type=float, default=XYZ_NORM_M, help="end-to-end objective: metres that "
+                       "rmse_xyz_all is divided by (default %(default)g)")
+        h.add_argument("--f1-weight", type=float, default=F1_WEIGHT, help="end-to-end objective: weight of 1 - F1 "
+                       "(default %(default)g)")
         h.add_argument("--max-skipped-steps", type=int, default=0, help="a trial with more skipped "
                        "(non-finite) updates is pruned (default 0)")
         h.add_argument("--sampler-seed", type=int, help="TPE sampler seed (worker i uses seed + i; default random)")
@@ -773,6 +739,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.no_compile_cache:
+        enable_default_compile_cache()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

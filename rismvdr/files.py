@@ -25,7 +25,11 @@ or integer (read as float64). Unknown keys are ignored with a warning. A malform
 
 Detections file: columns `scene,phi_deg,theta_deg,r_m,x_m,y_m,z_m,score_db`, one row a
 detection, `scene` the 0-based scene index, `(x, y, z) = r [cos th cos phi, cos th sin phi,
-sin th]`. Every writer here goes through `atomic_write`: a crash never leaves a half-written file.
+sin th]`. Maps file (`localize --maps-out`): `.npz` with `MAP_KEYS`. Every writer here goes
+through `atomic_write`: a crash never leaves a half-written file.
+
+Compiled programs: `enable_compile_cache` keeps XLA executables in a directory (per user by
+default, `compile_cache_dir`), so a second run with the same shapes does not compile again.
 """
 from __future__ import annotations
 
@@ -40,15 +44,19 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from rismvdr.localize.detect import Detections
 from rismvdr.physics.geometry import from_positions
+from rismvdr.physics.scenarios import SceneConfig
 from rismvdr.physics.simulate import Scene, truth_covariance
+from rismvdr.physics.spectra import Grid
 from rismvdr.physics.steering import steering
 
 __all__ = [
@@ -59,6 +67,10 @@ __all__ = [
     "SceneFile",
     "scene_file_from_scenes",
     "scenes_from_file",
+    "scenario_from_meta",
+    "MAP_KEYS",
+    "write_maps",
+    "read_maps",
     "save_scenes",
     "load_scenes",
     "write_detections_csv",
@@ -66,6 +78,11 @@ __all__ = [
     "write_json",
     "to_jsonable",
     "atomic_write",
+    "CACHE_DIR_ENV",
+    "COMPILE_CACHE_ENV",
+    "compile_cache_dir",
+    "enable_compile_cache",
+    "enable_default_compile_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -595,6 +612,67 @@ def _truth_covariance_jit(geometry, phi, theta, r, power, *, model):
     return truth_covariance(a, power)
 
 
+def scenario_from_meta(meta: Mapping[str, Any] | None) -> SceneConfig | None:
+    """The scenario a scene file was simulated from, decoded from its `meta["config"]`.
+
+    `rismvdr simulate` records the whole `SceneConfig` there; a file from elsewhere may have
+    no `meta`, no `config`, or one this version cannot build: the answer is then None (the
+    caller falls back to its defaults). Keys `SceneConfig` does not have are ignored.
+
+    >>> scenario_from_meta({"config": {"name": "seed", "k_max": 3}}).k_max
+    3
+    >>> scenario_from_meta({"scenario": "seed"}) is None
+    True
+    """
+    if not meta or "config" not in meta:
+        return None
+    fields = {f.name for f in dataclasses.fields(SceneConfig)}
+    cfg = {k: (tuple(tuple(r) for r in v) if k == "positions" and v is not None else
+               tuple(v) if isinstance(v, list) else v)
+           for k, v in meta["config"].items() if k in fields}
+    try:
+        return SceneConfig(**cfg)
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Maps (`rismvdr localize --maps-out`)
+# --------------------------------------------------------------------------------------------
+
+#: Keys of a maps file, in the order they are written.
+MAP_KEYS = ("power_db", "plane", "grid_phi", "grid_theta", "grid_r")
+
+
+def write_maps(path, power_db, plane, grid: Grid) -> None:
+    """Write the 2.5D maps of a localization run as an `.npz` (atomic).
+
+    Args:
+      path: output file.
+      power_db: `[S, n_theta, n_phi]` plane-maximised spectrum, dB.
+      plane: `[S, n_theta, n_phi]` integer, the range plane of each maximum.
+      grid: the search grid (written as `grid_phi` `[n_phi]` rad, `grid_theta` `[n_theta]` rad,
+        `grid_r` `[n_planes]` m).
+    """
+    phi, theta, r = grid.arrays()
+    with atomic_write(path, "wb") as f:
+        np.savez(f, power_db=power_db, plane=plane, grid_phi=phi, grid_theta=theta, grid_r=r)
+
+
+def read_maps(path) -> tuple[np.ndarray, np.ndarray, Grid]:
+    """Read a maps file of `write_maps`: `(power_db, plane, grid)`.
+
+    Raises:
+      ValueError: a key is missing (named in the message).
+    """
+    with np.load(path, allow_pickle=False) as z:
+        for key in MAP_KEYS:
+            if key not in z:
+                raise ValueError(f"{path}: key '{key}': missing (write it with localize --maps-out)")
+        grid = Grid(tuple(z["grid_phi"].tolist()), tuple(z["grid_theta"].tolist()), tuple(z["grid_r"].tolist()))
+        return z["power_db"], z["plane"], grid
+
+
 # --------------------------------------------------------------------------------------------
 # Detections CSV
 # --------------------------------------------------------------------------------------------
@@ -799,3 +877,64 @@ def write_json(path, obj, *, indent: int = 2) -> None:
     text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
     with atomic_write(path, "w") as fh:
         fh.write(text + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Persistent compilation cache
+# --------------------------------------------------------------------------------------------
+
+#: Environment variable: the directory of the command line's compilation cache.
+CACHE_DIR_ENV = "RISMVDR_CACHE_DIR"
+#: Environment variable: `0` (or `false`, `no`, `off`) turns the command line's cache off.
+COMPILE_CACHE_ENV = "RISMVDR_COMPILE_CACHE"
+
+
+def compile_cache_dir() -> Path:
+    """The per-user directory of compiled XLA programs: `$RISMVDR_CACHE_DIR` if set, else
+    `$XDG_CACHE_HOME/rismvdr/jax`, else `~/.cache/rismvdr/jax`."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rismvdr" / "jax"
+
+
+def enable_compile_cache(path: str | os.PathLike | None, *, min_compile_time_s: float | None = None) -> None:
+    """Use a persistent XLA compilation cache in `path` (None: leave JAX's setting alone).
+
+    A program compiled once (same shapes, same code, same jax version) is then loaded from
+    `path` by later runs and by other processes instead of being compiled again (seconds to
+    minutes per program). Takes effect even if this process has compiled already.
+
+    Args:
+      path: cache directory (created if missing), or None.
+      min_compile_time_s: programs that compiled faster are not written (None: JAX's setting,
+        1 s by default; 0 writes every program, with no size threshold either).
+    """
+    if path is None:
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.fspath(path))
+    if min_compile_time_s is not None:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+        if min_compile_time_s == 0:
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    compilation_cache.reset_cache()
+
+
+def enable_default_compile_cache() -> Path | None:
+    """Turn on the per-user compilation cache (`compile_cache_dir`) for every program.
+
+    Off (returns None, JAX untouched) when `$RISMVDR_COMPILE_CACHE` is `0`, `false`, `no` or
+    `off`; also when `$RISMVDR_CACHE_DIR` is unset and JAX already has a cache directory (from
+    `JAX_COMPILATION_CACHE_DIR`, or set by the program that calls rismvdr): that choice stands.
+
+    Returns:
+      the cache directory now in use, or None.
+    """
+    if os.environ.get(COMPILE_CACHE_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if not os.environ.get(CACHE_DIR_ENV) and jax.config.jax_compilation_cache_dir is not None:
+        return None
+    path = compile_cache_dir()
+    enable_compile_cache(path, min_compile_time_s=0.0)
+    return path

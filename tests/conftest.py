@@ -11,6 +11,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One BLAS thread per test process: with several workers on 2 cores, threaded OpenBLAS calls
 # (NumPy references, jax LAPACK) were measured to stall for seconds.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# `rismvdr.cli.main` leaves JAX's compilation cache alone: the session's own is set below, and no
+# test writes into the per-user cache (tests/test_cli.py turns it on in a temporary directory).
+os.environ.setdefault("RISMVDR_COMPILE_CACHE", "0")
 
 import jax  # noqa: E402
 

@@ -1,5 +1,8 @@
 """Backbone: shapes of both covariance variants, the beamspace front end against NumPy, the
 data path against the measurement model, and the factor's normalisation and leash."""
+import dataclasses
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rismvdr.models.backbone import Backbone, backbone_config_for, beam_features
+from rismvdr.models.backbone import Backbone, ModelConfig, backbone_config_for, beam_features
+from rismvdr.models.params import split_model
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
-from rismvdr.train.state import split_model
 
 SMALL = dict(widths=(8, 8, 8), groups=4, beam_phi_step_deg=10.0, beam_theta_step_deg=10.0, beam_planes=3)
 
@@ -139,9 +142,27 @@ def test_config_round_trip_and_validation():
 
     cfg = backbone_config_for(get_scenario("seed"), **SMALL)
     assert BackboneConfig.from_dict(cfg.to_dict()) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()  # plain JSON types
     with pytest.raises(ValueError, match="covariance"):
         Backbone(cfg.__class__(**{**cfg.__dict__, "covariance": "dense"}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown"):
         BackboneConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="missing fields.*positions"):
+        BackboneConfig.from_dict(ModelConfig().to_dict())
     geo = scenario_geometry(get_scenario("seed"))
     assert cfg.geometry().n_elements == geo.n_elements
+
+
+def test_model_config_is_the_backbone_hyperparameters():
+    """One representation: a `ModelConfig` sets every hyperparameter field of the backbone
+    built from it; the scenario sets the shape."""
+    model = ModelConfig(widths=(8, 16), groups=4, covariance="factor", rank=3, beta=0.25, beam_planes=3)
+    assert ModelConfig.from_dict(model.to_dict()) == model
+    cfg = backbone_config_for(get_scenario("seed"), model)
+    assert {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)} == dataclasses.asdict(model)
+    assert cfg.n_elements == scenario_geometry(get_scenario("seed")).n_elements
+    assert backbone_config_for(get_scenario("seed"), model, rank=4).rank == 4
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**model.to_dict(), "positions": []})
+    with pytest.raises(ValueError, match="beta"):
+        ModelConfig(beta=2.0).validate()

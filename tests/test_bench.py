@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rismvdr.bench import accuracy as bench
+from rismvdr.bench import sweeps
+from rismvdr.bench.accuracy_report import RECORD_KEYS, write_report
 from rismvdr.cli import main
 
 
@@ -43,14 +44,14 @@ def test_json_and_csv_records(report):
     assert data["meta"]["n_scenes"] == 2
     assert len(records) == 4  # 2 SNR points x 2 methods
     for r in records:
-        assert set(bench.RECORD_KEYS) <= set(r)
+        assert set(RECORD_KEYS) <= set(r)
         assert r["sweep"] == "snr_k1" and r["variable"] == "snr_db" and r["k"] == 1
     suites = {r["method"]: r["suite"] for r in records}
     assert suites == {"mvdr-oracle": "B2", "mvdr-mf": "B1"}
     with open(report / "accuracy.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records)
-    assert tuple(rows[0]) == bench.RECORD_KEYS
+    assert tuple(rows[0]) == RECORD_KEYS
     best = [r for r in records if r["method"] == "mvdr-oracle" and r["value"] == 25]
     assert len(best) == 1 and best[0]["f1"] >= 0.5
     row = [r for r in rows if r["method"] == "mvdr-oracle" and float(r["value"]) == 25][0]
@@ -64,13 +65,13 @@ def test_markdown_table(report):
 
 
 def test_points_and_stable_seeds():
-    pts = bench.bench_points(("base", "snr", "k", "l"))
+    pts = sweeps.bench_points(("base", "snr", "k", "l"))
     assert len(pts) == 1 + 2 * 8 + 5 + 5
     assert {p.sweep for p in pts} == {"base", "snr_k1", "snr_k3", "k", "l"}
-    one = bench.bench_points(("snr_k1",), snr_values_db=(25,))[0]
+    one = sweeps.bench_points(("snr_k1",), snr_values_db=(25,))[0]
     same = [p for p in pts if p.sweep == "snr_k1" and p.value == 25][0]
-    assert bench.point_seed(one) == bench.point_seed(same)
-    assert len({bench.point_seed(p) for p in pts}) == len(pts)
+    assert sweeps.point_seed(one) == sweeps.point_seed(same)
+    assert len({sweeps.point_seed(p) for p in pts}) == len(pts)
 
 
 @pytest.mark.parametrize("argv", [
@@ -92,16 +93,16 @@ def test_zero_scenes_exit_2(tmp_path, capsys):
 def test_quick_points_are_a_thin_subset():
     """--quick thins every sweep (it must run in under 10 minutes on 2 cores); its points are
     points of the full run, with the same test sets (same point seeds)."""
-    quick = bench.bench_points(bench.DEFAULT_SWEEPS, snr_values_db=bench.SNR_VALUES_QUICK_DB,
-                               l_values=bench.L_VALUES_QUICK, k_values=bench.K_VALUES_QUICK,
-                               r_bins_m=bench.R_BINS_QUICK_M)
-    full = bench.bench_points(bench.DEFAULT_SWEEPS)
+    quick = sweeps.bench_points(sweeps.DEFAULT_SWEEPS, snr_values_db=sweeps.SNR_VALUES_QUICK_DB,
+                                l_values=sweeps.L_VALUES_QUICK, k_values=sweeps.K_VALUES_QUICK,
+                                r_bins_m=sweeps.R_BINS_QUICK_M)
+    full = sweeps.bench_points(sweeps.DEFAULT_SWEEPS)
     assert [p.value for p in quick if p.sweep == "l"] == [4, 16, 32]
     assert [p.value for p in quick if p.sweep == "k"] == [1, 3, 5]
     assert [p.value for p in quick if p.sweep == "r"] == [1.25, 5.0, 9.0]
     assert len(quick) == 22 < len(full)
-    full_seeds = {bench.point_seed(p) for p in full}
-    assert all(bench.point_seed(p) in full_seeds for p in quick)
+    full_seeds = {sweeps.point_seed(p) for p in full}
+    assert all(sweeps.point_seed(p) in full_seeds for p in quick)
 
 
 def test_ula15_scenario_in_fresnel_region():
@@ -120,14 +121,14 @@ def test_ula15_scenario_in_fresnel_region():
 
 
 def test_ula_points_name_their_scenario():
-    pts = bench.bench_points(("ula",))
-    assert [p.value for p in pts] == list(bench.SNR_VALUES_DB)
-    assert all(p.sweep == "ula" and p.scenario == bench.ULA_SCENARIO == "ula15" for p in pts)
+    pts = sweeps.bench_points(("ula",))
+    assert [p.value for p in pts] == list(sweeps.SNR_VALUES_DB)
+    assert all(p.sweep == "ula" and p.scenario == sweeps.ULA_SCENARIO == "ula15" for p in pts)
     assert all(p.overrides["snr_db"] == (float(p.value),) * 2 for p in pts)
-    assert all(p.scenario is None for p in bench.bench_points(("base", "snr", "k", "l")))
-    assert "ula" in bench.DEFAULT_SWEEPS
-    every = bench.bench_points(bench.SWEEPS)
-    assert len({bench.point_seed(p) for p in every}) == len(every)
+    assert all(p.scenario is None for p in sweeps.bench_points(("base", "snr", "k", "l")))
+    assert "ula" in sweeps.DEFAULT_SWEEPS
+    every = sweeps.bench_points(sweeps.SWEEPS)
+    assert len({sweeps.point_seed(p) for p in every}) == len(every)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,6 @@ def test_resume_keeps_records_and_runs_the_rest(tmp_path, capsys):
 def test_write_report_rebuilds_from_json(report):
     md = (report / "accuracy.md").read_text()
     (report / "accuracy.md").unlink()
-    written = bench.write_report(report)
+    written = write_report(report)
     assert "accuracy.md" in written and "f1_vs_snr.png" in written
     assert (report / "accuracy.md").read_text() == md

@@ -116,3 +116,111 @@ def test_parse_overrides():
 def test_bad_override_is_a_clean_error(tmp_path, capsys):
     rc, _, err = _run(["simulate", "--scenes", 2, "--out", tmp_path / "x.npz", "--set", "nope=1"], capsys)
     assert rc == 2 and "nope" in err
+
+
+# --- packaged named configs ---------------------------------------------------------------
+def test_named_configs_are_packaged_and_the_checkout_files_are_the_same():
+    from pathlib import Path
+
+    from rismvdr.configs import CONFIGS, DEFAULT_SPACE, SPACES, config_file, load_named_config, space_file
+    from rismvdr.train.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    for name in CONFIGS:
+        assert config_file(name).parent.name == "configs" and config_file(name).parent.parent.name == "rismvdr"
+        assert load_named_config(name) == load_config(root / "configs" / f"{name}.py"), name
+        assert load_named_config(name).name == name
+    assert DEFAULT_SPACE in SPACES and space_file(DEFAULT_SPACE).is_file()
+    assert config_file(root / "configs" / "tiny.py") == root / "configs" / "tiny.py"  # a path stays a path
+    with pytest.raises(ValueError, match="--config: 'nope' is neither a packaged name"):
+        config_file("nope")
+    with pytest.raises(ValueError, match="--space"):
+        space_file("tiny")
+
+
+def test_train_config_by_name(tmp_path):
+    import argparse
+
+    from rismvdr.cli import _train_config
+    from rismvdr.configs import load_named_config
+
+    cfg = _train_config(argparse.Namespace(from_hpo=None, config="tiny", set=["steps=2"]))
+    assert cfg == load_named_config("tiny").replace(steps=2)
+    rc = main(["train", "--config", "no-such-config", "--workdir", str(tmp_path / "run")])
+    assert rc == 2 and not (tmp_path / "run").exists()
+
+
+def test_hpo_space_defaults_to_the_packaged_one():
+    from rismvdr.cli import build_parser
+    from rismvdr.configs import DEFAULT_SPACE
+
+    for cmd in (["hpo"], ["hpo2", "--stage1-trials", "1", "--stage2-topk", "1"]):
+        assert build_parser().parse_args(cmd).space == DEFAULT_SPACE
+
+
+# --- files the CLI reads and writes -------------------------------------------------------
+def test_evaluate_maps_file_missing_key_is_a_clean_error(scene_file, tmp_path, capsys):
+    det = tmp_path / "det.csv"
+    assert main(["localize", str(scene_file), "--method", "mvdr-oracle", "--out", str(det), "-q"]) == 0
+    maps = tmp_path / "maps.npz"
+    np.savez(maps, power_db=np.zeros((4, 2, 2)))
+    rc, _, err = _run(["evaluate", scene_file, det, "--out", tmp_path / "m.json", "--maps", maps], capsys)
+    assert rc == 2 and "key 'plane': missing" in err and not (tmp_path / "m.json").exists()
+
+
+def test_scenario_from_meta_round_trip(scene_file):
+    from rismvdr.files import scenario_from_meta
+    from rismvdr.physics.scenarios import get_scenario
+
+    sf = load_scenes(scene_file)
+    assert scenario_from_meta(sf.meta) == get_scenario("seed", k_min=2, k_max=2, snr_db=(20.0, 20.0))
+    assert scenario_from_meta(None) is None and scenario_from_meta({"scenario": "seed"}) is None
+
+
+# --- persistent compilation cache ---------------------------------------------------------
+@pytest.fixture
+def jax_cache_settings():
+    """Restore the test session's JAX cache settings after a test that lets the CLI change them."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    yield
+    for k, v in saved.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):
+    from rismvdr.files import compile_cache_dir
+
+    monkeypatch.delenv("RISMVDR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache_dir() == tmp_path / "xdg" / "rismvdr" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compile_cache_dir() == tmp_path / "home" / ".cache" / "rismvdr" / "jax"
+    monkeypatch.setenv("RISMVDR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"
+
+
+def test_cli_keeps_compiled_programs_unless_told_not_to(tmp_path, monkeypatch, jax_cache_settings, capsys):
+    import jax
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RISMVDR_CACHE_DIR", str(cache))
+    monkeypatch.delenv("RISMVDR_COMPILE_CACHE", raising=False)
+    before = jax.config.jax_compilation_cache_dir
+    # off: the flag, or the environment variable
+    assert _run(["--no-compile-cache", "simulate", "--scenes", 3, "--out", tmp_path / "a.npz"], capsys)[0] == 0
+    monkeypatch.setenv("RISMVDR_COMPILE_CACHE", "0")
+    assert _run(["simulate", "--scenes", 3, "--out", tmp_path / "b.npz"], capsys)[0] == 0
+    assert jax.config.jax_compilation_cache_dir == before and not cache.exists()
+    # on (the default): a shape no other test simulates is compiled and written into $RISMVDR_CACHE_DIR
+    monkeypatch.delenv("RISMVDR_COMPILE_CACHE")
+    assert _run(["simulate", "--scenes", 7, "--set", "k_max=4", "--out", tmp_path / "c.npz"], capsys)[0] == 0
+    assert jax.config.jax_compilation_cache_dir == str(cache)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    assert any(cache.iterdir())

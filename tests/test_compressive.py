@@ -6,6 +6,8 @@
 - batching gives the same results as one scene at a time;
 - the F-test thresholds against SciPy.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -22,10 +24,14 @@ NOISE_FREE_RANGE_M = 0.01
 CRB_FACTOR = 1.5
 
 
-def _run(cfg, n, seed=0, method="somp-ml", **settings):
+def _run(cfg, n, seed=0, method="somp-ml", pfa=None):
     scenes = simulate(cfg, seed, n)
     geometry = scenario_geometry(cfg)
-    res = localize(method, scenes, geometry, settings_for_scenario(cfg, **settings), progress=False)
+    settings = settings_for_scenario(cfg)
+    if pfa is not None:
+        c = settings.compressive
+        settings = settings.replace(compressive=dataclasses.replace(c, config=dataclasses.replace(c.config, pfa=pfa)))
+    res = localize(method, scenes, geometry, settings, progress=False)
     return scenes, geometry, res.detections
 
 
@@ -88,12 +94,12 @@ def test_false_alarm_rate_on_noise_only_scenes():
     pfa = 0.01
     n = 300
     cfg = get_scenario("seed", snr_db=(-200.0, -200.0))
-    _, _, det = _run(cfg, n, seed=5, method="somp", somp_pfa=pfa)
+    _, _, det = _run(cfg, n, seed=5, method="somp", pfa=pfa)
     alarms = int(np.sum(np.asarray(det.valid).any(axis=1)))
     # Bonferroni makes the rule conservative: the count must not exceed what a rate of pfa
     # gives with probability 0.999.
     assert alarms <= stats.binom.ppf(0.999, n, pfa)
-    _, _, det_ml = _run(cfg, 100, seed=6, method="somp-ml", somp_pfa=pfa)
+    _, _, det_ml = _run(cfg, 100, seed=6, method="somp-ml", pfa=pfa)
     assert int(np.sum(np.asarray(det_ml.valid).any(axis=1))) <= stats.binom.ppf(0.999, 100, pfa)
 
 

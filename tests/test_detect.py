@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from rismvdr.eval import metrics
-from rismvdr.localize.detect import DetectorConfig, Detections, _greedy_nms, detect, detect_peaks_2d
+from rismvdr.localize.detect import DetectorConfig, Detections, detect, detect_peaks_2d, gate_nms
 from rismvdr.physics.geometry import ula
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -330,19 +330,19 @@ def test_nms_merges_peaks_inside_the_gate():
 
 
 @pytest.mark.parametrize("dr, kept", [(1.5, 2), (0.8, 1)])
-def test_greedy_nms_same_angle_different_range(dr, kept):
+def test_gate_nms_same_angle_different_range(dr, kept):
     cfg = DetectorConfig()
     phi = jnp.array([0.3, 0.3, -0.5])
     theta = jnp.array([0.1, 0.1, 0.0])
     r = jnp.array([2.0, 2.0 + dr, 4.0])
     score = jnp.array([10.0, 9.0, 5.0])
     valid = jnp.array([True, True, False])  # the invalid candidate is never kept
-    p, t, rr, sc, keep = (np.asarray(x) for x in _greedy_nms(phi, theta, r, score, valid, cfg, 5))
+    p, t, rr, sc, keep = (np.asarray(x) for x in gate_nms(phi, theta, r, score, valid, cfg.gates, 5))
     assert keep.sum() == kept
     np.testing.assert_allclose(rr[:kept], [2.0, 2.0 + dr][:kept])
     np.testing.assert_allclose(sc[:kept], [10.0, 9.0][:kept])
     # cap on the number kept
-    assert np.asarray(_greedy_nms(phi, theta, r, score, valid, cfg, 1)[-1]).sum() == 1
+    assert np.asarray(gate_nms(phi, theta, r, score, valid, cfg.gates, 1)[-1]).sum() == 1
 
 
 # ------------------------------------------------------------------------------------------

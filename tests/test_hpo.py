@@ -1,4 +1,4 @@
-"""Hyperparameter search (`rismvdr.hpo.study`, `rismvdr hpo`, `rismvdr hpo2`) on the `tiny` config.
+"""Hyperparameter search (`rismvdr.hpo`, `rismvdr hpo`, `rismvdr hpo2`) on the `tiny` config.
 
 Trials train 2 steps (one validation) on one device with a search space of loss scales only:
 those enter the jitted step as traced scalars, so every trial compiles the same programs and,
@@ -21,9 +21,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from rismvdr.hpo import study as hpo
+from rismvdr import hpo
 from rismvdr.cli import main
-from rismvdr.train.config import apply_overrides, from_dict, load_config, to_dict
+from rismvdr.files import enable_compile_cache
+from rismvdr.train.config import TrainConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.py"
@@ -37,7 +38,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("jax_cache")
-    hpo.enable_compile_cache(path)
+    enable_compile_cache(path)
     yield str(path)
     from jax.experimental.compilation_cache import compilation_cache
 
@@ -99,7 +100,7 @@ def test_apply_params_and_space_errors(tmp_path):
     for p, q in zip(base.phases, cfg.phases):
         assert q.weights.cell == 2.0 * p.weights.cell and q.weights.cov == 0.5 * p.weights.cov
         assert q.until == p.until and q.weights.aux == p.weights.aux
-    assert from_dict(to_dict(cfg)) == cfg
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         hpo.apply_params(base, {"optim.nope": 1.0})
     with pytest.raises(ValueError, match="unknown loss term"):
@@ -187,7 +188,7 @@ def test_fixed_trial_surrogate(tmp_path, compile_cache):
     last_val = [m for m in vals if "val/cov" in m][-1]
     assert value == pytest.approx(hpo.surrogate_score(last_val, settings.base.phases[-1].weights))
     assert np.isfinite(value) and trial.user_attrs["surrogate"] == value and trial.user_attrs["skipped"] == 0
-    full = from_dict(trial.user_attrs["config"])
+    full = TrainConfig.from_dict(trial.user_attrs["config"])
     assert full == hpo.apply_params(settings.base, params) and full.steps == settings.base.steps
     stored = json.loads((run / "config.json").read_text())["train"]
     assert stored["steps"] == settings.base.eval_every * settings.epochs
@@ -212,8 +213,8 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     rec = json.loads(best.read_text())
     assert rec["value"] == study.best_value and rec["params"] == study.best_params
     assert {"config", "params", "value", "study", "trial", "user_attrs"} <= set(rec)
-    cfg = from_dict(rec["config"])
-    assert cfg == hpo.apply_params(_base(), rec["params"]) and to_dict(cfg) == rec["config"]
+    cfg = TrainConfig.from_dict(rec["config"])
+    assert cfg == hpo.apply_params(_base(), rec["params"]) and cfg.to_dict() == rec["config"]
     # `rismvdr train --from-hpo` reads it (the config it would train, before any training)
     import argparse
 
@@ -235,7 +236,7 @@ def test_two_workers_share_a_journal_with_a_cap(tmp_path, compile_cache, monkeyp
     _workers_env(monkeypatch)
     journal = str(tmp_path / "hpo.journal")
     settings = _settings(tmp_path)
-    study = hpo._open_study("w", journal, settings, heartbeat_interval=2, grace_period=30)
+    study = hpo.open_study("w", journal, settings, heartbeat_interval=2, grace_period=30)
     crashed = study.ask()  # a worker that died mid-trial
     hpo.make_storage(journal).set_trial_system_attr(crashed._trial_id, "rismvdr:heartbeat", time.time() - 300)
     study = hpo.run_study(settings, study_name="w", storage=journal, n_trials=3, workers=2, sampler_seed=0,
@@ -301,7 +302,7 @@ def test_postgres_study(tmp_path, compile_cache, postgres_url):
     storage = hpo.make_storage(postgres_url)
     assert storage.get_heartbeat_interval() == 60  # RDBStorage's own stale-trial heartbeat
     rec = hpo.export_best("pg", postgres_url, tmp_path / "best.json")
-    assert from_dict(rec["config"]) == hpo.apply_params(settings.base, rec["params"])
+    assert TrainConfig.from_dict(rec["config"]) == hpo.apply_params(settings.base, rec["params"])
 
 
 def test_hpo2_stage2_reruns_the_stage1_topk_exactly(tmp_path, compile_cache):

@@ -9,6 +9,7 @@ the line above).
 from __future__ import annotations
 
 import ast
+import doctest
 import importlib
 import pkgutil
 from pathlib import Path
@@ -133,3 +134,10 @@ def test_public_api_is_explicit():
     assert isinstance(rismvdr.__all__, list) and rismvdr.__all__
     for name in rismvdr.__all__:
         assert hasattr(rismvdr, name), name
+
+
+@pytest.mark.parametrize("module", ["rismvdr", "rismvdr.files"])
+def test_doctests(module):
+    """The public API's example and the files module's examples run."""
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -11,7 +11,8 @@ import pytest
 
 from rismvdr.cli import main
 from rismvdr.localize.detect import RefinerGuard
-from rismvdr.localize.learned import export_model, load_learned, refiner_map_ok
+from rismvdr.localize.learned import default_weights_dir, load_learned, refiner_map_ok
+from rismvdr.models.refiner import RefinerConfig
 from rismvdr.physics.compressive import (
     CompressiveConfig,
     dictionary,
@@ -23,6 +24,8 @@ from rismvdr.physics.compressive import (
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from rismvdr.physics.spectra import make_grid, grid_steering
+from rismvdr.train.checkpoint import restore_run
+from rismvdr.train.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -77,6 +80,29 @@ def test_export_round_trip(run, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert main(["export", str(run / "bb"), "--out", str(tmp_path / "exp2"), "--step", "latest"]) == 0
     assert not load_learned(tmp_path / "exp2").has_refiner
+
+
+@pytest.mark.parametrize("step", ["best", "latest"])
+def test_run_loader_matches_the_trainers_checkpointer(run, step):
+    """Inference reads run directories through Orbax without the trainer; it restores the same
+    step, record and weights as the trainer's own `restore_run` ("best" falls back to latest)."""
+    m = load_learned(run / "bb", step=step)
+    try:
+        state, config, metrics = restore_run(run / "bb" / "checkpoints", step=step)
+    except FileNotFoundError:  # no step with a finite validation objective
+        state, config, metrics = restore_run(run / "bb" / "checkpoints", step="latest")
+    assert m.info == {**config, "metrics": metrics}
+    for a, b in zip(m.backbone_params, state["train"]["ema"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_refiner_config_reads_the_shipped_record():
+    record = json.loads((default_weights_dir() / "model.json").read_text())["refiner"]
+    cfg = RefinerConfig.from_dict(record)
+    assert cfg.to_dict() == record
+    assert load_learned().refiner_cfg == cfg
+    with pytest.raises(ValueError, match="unknown fields"):
+        RefinerConfig.from_dict({**record, "width": 3})
 
 
 def test_refiner_guardrails():

@@ -15,7 +15,7 @@ import jax
 from rismvdr.localize.detect import DetectorConfig, Detections
 from rismvdr.eval.evaluation import evaluate_detections
 from rismvdr.localize.registry import METHODS, LocalizerSettings, localize, method_names, settings_for_scenario
-from rismvdr.physics.scenarios import get_scenario, scenario_geometry
+from rismvdr.physics.scenarios import Gates, get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
 DEG = np.pi / 180.0
@@ -54,7 +54,7 @@ def runs(data):
     def run(method, mode):
         if (method, mode) not in cache:
             cfg, scenes = data[mode]
-            settings = settings_for_scenario(cfg, **SMALL)
+            settings = settings_for_scenario(cfg).with_grid(**SMALL)
             cache[method, mode] = localize(method, scenes, scenario_geometry(cfg), settings, progress=False)
         return cache[method, mode]
 
@@ -69,7 +69,7 @@ def test_every_method_runs_through_localize(method, mode, data, runs):
         pytest.skip("learned methods: tests/test_learned.py (CLI, tiny model) and tests/test_shipped.py")
     if not applies(method, mode):
         with pytest.raises(ValueError, match="method|trained for"):
-            localize(method, scenes, scenario_geometry(cfg), settings_for_scenario(cfg, **SMALL),
+            localize(method, scenes, scenario_geometry(cfg), settings_for_scenario(cfg).with_grid(**SMALL),
                      progress=False)
         return
     res = runs(method, mode)
@@ -144,7 +144,7 @@ def test_results_do_not_depend_on_batch_size(data):
     """
     cfg, scenes = data["full"]
     geo = scenario_geometry(cfg)
-    out = [localize("music-oracle-k", scenes, geo, settings_for_scenario(cfg, batch_size=bs, **SMALL),
+    out = [localize("music-oracle-k", scenes, geo, settings_for_scenario(cfg, batch_size=bs).with_grid(**SMALL),
                     progress=False) for bs in (4, 8)]
     a, b = out[0].detections, out[1].detections
     np.testing.assert_array_equal(a.valid, b.valid)
@@ -159,13 +159,13 @@ def test_results_do_not_depend_on_batch_size(data):
 def test_settings_for_scenario_copies_box_and_gates():
     cfg = get_scenario("seed", phi_deg=(-40.0, 30.0), theta_deg=(-10.0, 20.0), r_m=(1.0, 6.0),
                        gate_phi_deg=3.0, gate_theta_deg=4.0, gate_r_m=0.5, steering_model="fresnel")
-    s = settings_for_scenario(cfg, n_planes=8, batch_size=3)
-    assert (s.phi_deg, s.theta_deg, s.r_m) == (cfg.phi_deg, cfg.theta_deg, cfg.r_m)
+    s = settings_for_scenario(cfg, batch_size=3).with_grid(n_planes=8)
+    assert (s.search.phi_deg, s.search.theta_deg, s.search.r_m) == (cfg.phi_deg, cfg.theta_deg, cfg.r_m)
     d = s.detector
-    assert (d.gate_phi_deg, d.gate_theta_deg, d.gate_r_m) == (3.0, 4.0, 0.5)
+    assert d.gates == Gates.from_deg(3.0, 4.0, 0.5) == cfg.gates
     assert s.steering_model == "fresnel"
-    assert (s.n_planes, s.batch_size) == (8, 3)  # overrides pass through
-    assert s.delta_rel == LocalizerSettings().delta_rel  # the rest: defaults
+    assert (s.search.n_planes, s.batch_size) == (8, 3)  # overrides pass through
+    assert s.estimator == LocalizerSettings().estimator  # the rest: defaults
     phi, theta, r = s.grid().arrays()
     np.testing.assert_allclose([phi[0], phi[-1]], np.deg2rad(cfg.phi_deg))
     np.testing.assert_allclose([theta[0], theta[-1]], np.deg2rad(cfg.theta_deg))
@@ -174,7 +174,7 @@ def test_settings_for_scenario_copies_box_and_gates():
     seed = settings_for_scenario(get_scenario("seed"))
     assert seed.grid().shape == (61, 121, 16)
     d = seed.detector
-    assert (d.gate_phi_deg, d.gate_theta_deg, d.gate_r_m) == (5.0, 5.0, 1.0)
+    assert d.gates == Gates.from_deg(5.0, 5.0, 1.0)
 
 
 def oracle_f1(scenes):

@@ -55,10 +55,15 @@ CLI_APPEND = {"localize": ["-q"], "bench accuracy": ["-q"]}
 FAST_TRAIN = ["--devices", "1", "-q", "--set", "steps=2", "--set", "eval_every=2", "--set", "checkpoint_every=2",
               "--set", "batch_size=4", "--set", "val_scenes=8", "--set", "val_peak_scenes=4"]
 TRAIN_SUBS = [
-    ("configs/seed.py", "configs/tiny.py"),
+    ("--config seed ", "--config tiny "),  # a packaged name
+    ("configs/seed.py", "configs/tiny.py"),  # a config file (the GPU block)
     # no tiny Stage-2 config ships: the tiny backbone config (its small `refiner` field; Stage 2
     # switches to REFINER_PHASES)
-    ("configs/seed_refiner.py", "configs/tiny.py"),
+    ("--config seed_refiner ", "--config tiny "),
+    # the GPU block's train-step timing (minutes of compiling on a CPU): every measurement past
+    # the deadline, so the command runs through and writes its (empty) report
+    ("bench speed --parts train --out bench_report/train-gpu",
+     "bench speed --parts train --out bench_report/train-gpu --quick --deadline-s 0 -q"),
     # learned inference on a coarse grid
     ("--checkpoint runs/seed --out det.csv",
      "--checkpoint runs/seed --out det.csv --phi-step-deg 4 --theta-step-deg 4 --planes 4 -q"),
@@ -70,7 +75,7 @@ TRAIN_APPEND = {"train": FAST_TRAIN, "train-refiner": FAST_TRAIN}
 # afresh (tested in test_hpo.py): one worker here. The PostgreSQL URL points at the throw-away
 # server of test_hpo.py's fixture; `/shared` is a folder of the working directory.
 HPO_SUBS = [
-    ("configs/seed.py", "configs/tiny.py"),
+    ("--config seed ", "--config tiny "),
     ("--trials 40", "--trials 2"),
     ("--epochs 4", "--epochs 1"),
     ("--workers 2", "--workers 1"),
@@ -204,7 +209,7 @@ def test_readme_training(workdir):
     # the Command line section's scene file, which the last line localizes
     assert main(["simulate", "--scenario", "seed", "--scenes", "4", "--seed", "0", "--out", "scenes.npz"]) == 0
     ran = _run_section("Training", TRAIN_SUBS, TRAIN_APPEND, workdir)
-    assert any(line.startswith("pip ") for line in ran) and any("benchmarks/" in line for line in ran)
+    assert any(line.startswith("pip ") for line in ran) and any(" bench speed " in line for line in ran)
     assert (workdir / "my_model" / "model.npz").is_file()
 
 

@@ -12,16 +12,21 @@ import jax
 import numpy as np
 import pytest
 
+from rismvdr.eval.objective import e2e_objective
+from rismvdr.localize.weights import load_learned
+from rismvdr.models.backbone import BackboneConfig
 from rismvdr.train.config import (
+    REFINER_PHASES,
     LossWeights,
     Phase,
+    TrainConfig,
     apply_overrides,
     from_dict,
     load_config,
     to_dict,
     weights_at,
 )
-from rismvdr.train.trainer import Trainer, e2e_objective, fit
+from rismvdr.train.trainer import Trainer, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.py"
@@ -37,7 +42,8 @@ def _leaves(tree):
 
 
 def test_config_round_trip_and_overrides(tiny):
-    assert from_dict(to_dict(tiny)) == tiny
+    assert TrainConfig.from_dict(tiny.to_dict()) == tiny
+    assert from_dict(to_dict(tiny)) == tiny  # the old module-level spelling
     cfg = apply_overrides(tiny, ["optim.lr=1e-4", "model.widths=(4,4,4)", "steps=9", "scene.snr_db=(10,10)"])
     assert cfg.optim.lr == 1e-4 and cfg.model.widths == (4, 4, 4) and cfg.steps == 9
     assert cfg.scene_config().snr_db == (10.0, 10.0)
@@ -45,6 +51,29 @@ def test_config_round_trip_and_overrides(tiny):
                        ("scene.bogus=1", "bogus"), ("noequals", "key=value")):
         with pytest.raises(ValueError, match=match):
             apply_overrides(tiny, [bad])
+
+
+def test_shipped_records_load():
+    """The shipped model's flat backbone record and its training config read back unchanged, and
+    the training config's `model` section builds exactly that backbone."""
+    record = json.loads((ROOT / "rismvdr" / "weights" / "seed" / "model.json").read_text())
+    shipped = BackboneConfig.from_dict(record["backbone"])
+    assert shipped.to_dict() == record["backbone"]
+    train = TrainConfig.from_dict(record["train"])
+    assert train.to_dict()["model"] == record["train"]["model"]
+    assert train.backbone_config() == shipped
+    cfg = apply_overrides(train, ["model.widths=(16,32,64,64)", "model.beta=0.25"])
+    assert cfg.backbone_config().widths == (16, 32, 64, 64) and cfg.backbone_config().beta == 0.25
+
+
+def test_stage_is_chosen_once_with_its_backbone(tiny):
+    """The stage comes from `cfg.stage`: Stage 2 needs the frozen backbone, Stage 1 refuses one."""
+    assert Trainer(tiny, n_devices=1).stage.method == "learned"
+    with pytest.raises(ValueError, match="needs a trained backbone"):
+        Trainer(tiny.replace(stage="refiner", phases=REFINER_PHASES), n_devices=1)
+    backbone = load_learned(ROOT / "rismvdr" / "weights" / "seed")
+    with pytest.raises(ValueError, match="trains its own backbone"):
+        Trainer(tiny, n_devices=1, backbone=backbone)
 
 
 def test_phase_weights(tiny):

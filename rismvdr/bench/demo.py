@@ -7,7 +7,6 @@ write a report folder: `report.md` (markdown table), `metrics.json` (all methods
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from rismvdr.bench.methods import shipped_model
 from rismvdr.eval import metrics, plots
 from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
 from rismvdr.files import (
@@ -25,13 +25,11 @@ from rismvdr.files import (
     write_detections_csv,
     write_json,
 )
-from rismvdr.localize.registry import localize, method_names, settings_for_scenario
+from rismvdr.localize.registry import METHODS, localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
 __all__ = ["run_demo", "ANCHORS"]
-
-log = logging.getLogger(__name__)
 
 #: The original PyTorch system's own reported figures (seed changelog / LESSONS.md).
 ANCHORS = {
@@ -43,17 +41,10 @@ ANCHORS = {
 
 
 def _default_methods(cfg, geometry) -> list[str]:
-    """Every applicable method; learned ones only when the shipped model fits the scenario."""
-    from rismvdr.localize.registry import METHODS
-
+    """Every applicable method; learned ones only when the shipped model fits the scenario
+    (its mode and N)."""
     names = method_names(full_array=cfg.mode == "full")
-    try:
-        from rismvdr.localize.learned import default_weights_dir, load_learned
-
-        model = load_learned() if (default_weights_dir() / "model.json").is_file() else None
-    except (OSError, ValueError) as exc:  # a broken install must not stop the classical report
-        log.warning("shipped learned model not loadable: %s", exc)
-        model = None
+    model = shipped_model()
     fits = (model is not None and model.backbone_cfg.full_array == (cfg.mode == "full")
             and model.backbone_cfg.n_elements == geometry.n_elements)
     if not fits:

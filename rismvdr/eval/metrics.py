@@ -45,12 +45,13 @@ written as `null`.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from rismvdr.physics.scenarios import DEFAULT_GATES, Gates  # re-exported: the one gate lives in physics
 
 __all__ = [
     "Gates",
@@ -71,54 +72,6 @@ __all__ = [
 _ANGLE_TOL = 1e-6  # radians of slack on the [-pi, pi] / [-pi/2, pi/2] range checks
 
 
-@dataclasses.dataclass(frozen=True)
-class Gates:
-    """Detection gate: the largest error at which a matched estimate still counts as found.
-
-    Also the cost scale of the Hungarian assignment. SI units; `from_deg` builds one from the
-    report's units, `as_report` gives them back.
-
-    Attributes:
-      phi: azimuth gate, radians (seed: 5 deg).
-      theta: elevation gate, radians (seed: 5 deg).
-      r: range gate, metres (seed: 1 m).
-    """
-
-    phi: float = float(np.deg2rad(5.0))
-    theta: float = float(np.deg2rad(5.0))
-    r: float = 1.0
-
-    def __post_init__(self):
-        for name in ("phi", "theta", "r"):
-            v = getattr(self, name)
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                f = float("nan")
-            if not (math.isfinite(f) and f > 0):
-                raise ValueError(f"gates.{name}: must be a finite number > 0, got {v!r}")
-            object.__setattr__(self, name, f)  # plain floats: hashable, JSON-friendly
-
-    @classmethod
-    def from_deg(cls, phi_deg: float = 5.0, theta_deg: float = 5.0, r_m: float = 1.0) -> "Gates":
-        """Gates from degrees and metres (the units of configs and reports)."""
-        return cls(float(np.deg2rad(phi_deg)), float(np.deg2rad(theta_deg)), float(r_m))
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "Gates":
-        """Gates of a scenario config (any object with `gate_phi_deg`, `gate_theta_deg`, `gate_r_m`)."""
-        return cls.from_deg(cfg.gate_phi_deg, cfg.gate_theta_deg, cfg.gate_r_m)
-
-    def as_report(self) -> dict[str, float]:
-        """`{"phi_deg", "theta_deg", "r_m"}`: the gates in the report's units."""
-        return {
-            "phi_deg": float(np.rad2deg(self.phi)),
-            "theta_deg": float(np.rad2deg(self.theta)),
-            "r_m": float(self.r),
-        }
-
-
-DEFAULT_GATES = Gates()
 
 
 class SceneMatch(NamedTuple):

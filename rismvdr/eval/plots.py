@@ -5,6 +5,7 @@ figure is written atomically (`rismvdr.files.atomic_write`).
 from __future__ import annotations
 
 import io as _io
+import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -141,7 +142,6 @@ def plot_error_cdf(path, errors_by_method: Mapping[str, Sequence[float]], *, tit
 def plot_training_curves(path, metrics_jsonl) -> None:
     """Loss curves of a run from its `metrics.jsonl`: training loss and terms against the step
     (log scale), validation terms, and the validation peak F1 / objective."""
-    import json
 
     train, val = [], []
     with open(metrics_jsonl) as f:

@@ -23,16 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rismvdr.physics.geometry import ArrayGeometry
-from rismvdr.physics.spectra import (
-    Grid,
-    Spectrum25D,
-    SpectrumOperator,
-    operator_spectrum,
-    spectrum_25d,
-)
+from rismvdr.physics.scenarios import Gates
+from rismvdr.physics.spectra import Grid, Spectrum25D, SpectrumOperator, operator_spectrum
 from rismvdr.physics.steering import steering
 
-__all__ = ["DetectorConfig", "RefinerGuard", "Detections", "detect", "detect_peaks_2d", "refine_peaks"]
+__all__ = ["DetectorConfig", "RefinerGuard", "Detections", "detect", "detect_peaks_2d", "gate_nms", "refine_peaks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +39,7 @@ class DetectorConfig:
     mad_z: float = 5.0  # `mad` mode: keep peaks above median + z * MAD (map in dB)
     k_max: int = 5  # at most this many detections per scene
     n_candidates: int = 32  # local maxima considered before NMS (highest first)
-    gate_phi_deg: float = 5.0  # NMS gate (the evaluation's detection gate, SPEC 7)
-    gate_theta_deg: float = 5.0
-    gate_r_m: float = 1.0
+    gates: Gates = Gates()  # NMS gate, SI (the evaluation's detection gate, SPEC 7)
     refine: bool = True  # continuous 3-D refinement of each peak
     refine_iters: int = 8  # fixed Newton iteration count (jittable)
     trust_cells: tuple[float, float, float] = (2.0, 2.0, 1.5)  # phi, theta (cells), 1/r (planes)
@@ -64,6 +57,8 @@ class DetectorConfig:
             raise ValueError("threshold_db, mad_z: must be >= 0")
         if self.refine_iters < 0:
             raise ValueError(f"refine_iters: must be >= 0, got {self.refine_iters}")
+        if not isinstance(self.gates, Gates):
+            raise ValueError(f"gates: expected a Gates (SI units), got {type(self.gates).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +91,26 @@ class Detections(NamedTuple):
         return jnp.sum(self.valid, axis=-1)
 
 
-def _gate_rad(cfg: DetectorConfig):
-    return np.deg2rad(cfg.gate_phi_deg), np.deg2rad(cfg.gate_theta_deg), cfg.gate_r_m
-
-
-def _greedy_nms(phi, theta, r, score, valid, cfg: DetectorConfig, cap):
+def gate_nms(phi, theta, r, score, valid, gates: Gates, cap):
     """Greedy NMS in decreasing score at the detection gate; keeps at most `cap`.
 
-    All inputs `[C]`; returns the candidates re-ordered (kept first, by score) and `keep`.
+    A candidate is suppressed when a kept one of higher score lies within the gate in phi,
+    theta and r at once. Jittable (a fixed-count loop over the candidates).
+
+    Args:
+      phi, theta, r, score: `[C]` candidates (radians, radians, metres, any score).
+      valid: `[C]` bool, which candidates exist (the others are never kept).
+      gates: the gate (SI).
+      cap: int (or traced int), the most candidates kept.
+
+    Returns:
+      (phi, theta, r, score, keep), `[C]` each: the candidates re-ordered, kept first by score.
     """
     order = jnp.argsort(jnp.where(valid, -score, jnp.inf))
     phi, theta, r, score, valid = (x[order] for x in (phi, theta, r, score, valid))
-    g_phi, g_th, g_r = _gate_rad(cfg)
+    # The detector's comparison dtypes: angle gates as NumPy float64 scalars (with x64 on, angles
+    # are compared in float64), the range gate as a weak Python float (the array's dtype).
+    g_phi, g_th, g_r = np.float64(gates.phi), np.float64(gates.theta), gates.r
     close = (
         (jnp.abs(phi[:, None] - phi[None, :]) <= g_phi)
         & (jnp.abs(theta[:, None] - theta[None, :]) <= g_th)
@@ -157,7 +160,7 @@ def detect_peaks_2d(power, plane, grid: Grid, cfg: DetectorConfig, cap=None):
     phi, theta, r = phi_g[pi], th_g[ti], r_g[plane.reshape(-1)[idx]]
     valid = jnp.isfinite(score)
     cap = cfg.k_max if cap is None else jnp.minimum(cap, cfg.k_max)
-    out = _greedy_nms(phi, theta, r, score, valid, cfg, cap)
+    out = gate_nms(phi, theta, r, score, valid, cfg.gates, cap)
     return tuple(x[: cfg.k_max] for x in out)
 
 
@@ -235,7 +238,7 @@ def _detect(op, spec: Spectrum25D, geometry, cap, *, grid, cfg, model, precision
                 op1, geometry, grid, cfg, phi, theta, r, model=model, precision=precision
             )
             score = jnp.where(valid, score2, score)
-            phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, valid, cfg, cfg.k_max)
+            phi, theta, r, score, valid = gate_nms(phi, theta, r, score, valid, cfg.gates, cfg.k_max)
         return Detections(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid)
 
     return jax.vmap(one)(op, spec.power, spec.plane, cap)

@@ -1,9 +1,8 @@
 """Learned localizers at inference: a trained backbone (+ refiner) as registry methods.
 
-`LearnedModel` holds the split modules and their parameters (the EMA weights of a run). It is
-loaded from a training run directory (Orbax checkpoints), from an exported model directory
-(`model.npz` + `model.json`, what the package ships in `rismvdr/weights/`), or, by default,
-from the shipped weights.
+Models are loaded by `rismvdr.localize.weights` (exported directories, run directories read
+through Orbax, the shipped weights) without the trainer; `LearnedModel`, `load_learned` and
+`default_weights_dir` are re-exported here.
 
 Methods (registered in `rismvdr.localize.registry`; all finish in the shared detector):
 - `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector.
@@ -11,173 +10,62 @@ Methods (registered in `rismvdr.localize.registry`; all finish in the shared det
   (range planes max-reduced) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
   -> best range plane by MVDR -> 3-D refinement (the shared detector's `refine_peaks` on the
   same MVDR operator). Guardrails fall back to `learned` for a map that is non-finite, too flat,
-  saturated or has too many local maxima (`RefinerGuard`); fallbacks are counted.
-- `learned-ml`: the learned detections as the starting point of the compressive
+  saturated or has too many local maxima (`RefinerGuard`); the run's extras flag each fallback.
+- `learned-ml`: the `learned` detections as the starting point of the compressive
   maximum-likelihood refinement and F-test order re-test, continued greedily
-  (`physics.compressive.ml_from_start`).
+  (`rismvdr.localize.compressive.localize_from_start`).
 """
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from rismvdr.localize.detect import RefinerGuard
-from rismvdr.models.backbone import Backbone, BackboneConfig
-from rismvdr.models.unet import SpectrumRefiner
-from rismvdr.physics.spectra import Grid, make_grid, mvdr_lowrank_operator
-from rismvdr.train.state import ModelDef, split_model
+from rismvdr.localize.compressive import compressive_context, localize_from_start
+from rismvdr.localize.detect import Detections, RefinerGuard, detect, gate_nms, refine_peaks
+from rismvdr.localize.runner import Runner
+from rismvdr.localize.settings import LocalizerSettings
+from rismvdr.localize.weights import LearnedModel, default_weights_dir, load_learned
+from rismvdr.models.backbone import BackboneConfig
+from rismvdr.models.refiner import RefinerConfig
+from rismvdr.physics.covariance import batched_covariance
+from rismvdr.physics.geometry import ArrayGeometry
+from rismvdr.physics.simulate import Scene
+from rismvdr.physics.spectra import (
+    Grid,
+    grid_steering,
+    make_grid,
+    mvdr_lowrank_operator,
+    operator_spectrum,
+    spectrum_25d,
+)
+from rismvdr.physics.steering import steering
 
 __all__ = [
     "LearnedModel",
-    "RefinerGuard",
     "load_learned",
     "default_weights_dir",
-    "export_model",
+    "check_scenes",
+    "als_samp_factor",
     "backbone_factor",
-    "refiner_grid",
     "learned_operator",
+    "refiner_grid",
+    "refiner_map_ok",
+    "make_learned_runner",
+    "make_refiner_runner",
+    "learned_method",
+    "refiner_method",
+    "learned_ml_method",
 ]
 
-log = logging.getLogger(__name__)
-_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
-
-def default_weights_dir() -> Path:
-    """The shipped model (`rismvdr/weights/seed`)."""
-    return _WEIGHTS / "seed"
-
-
-def make_backbone(cfg: BackboneConfig) -> tuple[ModelDef, tuple]:
-    return split_model(Backbone(cfg, rngs=nnx.Rngs(0)))
-
-
-def make_refiner(cfg: dict) -> tuple[ModelDef, tuple]:
-    return split_model(SpectrumRefiner(widths=tuple(cfg["widths"]), dilations=tuple(cfg["dilations"]),
-                                       groups=int(cfg["groups"]), rngs=nnx.Rngs(0)))
-
-
-def refiner_grid(bcfg: BackboneConfig, rcfg: dict) -> Grid:
+def refiner_grid(bcfg: BackboneConfig, rcfg: RefinerConfig) -> Grid:
     """The Stage-2 coarse grid: `grid_phi` x `grid_theta` points over the box, `planes` planes."""
     def step(lo_hi, n):
         return (lo_hi[1] - lo_hi[0]) / max(int(n) - 1, 1) if int(n) > 1 else 1.0
     theta = (0.0, 0.0) if bcfg.geometry().linear else bcfg.theta_deg
-    return make_grid(bcfg.phi_deg, theta, bcfg.r_m, phi_step_deg=step(bcfg.phi_deg, rcfg["grid_phi"]),
-                     theta_step_deg=step(theta, rcfg["grid_theta"]) if theta[1] > theta[0] else 1.0,
-                     n_planes=int(rcfg["planes"]))
-
-
-class LearnedModel(NamedTuple):
-    """A trained backbone and optional refiner (parameters are jax arrays; the rest static)."""
-
-    backbone_cfg: BackboneConfig
-    backbone_def: ModelDef
-    backbone_params: tuple
-    refiner_cfg: dict | None
-    refiner_def: ModelDef | None
-    refiner_params: tuple | None
-    source: str  # where it was loaded from
-    info: dict  # training record (config, step, metrics) for reports
-
-    @property
-    def has_refiner(self) -> bool:
-        return self.refiner_params is not None
-
-
-def _as_params(leaves, ref) -> tuple:
-    if len(leaves) != len(ref):
-        raise ValueError(f"weights: {len(leaves)} arrays, the model has {len(ref)}")
-    out = []
-    for i, (a, b) in enumerate(zip(leaves, ref)):
-        a = np.asarray(a)
-        if a.shape != tuple(b.shape):
-            raise ValueError(f"weights: array {i} has shape {a.shape}, the model expects {tuple(b.shape)}")
-        out.append(jnp.asarray(a, b.dtype))
-    return tuple(out)
-
-
-def _from_record(record: dict, backbone_leaves, refiner_leaves, source: str) -> LearnedModel:
-    bcfg = BackboneConfig.from_dict(record["backbone"])
-    bdef, bref = make_backbone(bcfg)
-    bparams = _as_params(backbone_leaves, bref)
-    rcfg = record.get("refiner")
-    rdef = rparams = None
-    if rcfg is not None and refiner_leaves is not None:
-        rdef, rref = make_refiner(rcfg)
-        rparams = _as_params(refiner_leaves, rref)
-    else:
-        rcfg = None
-    return LearnedModel(bcfg, bdef, bparams, rcfg, rdef, rparams, source, record)
-
-
-def load_learned(path: str | Path | None = None, *, step: str | int | None = "best") -> LearnedModel:
-    """Load a learned model.
-
-    Args:
-      path: a training run directory (the `--workdir` of `rismvdr train` / `train-refiner`),
-        an exported model directory (`model.npz` + `model.json`), or None for the shipped
-        weights.
-      step: for run directories, "best" (by the validation objective; latest if none has a
-        metric), "latest" or a step number.
-
-    Raises:
-      FileNotFoundError: nothing loadable at `path`.
-    """
-    path = default_weights_dir() if path is None else Path(path)
-    if (path / "model.json").is_file():
-        record = json.loads((path / "model.json").read_text())
-        with np.load(path / "model.npz", allow_pickle=False) as z:
-            nb = int(record["n_backbone"])
-            nr = int(record.get("n_refiner", 0))
-            bl = [z[f"b{i:04d}"] for i in range(nb)]
-            rl = [z[f"r{i:04d}"] for i in range(nr)] if nr else None
-        return _from_record(record, bl, rl, str(path))
-    from rismvdr.train.checkpoint import restore_run
-
-    ckpt = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"checkpoint: no model at {str(path)!r} (expected a run directory or model.json)")
-    try:
-        state, config, metrics = restore_run(ckpt, step=step)
-    except FileNotFoundError:
-        if step == "best":
-            state, config, metrics = restore_run(ckpt, step="latest")
-        else:
-            raise
-    record = dict(config)
-    record["metrics"] = metrics
-    train = state["train"]
-    if record.get("stage") == "refiner":
-        return _from_record(record, state["backbone"], train["ema"], str(path))
-    return _from_record(record, train["ema"], None, str(path))
-
-
-def export_model(model: LearnedModel, out_dir: str | Path) -> Path:
-    """Write `model.npz` (float32 weights) + `model.json` (configs, training record)."""
-    from rismvdr.files import atomic_write
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {f"b{i:04d}": np.asarray(a, np.float32) for i, a in enumerate(model.backbone_params)}
-    if model.has_refiner:
-        arrays.update({f"r{i:04d}": np.asarray(a, np.float32) for i, a in enumerate(model.refiner_params)})
-    record = dict(model.info)
-    record.update(backbone=model.backbone_cfg.to_dict(), refiner=model.refiner_cfg,
-                  n_backbone=len(model.backbone_params),
-                  n_refiner=len(model.refiner_params) if model.has_refiner else 0)
-    with atomic_write(out / "model.npz", "wb") as f:
-        np.savez_compressed(f, **arrays)
-    from rismvdr.files import to_jsonable
-
-    with atomic_write(out / "model.json") as f:
-        json.dump(to_jsonable(record), f, indent=1)
-    return out
+    return make_grid(bcfg.phi_deg, theta, bcfg.r_m, phi_step_deg=step(bcfg.phi_deg, rcfg.grid_phi),
+                     theta_step_deg=step(theta, rcfg.grid_theta) if theta[1] > theta[0] else 1.0,
+                     n_planes=int(rcfg.planes))
 
 
 # ------------------------------------------------------------------------------------------
@@ -197,10 +85,8 @@ def check_scenes(model: LearnedModel, scenes) -> None:
 def als_samp_factor(scenes):
     """Factor `[B, N, q]` of the ALS R_samp (the seed's: rank 5, 4 iterations, ridge 1e-2) of
     a batch, for `R_blend` when beta > 0 (traced use: no host-side validation)."""
-    from rismvdr.physics.covariance import _batched
-
-    est = _batched(scenes.y, scenes.H, scenes.codes, 1e-2, method="sample" if scenes.H is None else "als",
-                   rank=5, n_iter=4, f_solver="auto", precision=jax.lax.Precision.HIGHEST)
+    est = batched_covariance(scenes.y, scenes.H, scenes.codes, 1e-2, method="sample" if scenes.H is None else "als",
+                             rank=5, n_iter=4, f_solver="auto", precision=jax.lax.Precision.HIGHEST)
     return est.factor
 
 
@@ -236,10 +122,6 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, thres
     """Peaks of one scene's refiner probability map `[T, P]` (coarse grid): local maxima above
     `threshold`, best range plane of each by the MVDR operator over the detection
     grid's planes, gate NMS, then the shared 3-D refinement and NMS."""
-    from rismvdr.localize.detect import _greedy_nms, refine_peaks
-    from rismvdr.physics.spectra import operator_spectrum
-    from rismvdr.physics.steering import steering
-
     real = prob.dtype
     phi_g, th_g, _ = (jnp.asarray(x, real) for x in rgrid.arrays())
     r_planes = jnp.asarray(fine_grid.arrays()[2], real)
@@ -254,12 +136,12 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, thres
     mvdr = operator_spectrum(op1, a, precision=precision)  # [C, planes]
     r = r_planes[jnp.argmax(mvdr, axis=-1)]
     valid = jnp.isfinite(score)
-    phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, valid, det, det.k_max)
+    phi, theta, r, score, valid = gate_nms(phi, theta, r, score, valid, det.gates, det.k_max)
     phi, theta, r, score, valid = (x[: det.k_max] for x in (phi, theta, r, score, valid))
     if det.refine:
         phi, theta, r, score = refine_peaks(op1, geometry, fine_grid, det, phi, theta, r, model=model,
                                             precision=precision)
-        phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, valid, det, det.k_max)
+        phi, theta, r, score, valid = gate_nms(phi, theta, r, score, valid, det.gates, det.k_max)
     return phi, theta, r, jnp.where(valid, score, -jnp.inf), valid
 
 
@@ -278,43 +160,113 @@ def refiner_map_ok(prob, guard: RefinerGuard):
             & (n_max <= guard.max_local_maxima))
 
 
-def make_runner(model: LearnedModel, kind: str, geometry, settings, *, guard: RefinerGuard = RefinerGuard(),
-                exist_threshold: float = 0.5):
-    """A jitted `(backbone_params, refiner_params, scenes) -> (Detections, Spectrum25D, fallback)`
-    for `kind` "learned" or "learned-refiner" (fallback `[B]` bool: the refiner map was rejected
-    or absent, MVDR peaks on R_blend were used)."""
-    from rismvdr.localize.detect import Detections, detect
-    from rismvdr.physics.spectra import grid_steering, spectrum_25d
-
-    grid = settings.grid(geometry.linear)
-    det = settings.detector
+def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings, grid: Grid,
+                        scenes):
+    """`learned` on a batch (traced): (MVDR operator on R_blend, its 2.5D spectrum, detections)."""
     prec = settings.precision
+    op = learned_operator(model, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
+                          exist_threshold=settings.learned.exist_threshold)
+    a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
+    spec = spectrum_25d(op, a_grid, precision=prec, max_chunk_mb=settings.max_chunk_mb)
+    det = detect(op, spec, geometry, grid, settings.detector, model=settings.steering_model, precision=prec)
+    return op, spec, det
+
+
+def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
+    """A jitted `(backbone_params, scenes) -> (Detections, Spectrum25D)`: MVDR on R_blend through
+    the shared spectrum and detector."""
+    grid = settings.grid(geometry.linear)
+
+    def run(bparams, scenes):
+        _, spec, det = _learned_detections(model._replace(backbone_params=bparams), geometry, settings, grid, scenes)
+        return det, spec
+
+    return jax.jit(run)
+
+
+def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
+    """A jitted `(backbone_params, refiner_params, scenes) -> (Detections, Spectrum25D, fallback)`
+    of `learned-refiner` (fallback `[B]` bool: the refiner map was rejected by the guardrails or
+    the model has no refiner, and the `learned` detections were used)."""
+    grid = settings.grid(geometry.linear)
+    det_cfg = settings.detector
+    prec = settings.precision
+    guard = settings.learned.refiner_guard
 
     def run(bparams, rparams, scenes):
         m = model._replace(backbone_params=bparams, refiner_params=rparams)
-        op = learned_operator(m, scenes, delta_rel=settings.delta_rel, precision=prec,
-                              exist_threshold=exist_threshold)
-        a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
-        spec = spectrum_25d(op, a_grid, precision=prec, max_chunk_mb=settings.max_chunk_mb)
-        base = detect(op, spec, geometry, grid, det, model=settings.steering_model, precision=prec)
+        _, spec, base = _learned_detections(m, geometry, settings, grid, scenes)
         b = spec.power.shape[0]
-        if kind == "learned" or not model.has_refiner:
-            return base, spec, jnp.full((b,), kind != "learned")
-        rgrid = refiner_grid(model.backbone_cfg, model.refiner_cfg)
+        if not model.has_refiner:
+            return base, spec, jnp.full((b,), True)
+        rcfg = model.refiner_cfg
+        rgrid = refiner_grid(model.backbone_cfg, rcfg)
         a_r = grid_steering(geometry, rgrid, model=settings.steering_model, dtype=scenes.y.dtype)
         # The refiner sees the map it was trained on: R_blend with its own slot threshold.
-        op = learned_operator(m, scenes, delta_rel=settings.delta_rel, precision=prec,
-                              exist_threshold=float(model.refiner_cfg.get("exist_threshold", 0.0)))
+        op = learned_operator(m, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
+                              exist_threshold=float(rcfg.exist_threshold))
         coarse = spectrum_25d(op, a_r, precision=prec, max_chunk_mb=settings.max_chunk_mb)
         db = 10.0 * jnp.log10(jnp.maximum(coarse.power, 1e-30)).astype(jnp.float32)
         prob = m.refiner_def.module(rparams).probabilities(db)  # [B, T, P]
         ok = jax.vmap(lambda p: refiner_map_ok(p, guard))(prob)
         thr = guard.peak_threshold
-        thr = float(model.refiner_cfg.get("peak_threshold", 0.5)) if thr is None else float(thr)
-        peaks = jax.vmap(lambda p, o: _refiner_peaks(p, o, geometry, grid, rgrid, det, thr,
+        thr = float(rcfg.peak_threshold) if thr is None else float(thr)
+        peaks = jax.vmap(lambda p, o: _refiner_peaks(p, o, geometry, grid, rgrid, det_cfg, thr,
                                                      model=settings.steering_model, precision=prec))(prob, op)
         pick = lambda a, c: jnp.where(ok.reshape((b,) + (1,) * (a.ndim - 1)), a, c)  # noqa: E731
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))
         return out, spec, ~ok
 
     return jax.jit(run)
+
+
+# ------------------------------------------------------------------------------------------
+# Registry methods (`make(scenes, geometry, settings, model) -> Runner`)
+# ------------------------------------------------------------------------------------------
+def _checked(model: LearnedModel | None, scenes: Scene) -> LearnedModel:
+    model = load_learned() if model is None else model
+    check_scenes(model, scenes)
+    return model
+
+
+def learned_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
+                   model: LearnedModel | None = None) -> Runner:
+    """`learned` (default model: the shipped weights); no extras."""
+    model = _checked(model, scenes)
+    jitted = make_learned_runner(model, geometry, settings)
+
+    def run(batch: Scene):
+        det, spec = jitted(model.backbone_params, batch)
+        return det, spec, {}
+
+    return Runner(run, settings.grid(geometry.linear))
+
+
+def refiner_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
+                   model: LearnedModel | None = None) -> Runner:
+    """`learned-refiner`; extras: `fallback` `[B]` bool."""
+    model = _checked(model, scenes)
+    jitted = make_refiner_runner(model, geometry, settings)
+
+    def run(batch: Scene):
+        det, spec, fallback = jitted(model.backbone_params, model.refiner_params, batch)
+        return det, spec, {"fallback": fallback}
+
+    return Runner(run, settings.grid(geometry.linear))
+
+
+def learned_ml_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
+                      model: LearnedModel | None = None) -> Runner:
+    """`learned-ml`: the `learned` runner, then the compressive ML from its detections; the
+    maps are `learned`'s; no extras."""
+    learned = learned_method(scenes, geometry, settings, model)
+    ctx = compressive_context(settings, geometry, scenes)
+
+    def run(batch: Scene):
+        det, spec, _ = learned.run(batch)
+        res = localize_from_start(batch.y, batch.H, batch.codes, ctx.a_flat, ctx.thresholds, geometry, ctx.grid,
+                                  ctx.cfg, det.phi, det.theta, det.r, det.valid, gates=settings.detector.gates,
+                                  model=settings.steering_model)
+        return Detections(res.phi, res.theta, res.r, res.score_db, res.valid), spec, {}
+
+    return Runner(run, learned.grid)

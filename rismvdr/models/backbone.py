@@ -29,7 +29,7 @@ Shapes: `y` `[B, L, M]`, `H` `[B, M, N]`, `codes` `[B, L, N]` complex64; see `Ba
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,19 +37,75 @@ import numpy as np
 from flax import nnx
 
 from rismvdr.models.unet import UNet
+from rismvdr.physics.compressive import range_scan, scene_operators
 from rismvdr.physics.geometry import ArrayGeometry, from_positions
+from rismvdr.physics.scenarios import SceneConfig, scenario_geometry
 from rismvdr.physics.spectra import Grid, make_grid
 from rismvdr.physics.steering import steering
 
-__all__ = ["BackboneConfig", "BackboneOutput", "Backbone", "beam_features", "backbone_config_for"]
+__all__ = ["ModelConfig", "BackboneConfig", "BackboneOutput", "Backbone", "beam_features", "backbone_config_for"]
 
 _HI = jax.lax.Precision.HIGHEST
 _FLOOR_DB = -40.0
 
 
 @dataclasses.dataclass(frozen=True)
-class BackboneConfig:
-    """Everything that fixes a backbone's shape (stored in every checkpoint)."""
+class ModelConfig:
+    """The backbone's network hyperparameters: what a person chooses (`TrainConfig.model`, HPO's
+    `model.*` keys). The scenario fixes the rest of the shape (`BackboneConfig`)."""
+
+    widths: tuple[int, ...] = (16, 32, 64)  # U-Net trunk channel widths per stage
+    dilations: tuple[int, ...] = (2, 4)  # bottleneck dilations
+    groups: int = 8  # GroupNorm groups (divides every width)
+    covariance: Literal["structured", "factor"] = "structured"  # R from the slots | a general factor
+    rank: int = 5  # factor columns of the `factor` variant (structured: k_max)
+    beta: float = 0.0  # R_blend = (1 - beta) R_pred + beta R_samp (ALS)
+    beam_phi_step_deg: float = 2.0  # beamspace grid of the front end and the heat map, degrees
+    beam_theta_step_deg: float = 2.0
+    beam_planes: int = 8  # range planes (uniform in 1/r) of the front end
+    nms_cells: int = 1  # slot selection: local maxima in a (2 nms_cells + 1)^2 window
+    leash_max: float = 1e3  # column-norm leash: |f_j| <= leash_max * sqrt(N)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of range."""
+        if self.covariance not in ("structured", "factor"):
+            raise ValueError(f"covariance: expected 'structured' or 'factor', got {self.covariance!r}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta: must be in [0, 1], got {self.beta}")
+        for name in ("rank", "beam_planes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.nms_cells < 0:
+            raise ValueError(f"nms_cells: must be >= 0, got {self.nms_cells}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples become lists), flat."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; unknown keys raise ValueError (missing ones take defaults)."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        return cls(**{k: _tuples(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _plain(value):
+    """A config value in plain JSON types: tuples (nested too) become lists."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuples(value):
+    """Inverse of `_plain` for one value: lists (nested too) become tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackboneConfig(ModelConfig):
+    """Everything that fixes a backbone's shape: the `ModelConfig` hyperparameters plus what the
+    scenario fixes (geometry, measurement shape, search box) and the inference settings. Stored
+    flat (`to_dict`) in every checkpoint and exported model."""
 
     positions: tuple[tuple[float, float, float], ...]  # element positions [N, 3], metres
     wavelength: float  # metres
@@ -59,19 +115,8 @@ class BackboneConfig:
     phi_deg: tuple[float, float] = (-60.0, 60.0)  # search box (degrees, degrees, metres)
     theta_deg: tuple[float, float] = (-30.0, 30.0)
     r_m: tuple[float, float] = (0.5, 10.0)
-    beam_phi_step_deg: float = 2.0  # beamspace grid of the front end and the heat map
-    beam_theta_step_deg: float = 2.0
-    beam_planes: int = 8  # range planes (uniform in 1/r) of the front end
-    widths: tuple[int, ...] = (16, 32, 64)  # U-Net trunk widths
-    dilations: tuple[int, ...] = (2, 4)
-    groups: int = 8  # GroupNorm groups (divides every width)
     k_max: int = 5  # slots
-    covariance: Literal["structured", "factor"] = "structured"
-    rank: int = 5  # factor columns in the `factor` variant (structured: k_max)
-    beta: float = 0.0  # R_blend = (1 - beta) R_pred + beta R_samp
-    leash_max: float = 1e3  # column-norm leash: |f_j| <= leash_max * sqrt(N)
     leash_eps: float = 1e-6
-    nms_cells: int = 1  # slot selection: local maxima in a (2 nms_cells + 1)^2 window
     range_scan: int = 48  # inference: LS range scan of each slot over this many 1/r points (0: off)
     exist_threshold: float = 0.5  # slots at least this probable count as sources in the range scan
     steering_model: Literal["exact", "fresnel", "far"] = "exact"
@@ -89,45 +134,35 @@ class BackboneConfig:
                          theta_step_deg=self.beam_theta_step_deg, n_planes=self.beam_planes)
 
     def validate(self) -> None:
-        if self.covariance not in ("structured", "factor"):
-            raise ValueError(f"covariance: expected 'structured' or 'factor', got {self.covariance!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta: must be in [0, 1], got {self.beta}")
-        for name in ("k_max", "rank", "n_measurements", "n_snapshots", "beam_planes"):
+        super().validate()
+        for name in ("k_max", "n_measurements", "n_snapshots"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.nms_cells < 0:
-            raise ValueError(f"nms_cells: must be >= 0, got {self.nms_cells}")
         t, p, _ = self.beam_grid().shape
         if t * p < self.k_max:
             raise ValueError(f"beam grid: {t} x {p} cells cannot hold k_max = {self.k_max} slots")
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["positions"] = [list(p) for p in self.positions]
-        return d
-
     @classmethod
-    def from_dict(cls, d: dict) -> "BackboneConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> BackboneConfig:
+        """Inverse of `to_dict` (reads every stored backbone: run directories, exported models)."""
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"{cls.__name__}: missing fields {missing}")
         d = dict(d)
         d["positions"] = tuple(tuple(float(v) for v in p) for p in d["positions"])
-        for k in ("phi_deg", "theta_deg", "r_m", "widths", "dilations"):
-            if k in d:
-                d[k] = tuple(d[k])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"backbone config: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return super().from_dict(d)
 
 
-def backbone_config_for(scene_cfg, **overrides) -> BackboneConfig:
-    """A backbone shaped for a scenario (`rismvdr.physics.scenarios.SceneConfig`)."""
-    from rismvdr.physics.scenarios import scenario_geometry
-
+def backbone_config_for(scene_cfg: SceneConfig, model: ModelConfig = ModelConfig(), **overrides) -> BackboneConfig:
+    """A backbone with the hyperparameters `model`, shaped for a scenario; `overrides` replace
+    single fields (of either kind)."""
     geo = scenario_geometry(scene_cfg)
     full = scene_cfg.mode == "full"
+    hyper = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)}
+    hyper.update(widths=tuple(model.widths), dilations=tuple(model.dilations))
     base = BackboneConfig(
+        **hyper,
         positions=tuple(tuple(float(v) for v in p) for p in np.asarray(geo.positions)),
         wavelength=float(geo.wavelength),
         n_measurements=scene_cfg.n_elements if full else scene_cfg.n_bs,
@@ -229,8 +264,6 @@ class Backbone(nnx.Module):
                           groups=config.groups, rngs=rngs)
 
     def _scan_ranges(self, y, H, codes, geo, phi, theta, r, logit):
-        from rismvdr.physics.compressive import range_scan, scene_operators
-
         cfg = self.config
         real = jnp.finfo(y.dtype).dtype
         inv_r = jnp.linspace(1.0 / cfg.r_m[1], 1.0 / cfg.r_m[0], cfg.range_scan, dtype=real)

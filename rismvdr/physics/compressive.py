@@ -27,15 +27,15 @@ covariance of the surface field is. Model of one scene (SPEC section 3):
    in scaled coordinates `(phi/dphi, theta/dtheta, (1/r)/du)`, inside the scenario box and a trust
    region around the start, for a fixed number of iterations (jits and vmaps).
 4. **Order re-test.** Each source's contribution `RSS_without_k - RSS` is tested with the same
-   F statistic; the least significant source is dropped while it fails the test (fixed loop), and
-   duplicates are merged by NMS at the detection gate.
+   F statistic; the least significant source is dropped while it fails the test (fixed loop).
+   Duplicates are merged by the detector's gate NMS in the batch drivers
+   (`rismvdr.localize.compressive`): physics never imports the detector.
 
 For a linear array theta is known and not refined (SPEC section 1).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
@@ -44,7 +44,7 @@ import numpy as np
 from scipy import stats
 
 from rismvdr.physics.geometry import ArrayGeometry
-from rismvdr.physics.spectra import Grid, Spectrum25D
+from rismvdr.physics.spectra import Grid
 from rismvdr.physics.steering import steering
 from rismvdr.physics.linalg import abs2
 
@@ -59,8 +59,9 @@ __all__ = [
     "ml_refine",
     "ml_from_start",
     "range_scan",
-    "localize_from_start",
     "order_retest",
+    "apply_operators",
+    "ls_fit",
 ]
 
 _HI = jax.lax.Precision.HIGHEST
@@ -126,14 +127,14 @@ def scene_operators(H, codes, n_snapshots: int, n_elements: int, dtype):
     return H[None, :, :] * codes[:, None, :]
 
 
-def _apply(E, A):
+def apply_operators(E, A):
     """`G_l a_j` for columns `A` `[N, J]`: `[L, M, J]` (or `[1, N, J]` shared)."""
     return jnp.einsum("lmn,nj->lmj", E, A, precision=_HI)
 
 
 def dictionary(E, a_flat):
     """SOMP dictionary `[L, M, G]` from `G_l` `[L, M, N]` and grid steering `a_flat` `[G, N]`."""
-    return _apply(E, a_flat.T)
+    return apply_operators(E, a_flat.T)
 
 
 def _correlate(D, R):
@@ -143,8 +144,9 @@ def _correlate(D, R):
     return jnp.einsum("lmg,lm->lg", jnp.conj(D), R, precision=_HI)
 
 
-def _ls_fit(B, y, mask):
-    """Joint least-squares symbols for columns `B` `[L|1, M, K]` (masked columns ignored).
+def ls_fit(B, y, mask):
+    """Joint least-squares symbols of one scene for columns `B` `[L|1, M, K]` (masked columns
+    ignored; a 1e-7 relative ridge keeps the Cholesky solve defined).
 
     Returns (s `[L, K]`, residual `[L, M]`).
     """
@@ -185,7 +187,7 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         idx = idx.at[k].set(g.astype(jnp.int32))
         mask = mask.at[k].set(True)
-        _, resid_new = _ls_fit(D[:, :, idx], y, mask)
+        _, resid_new = ls_fit(D[:, :, idx], y, mask)
         rss_new = jnp.sum(abs2(resid_new))
         dof = (m - (k + 1)) * l
         f = ((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30)
@@ -235,7 +237,7 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
                                      model=model)
         eta = jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta)
         a = steering(geometry, eta[:, 0], eta[:, 1], eta[:, 2], model=model, dtype=y.dtype)
-        _, resid_new = _ls_fit(_apply(E, a.T), y, mask)
+        _, resid_new = ls_fit(apply_operators(E, a.T), y, mask)
         rss_new = jnp.sum(abs2(resid_new))
         dof = (m - (k + 1)) * l
         fstat = fstat.at[k].set(((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30))
@@ -256,7 +258,7 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
 def _columns(geometry, E, z, steps, model, dtype):
     x = z * steps[None, :]
     a = steering(geometry, x[:, 0], x[:, 1], 1.0 / x[:, 2], model=model, dtype=dtype)  # [K, N]
-    return _apply(E, a.T)
+    return apply_operators(E, a.T)
 
 
 def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cfg: CompressiveConfig,
@@ -285,7 +287,7 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
 
     def residual(zf):
         z = zf.reshape(k, 3)
-        _, e = _ls_fit(_columns(geo, E, z, steps, model, y.dtype), y, mask)
+        _, e = ls_fit(_columns(geo, E, z, steps, model, y.dtype), y, mask)
         return jnp.concatenate([jnp.real(e).reshape(-1), jnp.imag(e).reshape(-1)])
 
     def cost(zf):
@@ -330,13 +332,13 @@ def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
     real = jnp.real(y).dtype
 
     def fstats(mask):
-        _, e = _ls_fit(B, y, mask)
+        _, e = ls_fit(B, y, mask)
         rss = jnp.sum(abs2(e))
         order = jnp.sum(mask)
         dof = jnp.maximum((m - order) * l, 1)
 
         def without(j):
-            _, ej = _ls_fit(B, y, mask & (jnp.arange(k_all) != j))
+            _, ej = ls_fit(B, y, mask & (jnp.arange(k_all) != j))
             return jnp.sum(abs2(ej))
 
         rss_wo = jax.vmap(without)(jnp.arange(k_all))
@@ -375,17 +377,17 @@ def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, mod
     """
     k_all = phi.shape[0]
     a = steering(geometry, phi, theta, r, model=model, dtype=y.dtype)  # [K, N]
-    B = _apply(E, a.T)  # [L|1, M, K]
+    B = apply_operators(E, a.T)  # [L|1, M, K]
     u = inv_r.astype(phi.dtype)
 
     def one(k):
         a_u = steering(geometry, phi[k], theta[k], 1.0 / u, model=model, dtype=y.dtype)  # [U, N]
-        g = _apply(E, a_u.T)  # [L|1, M, U]
+        g = apply_operators(E, a_u.T)  # [L|1, M, U]
         m_k = mask.at[k].set(True)
 
         def rss(j):
             Bj = B.at[:, :, k].set(g[:, :, j])
-            _, e = _ls_fit(Bj, y, m_k)
+            _, e = ls_fit(Bj, y, m_k)
             return jnp.sum(abs2(e))
 
         cost = jax.vmap(rss)(jnp.arange(u.shape[0]))  # [U]
@@ -428,13 +430,13 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
     phi, theta, r, _ = ml_refine(y, E, geometry, grid, phi, theta, r, mask, cfg, model=model)
 
     def cols(phi, theta, r):
-        return _apply(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
+        return apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
 
     if cfg.retest:
         mask, _ = order_retest(y, cols(phi, theta, r), mask, thresholds, cfg)
 
     def rss_of(phi, theta, r, mask):
-        _, e = _ls_fit(cols(phi, theta, r), y, mask)
+        _, e = ls_fit(cols(phi, theta, r), y, mask)
         return jnp.sum(abs2(e)), e
 
     def step(_, carry):
@@ -461,115 +463,3 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
     else:
         f = jnp.where(mask, jnp.inf, 0.0)
     return phi, theta, r, mask, f
-
-
-def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
-                        cfg: CompressiveConfig, phi0, theta0, r0, mask0, *,
-                        gates=(np.deg2rad(5.0), np.deg2rad(5.0), 1.0), model: str = "exact"):
-    """`ml_from_start` for a batch (`[S, ...]` inputs as in `localize_compressive`; starting
-    detections `[S, K_max]`). Returns a `CompressiveResult` with `[S, K_max]` arrays."""
-    cfg.validate()
-    return _from_start_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, phi0, theta0, r0, mask0,
-                             grid=grid, cfg=cfg, gates=tuple(float(g) for g in gates), model=model)
-
-
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
-def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates,
-                      model):
-    from rismvdr.localize.detect import DetectorConfig, _greedy_nms
-
-    det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
-                         gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)
-    real = jnp.real(y).dtype
-    coords = _flat_coords(grid, real)
-    l, n = y.shape[1], a_flat.shape[-1]
-    geo = geometry.astype(real)
-
-    def one(y1, h1, c1, p0, t0, rr0, m0):
-        E = scene_operators(h1, c1, l, n, y1.dtype)
-        D = dictionary(E, a_flat)
-        norms = jnp.sum(abs2(D), axis=1)
-        phi, theta, r, mask, f = ml_from_start(y1, E, D, norms, coords, thresholds, geo, grid,
-                                               p0.astype(real), t0.astype(real), rr0.astype(real), m0, cfg,
-                                               model=model)
-        _, e = _ls_fit(_apply(E, steering(geo, phi, theta, r, model=model, dtype=y1.dtype).T), y1, mask)
-        score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
-        phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, mask, det, cfg.k_max)
-        return CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
-                                 jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
-
-    return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=min(4, y.shape[0]))
-
-
-def _flat_coords(grid: Grid, real):
-    """(phi, theta, r) `[G]` of the grid flattened in (theta, phi, plane) order."""
-    phi_g, th_g, r_g = grid.arrays()
-    t, p, rr = grid.shape
-    return (jnp.asarray(np.broadcast_to(phi_g[None, :, None], (t, p, rr)).reshape(-1), real),
-            jnp.asarray(np.broadcast_to(th_g[:, None, None], (t, p, rr)).reshape(-1), real),
-            jnp.asarray(np.broadcast_to(r_g[None, None, :], (t, p, rr)).reshape(-1), real))
-
-
-def _plane_max(score, grid: Grid) -> Spectrum25D:
-    t, p, rr = grid.shape
-    vol = score.reshape(t, p, rr)
-    return Spectrum25D(jnp.max(vol, axis=-1), jnp.argmax(vol, axis=-1).astype(jnp.int32))
-
-
-def localize_compressive(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
-                         cfg: CompressiveConfig, *, gates=(np.deg2rad(5.0), np.deg2rad(5.0), 1.0),
-                         ml: bool = True, model: str = "exact"):
-    """SOMP (+ ML + order re-test) for a batch of scenes (jit + vmap inside).
-
-    Args:
-      y: `[S, L, M]`; H: `[S, M, N]` or None; codes: `[S, L, N]` or None.
-      a_flat: `[G, N]` steering of `grid` flattened in (theta, phi, plane) order
-        (`grid_steering(...).reshape(-1, N)`), built once.
-      thresholds: `[K_max]` from `f_thresholds`.
-      gates: (phi rad, theta rad, r m) gate of the final duplicate merge.
-
-    Returns:
-      (`CompressiveResult` with `[S, K_max]` arrays, `Spectrum25D` of SOMP's first-step score).
-    """
-    cfg.validate()
-    return _localize_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, grid=grid, cfg=cfg,
-                           gates=tuple(float(g) for g in gates), ml=ml, model=model)
-
-
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "ml", "model"))
-def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gates, ml, model):
-    from rismvdr.localize.detect import DetectorConfig, _greedy_nms
-
-    det = DetectorConfig(gate_phi_deg=float(np.rad2deg(gates[0])), gate_theta_deg=float(np.rad2deg(gates[1])),
-                         gate_r_m=gates[2], k_max=cfg.k_max, n_candidates=cfg.k_max)
-    real = jnp.real(y).dtype
-    flat_phi, flat_th, flat_r = _flat_coords(grid, real)
-    l, n = y.shape[1], a_flat.shape[-1]
-    geo = geometry.astype(real)
-
-    def one(y1, h1, c1):
-        E = scene_operators(h1, c1, l, n, y1.dtype)
-        D = dictionary(E, a_flat)
-        norms = jnp.sum(abs2(D), axis=1)
-        rss = jnp.zeros((), real)
-        if ml:
-            phi, theta, r, mask, order, f, first = somp_ml(
-                y1, E, D, norms, (flat_phi, flat_th, flat_r), thresholds, geo, grid, cfg, model=model)
-            a = steering(geo, phi, theta, r, model=model, dtype=y1.dtype)
-            if cfg.retest:
-                mask, f = order_retest(y1, _apply(E, a.T), mask, thresholds, cfg)
-            _, e = _ls_fit(_apply(E, a.T), y1, mask)
-            rss = jnp.sum(abs2(e))
-        else:
-            idx, order, f, first = somp(y1, D, norms, thresholds, cfg)
-            mask = jnp.arange(cfg.k_max) < order
-            phi, theta, r = flat_phi[idx], flat_th[idx], flat_r[idx]
-        score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
-        phi, theta, r, score, valid = _greedy_nms(phi, theta, r, score, mask, det, cfg.k_max)
-        res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid, order, rss)
-        return res, _plane_max(first, grid)
-
-    # Scenes in vmapped groups of at most 4, sequentially: on the CPU, XLA was measured to slow
-    # down by >50x when this loop nest was vmapped over 12 or more scenes at once.
-    return jax.lax.map(lambda args: one(*args), (y, H, codes), batch_size=min(4, y.shape[0]))

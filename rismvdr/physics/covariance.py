@@ -49,6 +49,7 @@ from rismvdr.physics.linalg import abs2, hermitise, real_dtype
 
 __all__ = [
     "COVARIANCE_METHODS",
+    "batched_covariance",
     "CovEstimate",
     "AlsFit",
     "trace_normalize",
@@ -645,7 +646,18 @@ _METHOD_KWARGS = {
 @functools.partial(
     jax.jit, static_argnames=("method", "rank", "n_iter", "f_solver", "precision")
 )
-def _batched(y, h, codes, lam, *, method, rank, n_iter, f_solver, precision):
+def batched_covariance(y, h, codes, lam, *, method, rank, n_iter, f_solver, precision) -> CovEstimate:
+    """`estimate_covariance` without its host-side checks, for traced use inside a jitted caller
+    (e.g. a model's R_samp input): every argument given, `method` already canonical.
+
+    Args:
+      y: `[S, L, M]`; h: `[S, M, N]`, shared `[M, N]` or None; codes: `[S, L, N]`, `[L, N]` or None.
+      lam: ridge of `ridge_ls`/`als`; method: one of `COVARIANCE_METHODS`; rank, n_iter,
+        f_solver: ALS settings; precision: matmul precision.
+
+    Returns:
+      `CovEstimate(R [S, N, N], factor [S, N, q])`.
+    """
     def one(y1, h1, c1):
         if method == "sample":
             return _sample_core(y1, precision)
@@ -698,7 +710,7 @@ def estimate_covariance(method: str, y, H=None, codes=None, **kwargs) -> CovEsti
         _validate_lam(lam, strict=True)
         _validate_als_args(rank, n_iter, f_solver, _n_elements(y, H))
     y, H, codes = _cast(_common_dtype(y, H, codes), y, H, codes)
-    return _batched(
+    return batched_covariance(
         y, H, codes, lam, method=name, rank=int(rank), n_iter=int(n_iter),
         f_solver=f_solver, precision=precision,
     )

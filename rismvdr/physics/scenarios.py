@@ -21,13 +21,65 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
+import math
+from typing import Any, Literal
 
 import numpy as np
 
 from rismvdr.physics.geometry import ArrayGeometry, from_positions, ula, upa
 
-__all__ = ["SceneConfig", "SCENARIOS", "get_scenario", "scenario_geometry"]
+__all__ = ["Gates", "DEFAULT_GATES", "SceneConfig", "SCENARIOS", "get_scenario", "scenario_geometry"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gates:
+    """Detection gate: the largest error at which a matched estimate still counts as found.
+
+    Also the cost scale of the Hungarian assignment, the detector's NMS gate and the scenario's
+    separation rule: the one gate of the package. SI units inside; `from_deg` builds one where
+    a person typed degrees (configs, CLI flags), `as_report` gives them back.
+
+    Attributes:
+      phi: azimuth gate, radians (seed: 5 deg).
+      theta: elevation gate, radians (seed: 5 deg).
+      r: range gate, metres (seed: 1 m).
+    """
+
+    phi: float = float(np.deg2rad(5.0))
+    theta: float = float(np.deg2rad(5.0))
+    r: float = 1.0
+
+    def __post_init__(self):
+        for name in ("phi", "theta", "r"):
+            v = getattr(self, name)
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                f = float("nan")
+            if not (math.isfinite(f) and f > 0):
+                raise ValueError(f"gates.{name}: must be a finite number > 0, got {v!r}")
+            object.__setattr__(self, name, f)  # plain floats: hashable, JSON-friendly
+
+    @classmethod
+    def from_deg(cls, phi_deg: float = 5.0, theta_deg: float = 5.0, r_m: float = 1.0) -> "Gates":
+        """Gates from degrees and metres (the units of configs and reports)."""
+        return cls(float(np.deg2rad(phi_deg)), float(np.deg2rad(theta_deg)), float(r_m))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Gates":
+        """Gates of a scenario config (any object with `gate_phi_deg`, `gate_theta_deg`, `gate_r_m`)."""
+        return cls.from_deg(cfg.gate_phi_deg, cfg.gate_theta_deg, cfg.gate_r_m)
+
+    def as_report(self) -> dict[str, float]:
+        """`{"phi_deg", "theta_deg", "r_m"}`: the gates in the report's units."""
+        return {
+            "phi_deg": float(np.rad2deg(self.phi)),
+            "theta_deg": float(np.rad2deg(self.theta)),
+            "r_m": float(self.r),
+        }
+
+
+DEFAULT_GATES = Gates()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +130,11 @@ class SceneConfig:
         cfg = dataclasses.replace(self, **fixed)
         cfg.validate()
         return cfg
+
+    @property
+    def gates(self) -> Gates:
+        """The separation rule's gate in SI units (the detector's and the evaluation's gate)."""
+        return Gates.from_deg(self.gate_phi_deg, self.gate_theta_deg, self.gate_r_m)
 
     @property
     def n_elements(self) -> int:

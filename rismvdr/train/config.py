@@ -3,7 +3,8 @@
 A config file (`configs/<name>.py`) defines `get_config() -> TrainConfig`; the CLI overrides
 single fields with `--set key=value` (dotted paths into nested configs, values parsed as
 Python literals, e.g. `--set optim.lr=3e-4 --set model.widths=(16,32,64)`). Every checkpoint
-stores `to_dict(config)`, so a run restores and runs inference without its config file.
+stores `config.to_dict()`, so a run restores and runs inference without its config file; every
+config type here and in the models layer reads back with `from_dict`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Mapping
+
+from rismvdr.models.backbone import BackboneConfig, ModelConfig, backbone_config_for  # ModelConfig re-exported
+from rismvdr.models.refiner import RefinerConfig  # re-exported: the one refiner config type
+from rismvdr.physics.scenarios import SceneConfig, get_scenario
 
 __all__ = [
     "ModelConfig",
@@ -29,37 +34,6 @@ __all__ = [
     "from_dict",
     "weights_at",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Backbone hyperparameters (geometry and box come from the scenario)."""
-
-    widths: tuple[int, ...] = (16, 32, 64)  # U-Net trunk channel widths per stage
-    dilations: tuple[int, ...] = (2, 4)  # bottleneck dilations
-    groups: int = 8  # GroupNorm groups
-    covariance: str = "structured"  # "structured" (R from the slots) | "factor" (general factor)
-    rank: int = 5  # factor columns of the "factor" variant
-    beta: float = 0.0  # R_blend = (1 - beta) R_pred + beta R_samp(ALS)
-    beam_phi_step_deg: float = 2.0  # beamspace front-end grid, degrees
-    beam_theta_step_deg: float = 2.0
-    beam_planes: int = 8  # range planes of the front end (uniform in 1/r)
-    nms_cells: int = 1  # slot selection window half-size, cells
-    leash_max: float = 1e3  # column-norm leash (relative to sqrt(N))
-
-
-@dataclasses.dataclass(frozen=True)
-class RefinerConfig:
-    """Stage-2 SpectrumRefiner and its coarse MVDR grid."""
-
-    widths: tuple[int, ...] = (32, 64, 128)  # the seed's 1 -> 32 -> 64 -> 128
-    dilations: tuple[int, ...] = (2, 4)
-    groups: int = 8
-    grid_phi: int = 61  # points over the phi box (61: 2 degrees over +-60)
-    grid_theta: int = 41  # points over the theta box (41: 1.5 degrees over +-30)
-    planes: int = 8  # range planes, max-reduced into the 2-D map
-    exist_threshold: float = 0.0  # slots kept in the map's R_blend (0: all, weighted by existence)
-    peak_threshold: float = 0.5  # probability a refiner peak needs (calibrated on validation at export)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,23 +142,24 @@ class TrainConfig:
         if not 0.0 <= self.optim.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay: must be in [0, 1), got {self.optim.ema_decay}")
 
-    def scene_config(self):
-        from rismvdr.physics.scenarios import get_scenario
-
+    def scene_config(self) -> SceneConfig:
         return get_scenario(self.scenario, **dict(self.scene_overrides))
 
-    def backbone_config(self):
-        from rismvdr.models.backbone import backbone_config_for
+    def backbone_config(self) -> BackboneConfig:
+        """The Stage-1 backbone: `model`'s hyperparameters shaped for the scenario."""
+        return backbone_config_for(self.scene_config(), self.model)
 
-        m = self.model
-        return backbone_config_for(
-            self.scene_config(), widths=tuple(m.widths), dilations=tuple(m.dilations), groups=m.groups,
-            covariance=m.covariance, rank=m.rank, beta=m.beta, beam_phi_step_deg=m.beam_phi_step_deg,
-            beam_theta_step_deg=m.beam_theta_step_deg, beam_planes=m.beam_planes, nms_cells=m.nms_cells,
-            leash_max=m.leash_max)
-
-    def replace(self, **kw) -> "TrainConfig":
+    def replace(self, **kw) -> TrainConfig:
         return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (sections become dicts, tuples lists); what checkpoints store."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys raise ValueError (missing ones take defaults)."""
+        return _build(cls, d)
 
 
 def weights_at(cfg: TrainConfig, step: int) -> tuple[int, LossWeights]:
@@ -295,14 +270,10 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
     return cfg
 
 
-def to_dict(cfg: TrainConfig) -> dict:
-    """JSON-able dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
 def _build(cls, data: Mapping):
+    """A config section from its `to_dict` form (sections with their own `from_dict` use it)."""
     kwargs = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in fields:
             raise ValueError(f"config: unknown field {cls.__name__}.{key}")
@@ -312,13 +283,19 @@ def _build(cls, data: Mapping):
         elif key == "scene_overrides":
             value = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value)
         elif dataclasses.is_dataclass(default):
-            value = _build(type(default), value)
+            section = type(default)
+            value = section.from_dict(value) if hasattr(section, "from_dict") else _build(section, value)
         elif isinstance(default, tuple) and value is not None:
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
+def to_dict(cfg: TrainConfig) -> dict:
+    """`cfg.to_dict()` (the old module-level spelling, kept for one release)."""
+    return cfg.to_dict()
+
+
 def from_dict(data: Mapping) -> TrainConfig:
-    """Inverse of `to_dict`."""
-    return _build(TrainConfig, data)
+    """`TrainConfig.from_dict(data)` (the old module-level spelling, kept for one release)."""
+    return TrainConfig.from_dict(data)

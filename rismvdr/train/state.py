@@ -1,8 +1,9 @@
 """Functional training state: model parameters as a flat tuple of arrays, Optax state, EMA.
 
-A Flax NNX module is split once into its graph definition (static) and its parameter leaves;
-the train step is a pure function of the leaves, jitted with the state donated. Keeping the
-leaves as a flat tuple makes checkpoints independent of NNX's internal state containers.
+A Flax NNX module is split once (`rismvdr.models.params.split_model`, re-exported here) into its
+graph definition (static) and its parameter leaves; the train step is a pure function of the
+leaves, jitted with the state donated. Keeping the leaves as a flat tuple makes checkpoints
+independent of NNX's internal state containers.
 """
 from __future__ import annotations
 
@@ -11,33 +12,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
+from rismvdr.models.params import ModelDef, split_model  # re-exported: defined in the models layer
 from rismvdr.train.config import OptimConfig
 
 __all__ = ["ModelDef", "TrainState", "split_model", "make_optimizer", "init_train_state", "ema_update",
            "make_mesh", "replicated", "data_sharded"]
-
-
-class ModelDef(NamedTuple):
-    """Static halves of a split module: `apply(params, *args)` rebuilds and calls it."""
-
-    graphdef: Any
-    treedef: Any
-
-    def module(self, params):
-        state = jax.tree_util.tree_unflatten(self.treedef, list(params))
-        return nnx.merge(self.graphdef, state)
-
-    def apply(self, params, *args, **kwargs):
-        return self.module(params)(*args, **kwargs)
-
-
-def split_model(module) -> tuple[ModelDef, tuple]:
-    """(ModelDef, parameter leaves) of an NNX module (parameters only: no batch statistics)."""
-    graphdef, state = nnx.split(module)
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    return ModelDef(graphdef, treedef), tuple(leaves)
 
 
 class TrainState(NamedTuple):

@@ -7,25 +7,27 @@ Design (big_vision / flax-examples style):
   over a one-axis mesh ("data"): the batch is sharded along it, parameters are replicated, XLA
   inserts the gradient all-reduce. Multi-host: call `jax.distributed.initialize()` first (the
   CLI does when `--distributed` is given); the mesh then spans every host's devices.
+- What differs between the stages (the trained module, its loss terms and their batch, the
+  validation terms, the learned method measured, the run record, the frozen backbone saved
+  with every checkpoint) is a `Stage`, chosen once from `cfg.stage` when the trainer is built.
 - A step whose loss or gradients are not finite leaves parameters, optimizer state and EMA
   unchanged and increments `skipped` (reported in the metrics); the run continues.
 - Loss weights follow the config's phases; they enter the step as traced scalars (one compile).
 - Validation: every loss term on the fixed validation set (EMA weights), and on a capped
-  subset the MVDR peak metrics of the `learned` method (precision, recall, F1, FP per scene,
-  PSSR), through the same detector and metrics code as every method.
+  subset the MVDR peak metrics of the stage's learned method (precision, recall, F1, FP per
+  scene, PSSR), through the same detector and metrics code as every method.
 - Checkpoints (`rismvdr.train.checkpoint`): every `checkpoint_every` steps and at the end, the
-  latest and the best `keep_best` by `val/objective` (= rmse_xyz_all / 2 m + 10 (1 - F1), the
-  seed's end-to-end objective); SIGTERM/SIGINT saves the current state and returns cleanly.
+  latest and the best `keep_best` by `val/objective` (`rismvdr.eval.objective.e2e_objective`,
+  the seed's end-to-end objective); SIGTERM/SIGINT saves the current state and returns cleanly.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -34,13 +36,20 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rismvdr.models.backbone import Backbone
-from rismvdr.models.unet import SpectrumRefiner
+from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db
+from rismvdr.eval.objective import e2e_objective
+from rismvdr.eval.plots import plot_training_curves
+from rismvdr.localize.learned import als_samp_factor, backbone_factor, refiner_grid
+from rismvdr.localize.registry import localize, settings_for_scenario
+from rismvdr.localize.weights import BEST_METRIC, LearnedModel
+from rismvdr.models.backbone import Backbone, BackboneConfig
+from rismvdr.models.params import ModelDef, split_model
+from rismvdr.models.refiner import make_refiner
 from rismvdr.physics.simulate import Scene, simulate, simulate_scene
 from rismvdr.physics.spectra import grid_steering, mvdr_lowrank_operator, spectrum_25d
 from rismvdr.train import losses
 from rismvdr.train.checkpoint import Checkpointer
-from rismvdr.train.config import TrainConfig, to_dict, weights_at
+from rismvdr.train.config import TrainConfig, weights_at
 from rismvdr.train.objective import TERMS, active_terms, backbone_terms
 from rismvdr.train.state import (
     TrainState,
@@ -50,29 +59,16 @@ from rismvdr.train.state import (
     make_mesh,
     make_optimizer,
     replicated,
-    split_model,
 )
 
-__all__ = ["Trainer", "fit", "sample_scenes", "e2e_objective", "OBJECTIVE"]
+__all__ = ["Trainer", "Stage", "BackboneStage", "RefinerStage", "make_stage", "fit", "sample_scenes",
+           "OBJECTIVE"]
 
 log = logging.getLogger(__name__)
-OBJECTIVE = "val/objective"
+OBJECTIVE = BEST_METRIC  # "val/objective": checkpoints are ranked by it, inference loads the best
 _TRAIN_SALT = 0x7A11
-_XYZ_NORM_M = 2.0
-_F1_WEIGHT = 10.0
 # optax >= 0.2.5 moved global_norm to optax.tree.norm
 _global_norm = optax.tree.norm if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm
-
-
-def e2e_objective(metrics: dict, *, xyz_norm: float = _XYZ_NORM_M, f1_weight: float = _F1_WEIGHT) -> float:
-    """The seed's end-to-end objective (minimise): `rmse_xyz_all / xyz_norm + f1_weight (1 - F1)`;
-    no matched pair at all counts as `rmse_xyz_all = xyz_norm`."""
-    rmse = metrics.get("rmse_xyz_all_m", float("nan"))
-    if not np.isfinite(rmse):
-        rmse = xyz_norm
-    f1 = metrics.get("f1", 0.0)
-    f1 = 0.0 if not np.isfinite(f1) else f1
-    return float(rmse / xyz_norm + f1_weight * (1.0 - f1))
 
 
 def sample_scenes(scene_cfg, key, batch_size: int, sharding=None, *, indices=None) -> Scene:
@@ -94,14 +90,134 @@ def _select(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-class Trainer:
-    """Builds the model, optimizer, jitted step and evaluation for one config."""
+# ------------------------------------------------------------------------------------------
+# The stages
+# ------------------------------------------------------------------------------------------
+class Stage(Protocol):
+    """What one training stage trains and measures (the trainer asks, never tests the stage).
 
-    def __init__(self, cfg: TrainConfig, *, n_devices: int | None = None, backbone=None):
+    Attributes:
+      bcfg: the backbone's config (trained in Stage 1, frozen in Stage 2).
+      mdef, params0: the trained module's definition and initial parameter leaves.
+      active: the loss terms trained (a non-zero weight in some phase).
+      val_terms: the loss terms reported on validation.
+      method: the registered learned method whose peak metrics are measured.
+    """
+
+    bcfg: BackboneConfig
+    mdef: ModelDef
+    params0: tuple
+    active: tuple[str, ...]
+    val_terms: tuple[str, ...]
+    method: str
+
+    def loss_terms(self, params, scenes: Scene, active: tuple[str, ...]) -> dict[str, jax.Array]:
+        """Batch means of the `active` loss terms of `params` on `scenes` (traceable)."""
+
+    def model(self, params) -> LearnedModel:
+        """The learned model with the trained module's parameters `params`."""
+
+    def record(self) -> dict[str, Any]:
+        """The stage's entries of the run record (`config.json`, every checkpoint's config)."""
+
+    def payload(self) -> dict[str, Any]:
+        """Pytrees saved beside the training state in every checkpoint (restored on resume)."""
+
+
+class BackboneStage:
+    """Stage 1: the backbone, trained on every backbone loss term with a non-zero weight."""
+
+    method = "learned"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.bcfg = cfg.backbone_config()
+        self.mdef, self.params0 = split_model(Backbone(self.bcfg, rngs=nnx.Rngs(cfg.seed)))
+        self.active = tuple(t for t in active_terms([p.weights for p in cfg.phases]) if t != "heatmap")
+        # every backbone term (the contrast loss only when trained: it costs a Cholesky)
+        self.val_terms = tuple(t for t in TERMS if t != "heatmap" and (t != "peak_contrast" or t in self.active))
+
+    def loss_terms(self, params, scenes: Scene, active: tuple[str, ...]) -> dict[str, jax.Array]:
+        samp = als_samp_factor(scenes) if self.bcfg.beta > 0 else None
+        out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp, refine_range=False)
+        return backbone_terms(out, scenes, self.bcfg, self.cfg.loss, active)
+
+    def model(self, params) -> LearnedModel:
+        return LearnedModel(self.bcfg, self.mdef, tuple(params), None, None, None, "training", {})
+
+    def record(self) -> dict[str, Any]:
+        return {"backbone": self.bcfg.to_dict(), "refiner": None}
+
+    def payload(self) -> dict[str, Any]:
+        return {}
+
+
+class RefinerStage:
+    """Stage 2: the SpectrumRefiner on the frozen backbone's low-rank MVDR map, trained on the
+    refiner's heat-map (focal) loss alone (the seed's fast path)."""
+
+    method = "learned-refiner"
+    active = val_terms = ("heatmap",)
+
+    def __init__(self, cfg: TrainConfig, backbone: LearnedModel):
+        self.cfg = cfg
+        self.backbone = backbone
+        self.bcfg = backbone.backbone_cfg
+        self.mdef, self.params0 = split_model(make_refiner(cfg.refiner, nnx.Rngs(cfg.seed)))
+        self.rgrid = refiner_grid(self.bcfg, cfg.refiner)
+
+    def _inputs(self, scenes: Scene):
+        """The frozen backbone's low-rank MVDR map on the coarse grid, in dB."""
+        f, _ = backbone_factor(self.backbone, scenes, exist_threshold=self.cfg.refiner.exist_threshold)
+        op = jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=self.cfg.loss.delta_rel))(f)
+        a = grid_steering(self.bcfg.geometry(), self.rgrid, model=self.bcfg.steering_model, dtype=scenes.y.dtype)
+        spec = spectrum_25d(op, a)
+        db = 10.0 * jnp.log10(jnp.maximum(spec.power, 1e-30))
+        return jax.lax.stop_gradient(db.astype(jnp.float32))
+
+    def loss_terms(self, params, scenes: Scene, active: tuple[str, ...]) -> dict[str, jax.Array]:
+        """The heat-map term (the stage's only one, whatever `active` asks)."""
+        ls = self.cfg.loss
+        logits = self.mdef.apply(params, self._inputs(scenes))
+        phi_ax, th_ax, _ = (jnp.asarray(x, jnp.float32) for x in self.rgrid.arrays())
+        hm = lambda lg, p, t, m: losses.heatmap_loss(  # noqa: E731
+            lg, p.astype(jnp.float32), t.astype(jnp.float32), m, phi_ax, th_ax, sigma_cells=ls.sigma_cells,
+            alpha=ls.focal_alpha, gamma=ls.focal_gamma)
+        return {"heatmap": jnp.mean(jax.vmap(hm)(logits, scenes.phi, scenes.theta, scenes.mask))}
+
+    def model(self, params) -> LearnedModel:
+        return self.backbone._replace(refiner_cfg=self.cfg.refiner, refiner_def=self.mdef,
+                                      refiner_params=tuple(params))
+
+    def record(self) -> dict[str, Any]:
+        b = self.backbone
+        return {"backbone": self.bcfg.to_dict(), "refiner": self.cfg.refiner.to_dict(),
+                "backbone_source": b.source, "backbone_train": b.info.get("train"),
+                "backbone_metrics": b.info.get("metrics")}
+
+    def payload(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.backbone_params}
+
+
+def make_stage(cfg: TrainConfig, backbone: LearnedModel | None = None) -> Stage:
+    """The stage `cfg.stage` names; Stage 2 needs the trained `backbone`, Stage 1 takes none."""
+    if cfg.stage == "refiner":
+        if backbone is None:
+            raise ValueError("backbone: Stage 2 (refiner) needs a trained backbone")
+        return RefinerStage(cfg, backbone)
+    if backbone is not None:
+        raise ValueError("backbone: Stage 1 (backbone) trains its own backbone; pass none")
+    return BackboneStage(cfg)
+
+
+class Trainer:
+    """Builds the stage, optimizer, jitted step and evaluation for one config."""
+
+    def __init__(self, cfg: TrainConfig, *, n_devices: int | None = None, backbone: LearnedModel | None = None):
         """Args:
           cfg: the run's config.
           n_devices: devices of the data mesh (all by default).
-          backbone: Stage 2 only: `rismvdr.localize.learned.LearnedModel` of the frozen backbone.
+          backbone: Stage 2 only: the frozen backbone (`rismvdr.localize.weights.LearnedModel`).
         """
         cfg.validate()
         self.cfg = cfg
@@ -113,26 +229,11 @@ class Trainer:
         self.rep, self.dat = replicated(self.mesh), data_sharded(self.mesh)
         self.tx = make_optimizer(cfg.optim, cfg.steps)
         self.train_key = jax.random.fold_in(jax.random.key(cfg.seed), _TRAIN_SALT)
-        self.active = active_terms([p.weights for p in cfg.phases])
-        if cfg.stage == "backbone":
-            self.bcfg = cfg.backbone_config()
-            self.mdef, params = split_model(Backbone(self.bcfg, rngs=nnx.Rngs(cfg.seed)))
-            self.backbone = None
-            self.active = tuple(t for t in self.active if t != "heatmap")
-        else:
-            if backbone is None:
-                raise ValueError("backbone: Stage 2 (refiner) needs a trained backbone")
-            self.backbone = backbone
-            self.bcfg = backbone.backbone_cfg
-            r = cfg.refiner
-            self.mdef, params = split_model(SpectrumRefiner(widths=tuple(r.widths), dilations=tuple(r.dilations),
-                                                            groups=r.groups, rngs=nnx.Rngs(cfg.seed)))
-            self.active = ("heatmap",)
-            from rismvdr.localize.learned import refiner_grid
-
-            self.rgrid = refiner_grid(self.bcfg, dataclasses.asdict(r))
-        self.params0 = params
-        self.n_params = int(sum(np.prod(p.shape) for p in params))
+        self.stage = make_stage(cfg, backbone)
+        self.bcfg = self.stage.bcfg
+        self.active = self.stage.active
+        self.params0 = self.stage.params0
+        self.n_params = int(sum(np.prod(p.shape) for p in self.params0))
         self._step_fn = None
 
     # ---------------------------------------------------------------------------------------
@@ -145,6 +246,12 @@ class Trainer:
         abstract = jax.eval_shape(lambda: init_train_state(self.params0, self.tx))
         return jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.rep), abstract)
+
+    def restore_target(self) -> dict:
+        """The checkpoint restore target: the state and the stage's payload (replicated)."""
+        payload = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rep), self.stage.payload())
+        return {"train": self.abstract_state(), **payload}
 
     def weights(self, step: int) -> dict[str, jax.Array]:
         _, w = weights_at(self.cfg, step)
@@ -159,33 +266,9 @@ class Trainer:
         key = jax.random.fold_in(self.train_key, step)
         return sample_scenes(self.scene_cfg, key, b, self.dat)
 
-    def _refiner_inputs(self, scenes: Scene):
-        """Stage 2: the frozen backbone's low-rank MVDR map on the coarse grid, in dB."""
-        from rismvdr.localize.learned import backbone_factor
-
-        f, _ = backbone_factor(self.backbone, scenes, exist_threshold=self.cfg.refiner.exist_threshold)
-        op = jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=self.cfg.loss.delta_rel))(f)
-        a = grid_steering(self.bcfg.geometry(), self.rgrid, model=self.bcfg.steering_model, dtype=scenes.y.dtype)
-        spec = spectrum_25d(op, a)
-        db = 10.0 * jnp.log10(jnp.maximum(spec.power, 1e-30))
-        return jax.lax.stop_gradient(db.astype(jnp.float32))
-
     def loss_terms(self, params, scenes: Scene, active: tuple[str, ...] | None = None):
         """(terms dict of batch means) for parameters `params` on `scenes`."""
-        ls = self.cfg.loss
-        active = self.active if active is None else active
-        if self.cfg.stage == "backbone":
-            from rismvdr.localize.learned import als_samp_factor
-
-            samp = als_samp_factor(scenes) if self.bcfg.beta > 0 else None
-            out = self.mdef.apply(params, scenes.y, scenes.H, scenes.codes, samp, refine_range=False)
-            return backbone_terms(out, scenes, self.bcfg, ls, active)
-        logits = self.mdef.apply(params, self._refiner_inputs(scenes))
-        phi_ax, th_ax, _ = (jnp.asarray(x, jnp.float32) for x in self.rgrid.arrays())
-        hm = lambda lg, p, t, m: losses.heatmap_loss(  # noqa: E731  (the fast path: nothing else)
-            lg, p.astype(jnp.float32), t.astype(jnp.float32), m, phi_ax, th_ax, sigma_cells=ls.sigma_cells,
-            alpha=ls.focal_alpha, gamma=ls.focal_gamma)
-        return {"heatmap": jnp.mean(jax.vmap(hm)(logits, scenes.phi, scenes.theta, scenes.mask))}
+        return self.stage.loss_terms(params, scenes, self.active if active is None else active)
 
     def _loss(self, params, scenes, weights):
         terms = self.loss_terms(params, scenes)
@@ -242,11 +325,7 @@ class Trainer:
         # computation a multi-device one (and mix meshes with the single-device scenes).
         params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
         bs = min(cfg.batch_size, len(val))
-        if cfg.stage == "refiner":
-            terms_all = ("heatmap",)
-        else:  # every backbone term (the contrast loss only when trained: it costs a Cholesky)
-            terms_all = tuple(t for t in TERMS if t != "heatmap" and (t != "peak_contrast" or t in self.active))
-        ev = jax.jit(lambda params, scenes: self.loss_terms(params, scenes, terms_all))
+        ev = jax.jit(lambda params, scenes: self.loss_terms(params, scenes, self.stage.val_terms))
 
         sums: dict[str, float] = {}
         n = 0
@@ -262,25 +341,12 @@ class Trainer:
         return out
 
     def peak_metrics(self, params, scenes: Scene, *, progress: bool = False) -> dict:
-        """Detection metrics of the learned method(s) on `scenes` (coarse 2-degree grid)."""
-        from rismvdr.localize.learned import LearnedModel
-        from rismvdr.eval.evaluation import evaluate_detections
-        from rismvdr.localize.registry import localize, settings_for_scenario
-
-        if self.cfg.stage == "backbone":
-            model = LearnedModel(self.bcfg, self.mdef, tuple(params), None, None, None, "training", {})
-            method = "learned"
-        else:
-            b = self.backbone
-            model = b._replace(refiner_cfg=dataclasses.asdict(self.cfg.refiner), refiner_def=self.mdef,
-                               refiner_params=tuple(params))
-            method = "learned-refiner"
-        settings = settings_for_scenario(self.scene_cfg, phi_step_deg=2.0, theta_step_deg=2.0, n_planes=8,
-                                         batch_size=min(32, len(scenes)))
-        res = localize(method, scenes, self.bcfg.geometry(), settings, progress=progress, model=model)
+        """Detection metrics of the stage's learned method on `scenes` (coarse 2-degree grid)."""
+        settings = settings_for_scenario(self.scene_cfg, batch_size=min(32, len(scenes))).with_grid(
+            phi_step_deg=2.0, theta_step_deg=2.0, n_planes=8)
+        res = localize(self.stage.method, scenes, self.bcfg.geometry(), settings, progress=progress,
+                       model=self.stage.model(params))
         det = res.detections
-        from rismvdr.eval.evaluation import scene_pssr_db
-
         pssr = scene_pssr_db(res.power_db, det.phi, det.theta, det.valid, res.grid)
         m = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, pssr=pssr)
         out = {f"val/peak_{k}": float(m[k]) for k in ("precision", "recall", "f1", "fp_per_scene",
@@ -317,7 +383,9 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _jsonable(d: dict) -> dict:
+def _metric_scalars(d: dict) -> dict:
+    """A step's metrics (0-d arrays) as Python bool/int/float, NaN kept: `metrics.jsonl` records
+    a skipped step's loss as NaN, which `plot_training_curves` reads."""
     out = {}
     for k, v in d.items():
         v = np.asarray(v)
@@ -326,18 +394,12 @@ def _jsonable(d: dict) -> dict:
 
 
 def _record(cfg: TrainConfig, trainer: Trainer) -> dict:
-    rec = {"stage": cfg.stage, "train": to_dict(cfg), "backbone": trainer.bcfg.to_dict(),
-           "refiner": dataclasses.asdict(cfg.refiner) if cfg.stage == "refiner" else None,
-           "n_params": trainer.n_params}
-    if cfg.stage == "refiner":
-        rec["backbone_source"] = trainer.backbone.source
-        rec["backbone_train"] = trainer.backbone.info.get("train")
-        rec["backbone_metrics"] = trainer.backbone.info.get("metrics")
-    return rec
+    """The run record stored in `config.json` and with every checkpoint."""
+    return {"stage": cfg.stage, "train": cfg.to_dict(), **trainer.stage.record(), "n_params": trainer.n_params}
 
 
 def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_devices: int | None = None,
-        progress: bool = True, stop_at: int | None = None, backbone=None,
+        progress: bool = True, stop_at: int | None = None, backbone: LearnedModel | None = None,
         on_eval: Callable[[int, dict], None] | None = None) -> dict:
     """Train, validate and checkpoint into `workdir`.
 
@@ -348,7 +410,7 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
       n_devices: data-parallel devices (all by default).
       progress: tqdm bar with loss and throughput (auto-off when not a terminal).
       stop_at: stop (and checkpoint) after this many steps, as if interrupted (tests, budgets).
-      backbone: Stage 2: the frozen backbone (`rismvdr.localize.learned.LearnedModel`).
+      backbone: Stage 2: the frozen backbone (`rismvdr.localize.weights.LearnedModel`).
       on_eval: called as `on_eval(step, validation_metrics)` after every validation (and its
         checkpoint); an exception it raises (e.g. `optuna.TrialPruned`) ends the run after the
         checkpoint is closed and propagates to the caller.
@@ -371,11 +433,7 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
             diff = sorted(k for k in set(stored.get("train", {})) | set(record["train"])
                           if stored.get("train", {}).get(k) != record["train"].get(k))
             raise ValueError(f"--resume: the config differs from the run's stored config in {diff}")
-        target = {"train": trainer.abstract_state()}
-        if cfg.stage == "refiner":
-            target["backbone"] = jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=trainer.rep), trainer.backbone.backbone_params)
-        state = ckpt.restore(latest, target=target)["train"]
+        state = ckpt.restore(latest, target=trainer.restore_target())["train"]
         log.info("resumed from step %d", latest)
     else:
         state = trainer.init_state()
@@ -393,14 +451,11 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
     pending = None  # (step, metrics) of the previous step: logged after the next is dispatched
 
     def save(step, metrics=None, force=False):
-        payload = {"train": state}
-        if cfg.stage == "refiner":
-            payload["backbone"] = trainer.backbone.backbone_params
-        ckpt.save(step, payload, config=record, metrics=metrics, force=force)
+        ckpt.save(step, {"train": state, **trainer.stage.payload()}, config=record, metrics=metrics, force=force)
 
     def flush(pending):
         s, m = pending
-        m = _jsonable(jax.device_get(m))
+        m = _metric_scalars(jax.device_get(m))
         nonlocal t_last, n_last
         now = time.perf_counter()
         rate = (s + 1 - n_last) / max(now - t_last, 1e-9)
@@ -442,8 +497,6 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
             status = "stopped early"
     bar.close()
     try:
-        from rismvdr.eval.plots import plot_training_curves
-
         plot_training_curves(workdir / "loss_curve.png", metrics_path)
     except Exception as exc:  # a plot must never lose a run
         log.warning("loss curve not drawn: %s", exc)

@@ -1,0 +1,118 @@
+"""The benches' figures: F1 and RMSE-with-CRB curves of `bench accuracy`, speed ratios of `bench speed`.
+
+Each `plot_*` writes one PNG (`rismvdr.eval.plots.save_figure`) from report records and returns
+False, writing nothing, when the records hold nothing to plot.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rismvdr.bench.sweeps import ULA_SCENARIO  # noqa: E402
+from rismvdr.eval.plots import save_figure  # noqa: E402
+from rismvdr.physics.scenarios import get_scenario  # noqa: E402
+
+__all__ = ["plot_f1", "plot_rmse_snr", "plot_ula", "plot_speed_ratios"]
+
+
+def _style(i: int) -> dict:
+    """Line style of the i-th method: 10 colours, then a new line style and marker, so that
+    13+ methods stay distinguishable."""
+    return dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], marker=("o", "s", "^")[i // 10 % 3])
+
+
+def _series(records, sweep, key):
+    """method -> (values, metric) of one sweep."""
+    out: dict[str, tuple[list, list]] = {}
+    for r in records:
+        if r["sweep"] == sweep:
+            xs, ys = out.setdefault(r["method"], ([], []))
+            xs.append(r["value"])
+            ys.append(math.nan if r.get(key) is None else r[key])
+    return out
+
+
+def plot_f1(path, records, panels: dict[str, tuple[str, str]]) -> bool:
+    """F1 against a sweep's variable, one panel per sweep run: `panels` = {sweep: (title, x label)}.
+    False (nothing written) when none of the sweeps ran."""
+    sweeps = [s for s in panels if any(r["sweep"] == s for r in records)]
+    if not sweeps:
+        return False
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
+    for ax, sweep in zip(axes[0], sweeps):
+        for i, (name, (x, y)) in enumerate(_series(records, sweep, "f1").items()):
+            ax.plot(x, y, label=name, **_style(i))
+        ax.set_title(panels[sweep][0])
+        ax.set_xlabel(panels[sweep][1])
+        ax.set_ylabel("F1")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
+def _rmse_panel(ax, records, sweep: str, key: str, crb_key: str, ylabel: str) -> None:
+    """RMSE over true positives of every method against the sweep's SNR, semilog, with the
+    sqrt(CRB) of the matched sources of the best-covered method (most TPs) per point."""
+    for i, (name, (x, y)) in enumerate(_series(records, sweep, key).items()):
+        ax.semilogy(x, y, label=name, **_style(i))
+    crb_n, crb_y = {}, {}
+    for r in records:
+        if r["sweep"] == sweep and r.get(crb_key) is not None and math.isfinite(r[crb_key]):
+            if r["value"] not in crb_n or (r["tp"] or 0) > crb_n[r["value"]]:
+                crb_n[r["value"]], crb_y[r["value"]] = r["tp"] or 0, r[crb_key]
+    if crb_y:
+        xs = sorted(crb_y)
+        ax.semilogy(xs, [crb_y[x] for x in xs], "k--", label="sqrt(CRB)")
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_rmse_snr(path, records) -> bool:
+    """Azimuth RMSE over true positives against SNR at K = 1 (`snr_k1` sweep), with sqrt(CRB)."""
+    if not any(r["sweep"] == "snr_k1" for r in records):
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    _rmse_panel(ax, records, "snr_k1", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
+    ax.set_title("K = 1")
+    save_figure(fig, path)
+    return True
+
+
+def plot_ula(path, records) -> bool:
+    """Azimuth and range RMSE over true positives against SNR for the `ula` sweep, with sqrt(CRB)."""
+    if not any(r["sweep"] == "ula" for r in records):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    _rmse_panel(axes[0], records, "ula", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
+    _rmse_panel(axes[1], records, "ula", "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")
+    cfg = get_scenario(ULA_SCENARIO)
+    fig.suptitle(f"{cfg.name}: {cfg.nh}-element ULA, full array, L = {cfg.n_snapshots}, K = {cfg.k_min}, "
+                 f"r in [{cfg.r_m[0]:g}, {cfg.r_m[1]:g}] m")
+    save_figure(fig, path)
+    return True
+
+
+def plot_speed_ratios(path, records) -> bool:
+    """Scenes/s over the NumPy original formula of every record that has a ratio (log bars)."""
+    rows = [r for r in records if r.get("ratio_vs_numpy")]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    labels = [f"{r['name']} (b{r['batch']}, {r['grid']})" for r in rows]
+    ax.barh(range(len(rows)), [r["ratio_vs_numpy"] for r in rows], color="tab:blue")
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("scenes/s over the NumPy original formula (spectrum: same grid; methods: the\n"
+                  "121 x 61 x 16 spectrum grid, whatever grid or dictionary the method uses)")
+    save_figure(fig, path)
+    return True

@@ -1,0 +1,125 @@
+"""Settings of the localizers, one representation per concept.
+
+`LocalizerSettings` groups what the methods share: the search grid (`GridSpec`: the box and its
+sampling), the detector (`DetectorConfig`, whose `gates` are the one gate, SI), the compressive
+methods' dictionary sampling and config, the covariance-estimator knobs, the learned methods'
+knobs, and the batching. Angles of the box and grid steps are in degrees because they are typed
+by people (CLI flags, scenario configs); `rismvdr.physics.spectra.make_grid` converts them.
+
+>>> from rismvdr.physics.scenarios import get_scenario
+>>> s = settings_for_scenario(get_scenario("seed")).with_grid(n_planes=8)
+>>> s.grid().shape
+(61, 121, 8)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from rismvdr.localize.detect import DetectorConfig, RefinerGuard
+from rismvdr.physics.compressive import CompressiveConfig
+from rismvdr.physics.scenarios import SceneConfig
+from rismvdr.physics.spectra import Grid, make_grid
+
+__all__ = [
+    "GridSpec",
+    "EstimatorSettings",
+    "CompressiveSettings",
+    "LearnedSettings",
+    "LocalizerSettings",
+    "settings_for_scenario",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """A 2.5D search grid: the box and its sampling (phi, theta rows; range planes in 1/r)."""
+
+    phi_deg: tuple[float, float] = (-60.0, 60.0)  # search box = grid extent, degrees
+    theta_deg: tuple[float, float] = (-30.0, 30.0)
+    r_m: tuple[float, float] = (0.5, 10.0)
+    phi_step_deg: float = 1.0
+    theta_step_deg: float = 1.0
+    n_planes: int = 16  # range planes, uniform in 1/r
+
+    def grid(self, linear: bool = False) -> Grid:
+        """The grid; a linear array (no elevation resolution) gets the single row theta = 0."""
+        theta = (0.0, 0.0) if linear and self.theta_deg[0] != self.theta_deg[1] else self.theta_deg
+        return make_grid(self.phi_deg, theta, self.r_m, phi_step_deg=self.phi_step_deg,
+                         theta_step_deg=self.theta_step_deg, n_planes=self.n_planes)
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorSettings:
+    """Covariance estimators and the MVDR loading of the spectrum methods."""
+
+    delta_rel: float = 1e-2  # MVDR diagonal loading relative to tr(R)/N
+    als_rank: int = 5
+    als_iters: int = 4
+    als_lam: float = 1e-2
+    ridge_lam: float = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressiveSettings:
+    """The compressive methods (`somp`, `somp-ml`, and `learned-ml`'s ML stage)."""
+
+    phi_step_deg: float = 2.0  # SOMP dictionary: the search box sampled in these steps
+    theta_step_deg: float = 2.0
+    n_planes: int = 8
+    # Its `k_max` is replaced by the detector's (`LocalizerSettings.compressive_config`): one
+    # count cap for every method.
+    config: CompressiveConfig = CompressiveConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedSettings:
+    """The learned methods' inference knobs."""
+
+    exist_threshold: float = 0.5  # slots below this existence probability are dropped
+    refiner_guard: RefinerGuard = RefinerGuard()  # learned-refiner: when to fall back to MVDR peaks
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalizerSettings:
+    """Everything shared by the methods (hashable: a static argument of the jitted builders)."""
+
+    search: GridSpec = GridSpec()  # the box and the grid of the maps
+    steering_model: str = "exact"  # the scenes' steering model (spectra, refinement, ML)
+    precision: str = "highest"  # matmul precision: highest | fast
+    detector: DetectorConfig = DetectorConfig()
+    estimator: EstimatorSettings = EstimatorSettings()
+    compressive: CompressiveSettings = CompressiveSettings()
+    learned: LearnedSettings = LearnedSettings()
+    batch_size: int = 32  # scenes per jitted call
+    max_chunk_mb: float = 256.0  # bound on the grid-evaluation intermediate per chunk
+
+    def grid(self, linear: bool = False) -> Grid:
+        """The grid of the spectrum maps."""
+        return self.search.grid(linear)
+
+    def dictionary_grid(self, linear: bool = False) -> Grid:
+        """The compressive methods' dictionary grid: the search box in the dictionary's steps."""
+        c = self.compressive
+        spec = dataclasses.replace(self.search, phi_step_deg=c.phi_step_deg, theta_step_deg=c.theta_step_deg,
+                                   n_planes=c.n_planes)
+        return spec.grid(linear)
+
+    def compressive_config(self) -> CompressiveConfig:
+        """The compressive config with the detector's `k_max`."""
+        return dataclasses.replace(self.compressive.config, k_max=self.detector.k_max)
+
+    def replace(self, **kw) -> LocalizerSettings:
+        """A copy with top-level fields replaced."""
+        return dataclasses.replace(self, **kw)
+
+    def with_grid(self, **kw) -> LocalizerSettings:
+        """A copy with fields of the search grid (`GridSpec`) replaced."""
+        return dataclasses.replace(self, search=dataclasses.replace(self.search, **kw))
+
+
+def settings_for_scenario(cfg: SceneConfig, **overrides) -> LocalizerSettings:
+    """Settings whose search box is the scenario's box, whose steering model is its model and
+    whose detector gate is its gate; `overrides` replace top-level fields."""
+    base = LocalizerSettings(search=GridSpec(phi_deg=cfg.phi_deg, theta_deg=cfg.theta_deg, r_m=cfg.r_m),
+                             steering_model=cfg.steering_model, detector=DetectorConfig(gates=cfg.gates))
+    return base.replace(**overrides)

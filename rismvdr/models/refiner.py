@@ -1,0 +1,54 @@
+"""The Stage-2 refiner's config: the `SpectrumRefiner`'s shape and the coarse MVDR map it reads.
+
+One type for training (`TrainConfig.refiner`), checkpoints and exported models (`model.json`'s
+"refiner" entry, through `to_dict`/`from_dict`) and inference (`LearnedModel.refiner_cfg`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from flax import nnx
+
+from rismvdr.models.unet import SpectrumRefiner
+
+__all__ = ["RefinerConfig", "make_refiner"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerConfig:
+    """Stage-2 SpectrumRefiner and its coarse MVDR grid."""
+
+    widths: tuple[int, ...] = (32, 64, 128)  # the seed's 1 -> 32 -> 64 -> 128
+    dilations: tuple[int, ...] = (2, 4)
+    groups: int = 8
+    grid_phi: int = 61  # points over the phi box (61: 2 degrees over +-60)
+    grid_theta: int = 41  # points over the theta box (41: 1.5 degrees over +-30)
+    planes: int = 8  # range planes, max-reduced into the 2-D map
+    exist_threshold: float = 0.0  # slots kept in the map's R_blend (0: all, weighted by existence)
+    peak_threshold: float = 0.5  # probability a refiner peak needs (calibrated on validation at export)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["widths"], d["dilations"] = list(self.widths), list(self.dilations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RefinerConfig:
+        """Inverse of `to_dict`; unknown keys raise ValueError (missing ones take defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"refiner config: unknown fields {sorted(unknown)}")
+        kw = dict(d)
+        for k in ("widths", "dilations"):
+            if k in kw:
+                kw[k] = tuple(int(v) for v in kw[k])
+        return cls(**kw)
+
+
+def make_refiner(cfg: RefinerConfig, rngs: nnx.Rngs) -> SpectrumRefiner:
+    """The `SpectrumRefiner` a config describes."""
+    return SpectrumRefiner(widths=tuple(cfg.widths), dilations=tuple(cfg.dilations), groups=int(cfg.groups),
+                           rngs=rngs)
