@@ -58,7 +58,7 @@ def open_study(name: str, storage: str, settings: ObjectiveSettings, *, heartbea
     st = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study = optuna.create_study(study_name=name, storage=st, direction="minimize", load_if_exists=True)
     e2e = {k: getattr(settings, k) for k in ("e2e_scenes", "e2e_seed", "xyz_norm_m", "f1_weight")}
-    signature = {"objective": settings.objective, "epochs": int(settings.epochs), "config": to_dict(settings.base),
+    signature = {"objective": settings.objective, "epochs": int(settings.epochs), "config": settings.base.to_dict(),
                  "space": {k: list(v) for k, v in settings.space.items()}, "e2e": e2e}
     signature = json.loads(json.dumps(signature))  # what the storage gives back (tuples become lists)
     stored = study.user_attrs.get("search")
@@ -344,8 +344,8 @@ def format_rerank(rows: list[dict]) -> str:
 
 def export_best(study_name: str, storage: str, out: str | Path) -> dict:
     """Write the best COMPLETE trial of a study to `out` (JSON): `study`, `trial`, `value`,
-    `params`, `user_attrs` and `config` (the full-training `to_dict(TrainConfig)` that
-    `rismvdr train --from-hpo` reads; checked to round-trip through `from_dict`).
+    `params`, `user_attrs` and `config` (the full-training `TrainConfig.to_dict()` that
+    `rismvdr train --from-hpo` reads; checked to round-trip through `TrainConfig.from_dict`).
 
     Raises:
       FileNotFoundError: no journal file; ValueError: no such study or no complete trial.
