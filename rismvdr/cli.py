@@ -27,10 +27,12 @@ from pathlib import Path
 
 import jax
 
+from rismvdr.bench.accuracy import run_accuracy
+from rismvdr.bench.demo import run_demo
 from rismvdr.bench.speed import PARTS, run_speed
 from rismvdr.bench.sweeps import DEFAULT_SWEEPS, SCENES_PER_POINT, SCENES_PER_POINT_QUICK, SWEEPS
 from rismvdr.configs import CONFIGS, DEFAULT_SPACE, config_file, load_named_config, space_file
-from rismvdr.eval import metrics
+from rismvdr.eval import metrics, plots
 from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
 from rismvdr.eval.objective import E2E_SCENES, E2E_SEED, F1_WEIGHT, TEST_SEED, XYZ_NORM_M
 from rismvdr.files import (
@@ -55,6 +57,7 @@ from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
 from rismvdr.localize.weights import load_learned
 from rismvdr.physics.scenarios import DEFAULT_GATES, Gates, get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
+from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides
 
 __all__ = ["main", "build_parser"]
 
@@ -215,7 +218,6 @@ def _test_set(sf, path) -> dict:
 
 
 def cmd_plot(args) -> int:
-    from rismvdr.eval import plots  # deferred: Matplotlib, for this command only
 
     if args.what == "scene":
         sf = load_scenes(args.scenes)
@@ -257,7 +259,6 @@ def cmd_methods(args) -> int:
 
 
 def _train_config(args):
-    from rismvdr.train.config import TrainConfig, apply_overrides  # deferred: for the training commands only
 
     if args.from_hpo:
         with open(args.from_hpo) as f:
@@ -275,7 +276,6 @@ def _train_config(args):
 
 def _stored_train_config(workdir):
     from rismvdr.train.checkpoint import Checkpointer  # deferred: Orbax, for the training commands only
-    from rismvdr.train.config import TrainConfig  # deferred: Flax, as above
 
     ck = Path(workdir) / "checkpoints"
     if not ck.is_dir():
@@ -291,8 +291,7 @@ def _maybe_distributed(args):
 
 
 def cmd_train(args) -> int:
-    from rismvdr.train.config import apply_overrides  # deferred: Flax, for the training commands only
-    from rismvdr.train.trainer import fit  # deferred: Flax, Optax and Orbax, as above
+    from rismvdr.train.trainer import fit  # deferred: Orbax and the trainer, for the training commands only
 
     _maybe_distributed(args)
     if args.resume and not (args.config or args.from_hpo):
@@ -311,9 +310,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_refiner(args) -> int:
-    from rismvdr.localize.weights import load_learned  # deferred: Flax, for the learned methods only
-    from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides  # deferred: as above
-    from rismvdr.train.trainer import fit  # deferred: Flax, Optax and Orbax, for the training commands only
+    from rismvdr.train.trainer import fit  # deferred: Orbax and the trainer, for the training commands only
 
     _maybe_distributed(args)
     backbone = load_learned(args.backbone, step=_step_arg(args.backbone_step))
@@ -441,14 +438,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from rismvdr.bench.demo import run_demo  # deferred: Flax (the learned methods) and Matplotlib
-
     run_demo(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods, scenario=args.scenario)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from rismvdr.bench.accuracy import run_accuracy  # deferred: Flax (the learned methods) and Matplotlib
 
     t0 = time.perf_counter()
     result = run_accuracy(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods,
@@ -540,9 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate a seed-regime test set, localize it with every method (learned ones with the shipped weights), evaluate, report")
     d.add_argument("--out", default="demo_report", help="report folder (default demo_report)")
-    d.add_argument("--scenes", type=int, default=200, help="test-set size (default 200; the README table uses 1000)")
-    d.add_argument("--seed", type=int, default=0, help="PRNG seed of the test set (default 0)")
-    d.add_argument("--scenario", default="seed", help="scenario name (default seed)")
+    d.add_argument("--scenes", type=int, default=_default(run_demo, "n_scenes"),
+                   help="test-set size (default %(default)s; the README table uses 1000)")
+    d.add_argument("--seed", type=int, default=_default(run_demo, "seed"),
+                   help="PRNG seed of the test set (default %(default)s)")
+    d.add_argument("--scenario", default=_default(run_demo, "scenario"), help="scenario name (default %(default)s)")
     d.add_argument("--methods", nargs="+", help="methods to run (default: every method that applies; learned ones when the shipped model fits the scenario)")
     d.set_defaults(func=cmd_demo)
 

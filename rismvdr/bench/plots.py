@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rismvdr.bench.sweeps import ULA_SCENARIO  # noqa: E402
-from rismvdr.eval.plots import save_figure  # noqa: E402
-from rismvdr.physics.scenarios import get_scenario  # noqa: E402
+from rismvdr.bench.sweeps import ULA_SCENARIO
+from rismvdr.eval.plots import save_figure, subplots
+from rismvdr.physics.scenarios import get_scenario
 
 __all__ = ["plot_f1", "plot_rmse_snr", "plot_ula", "plot_speed_ratios"]
 
@@ -42,7 +37,7 @@ def plot_f1(path, records, panels: dict[str, tuple[str, str]]) -> bool:
     sweeps = [s for s in panels if any(r["sweep"] == s for r in records)]
     if not sweeps:
         return False
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
         for i, (name, (x, y)) in enumerate(_series(records, sweep, "f1").items()):
             ax.plot(x, y, label=name, **_style(i))
@@ -79,7 +74,7 @@ def plot_rmse_snr(path, records) -> bool:
     """Azimuth RMSE over true positives against SNR at K = 1 (`snr_k1` sweep), with sqrt(CRB)."""
     if not any(r["sweep"] == "snr_k1" for r in records):
         return False
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = subplots(figsize=(6.5, 4.2))
     _rmse_panel(ax, records, "snr_k1", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
     ax.set_title("K = 1")
     save_figure(fig, path)
@@ -90,7 +85,7 @@ def plot_ula(path, records) -> bool:
     """Azimuth and range RMSE over true positives against SNR for the `ula` sweep, with sqrt(CRB)."""
     if not any(r["sweep"] == "ula" for r in records):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots(1, 2, figsize=(12, 4.2))
     _rmse_panel(axes[0], records, "ula", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
     _rmse_panel(axes[1], records, "ula", "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")
     cfg = get_scenario(ULA_SCENARIO)
@@ -105,7 +100,7 @@ def plot_speed_ratios(path, records) -> bool:
     rows = [r for r in records if r.get("ratio_vs_numpy")]
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    fig, ax = subplots(figsize=(8, 0.35 * len(rows) + 1.5))
     labels = [f"{r['name']} (b{r['batch']}, {r['grid']})" for r in rows]
     ax.barh(range(len(rows)), [r["ratio_vs_numpy"] for r in rows], color="tab:blue")
     ax.axvline(1.0, color="k", lw=1)
