@@ -50,7 +50,7 @@ from rismvdr.physics.spectra import grid_steering, mvdr_lowrank_operator, spectr
 from rismvdr.train import losses
 from rismvdr.train.checkpoint import Checkpointer
 from rismvdr.train.config import TrainConfig, weights_at
-from rismvdr.train.objective import TERMS, active_terms, backbone_terms
+from rismvdr.train.terms import TERMS, active_terms, backbone_terms
 from rismvdr.train.state import (
     TrainState,
     data_sharded,
