@@ -38,6 +38,7 @@ from rismvdr.eval.objective import E2E_SCENES, E2E_SEED, F1_WEIGHT, TEST_SEED, X
 from rismvdr.files import (
     CACHE_DIR_ENV,
     COMPILE_CACHE_ENV,
+    check_output_file,
     enable_compile_cache,
     enable_default_compile_cache,
     load_scenes,
@@ -159,6 +160,7 @@ def _add_localizer_flags(p):
 # Commands
 # ------------------------------------------------------------------------------------------
 def cmd_simulate(args) -> int:
+    check_output_file(args.out, "--out")
     cfg = get_scenario(args.scenario, **parse_overrides(args.set))
     t0 = time.perf_counter()
     scenes = simulate(cfg, jax.random.key(args.seed), args.scenes, batch_size=args.batch_size)
@@ -170,6 +172,9 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_localize(args) -> int:
+    check_output_file(args.out, "--out")
+    if args.maps_out:
+        check_output_file(args.maps_out, "--maps-out")
     sf = load_scenes(args.scenes)
     settings = _settings(args, sf)
     scenes = scenes_from_file(sf, model=settings.steering_model)
@@ -187,6 +192,7 @@ def cmd_localize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    check_output_file(args.out, "--out")
     sf = load_scenes(args.scenes)
     if not sf.has_truth:
         raise ValueError(f"{args.scenes}: key 'gt_phi': missing, evaluation needs the truth")
@@ -218,7 +224,7 @@ def _test_set(sf, path) -> dict:
 
 
 def cmd_plot(args) -> int:
-
+    check_output_file(args.out, "--out")
     if args.what == "scene":
         sf = load_scenes(args.scenes)
         if not 0 <= args.index < sf.n_scenes:
@@ -739,7 +745,7 @@ def main(argv=None) -> int:
         enable_default_compile_cache()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, EOFError) as e:  # bad input or an unwritable output: one line, status 2
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"rismvdr {args.command}: error: {msg}", file=sys.stderr)
         return 2

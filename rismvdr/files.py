@@ -78,6 +78,7 @@ __all__ = [
     "write_json",
     "to_jsonable",
     "atomic_write",
+    "check_output_file",
     "CACHE_DIR_ENV",
     "COMPILE_CACHE_ENV",
     "compile_cache_dir",
@@ -143,6 +144,23 @@ def _umask() -> int:
     mask = os.umask(0o022)  # portable fallback (briefly changes the process umask)
     os.umask(mask)
     return mask
+
+
+def check_output_file(path, flag: str) -> None:
+    """Check, before any work, that `path` can become an output file (what `atomic_write` needs).
+
+    Raises:
+      ValueError: naming `flag`: `path` is a directory, its folder does not exist or is not a
+        folder, or the folder is not writable.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}: {path!r} is a directory, expected a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}: the folder {folder!r} does not exist (create it first)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: the folder {folder!r} is not writable")
 
 
 @contextlib.contextmanager

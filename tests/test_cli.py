@@ -224,3 +224,23 @@ def test_cli_keeps_compiled_programs_unless_told_not_to(tmp_path, monkeypatch, j
     assert jax.config.jax_compilation_cache_dir == str(cache)
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     assert any(cache.iterdir())
+
+
+@pytest.mark.parametrize("where", ["directory", "missing folder"])
+@pytest.mark.parametrize("command", ["simulate", "localize", "localize-maps", "evaluate"])
+def test_unusable_output_path_is_a_one_line_error_before_any_work(command, where, scene_file, tmp_path, capsys):
+    """An `--out` that is a directory or lies in a missing folder fails at once, naming the flag."""
+    bad = tmp_path if where == "directory" else tmp_path / "missing" / "out.x"
+    good = tmp_path / "ok.csv"
+    argv, flag = {
+        "simulate": (["simulate", "--scenes", "2", "--out", bad], "--out"),
+        "localize": (["localize", scene_file, "--method", "mvdr-oracle", "--out", bad, "-q"], "--out"),
+        "localize-maps": (["localize", scene_file, "--method", "mvdr-oracle", "--out", good, "--maps-out", bad,
+                           "-q"], "--maps-out"),
+        "evaluate": (["evaluate", scene_file, good, "--out", bad], "--out"),
+    }[command]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and flag in err
+    assert ("is a directory" in err) if where == "directory" else ("does not exist" in err)
+    assert not good.exists()  # nothing was computed or written
