@@ -244,3 +244,21 @@ def test_unusable_output_path_is_a_one_line_error_before_any_work(command, where
     assert len(err.strip().splitlines()) == 1 and flag in err
     assert ("is a directory" in err) if where == "directory" else ("does not exist" in err)
     assert not good.exists()  # nothing was computed or written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--scenes", "2", "--set", "k_min=x"], "k_min: expected an integer"),
+    (["simulate", "--scenes", "2", "--set", "k_min=2.5"], "k_min: expected an integer"),
+    (["simulate", "--scenes", "2", "--set", "phi_deg=95,100"], "phi_deg: values must lie in (-90.0, 90.0)"),
+    (["simulate", "--scenes", "2", "--set", "snr_db=abc"], "snr_db: expected (min, max)"),
+    (["localize", "SCENES", "--method", "mvdr-oracle", "--phi-range-deg", "-200", "200"],
+     "phi_deg: the search box must lie in (-90, 90)"),
+    (["localize", "SCENES", "--method", "mvdr-oracle", "--theta-range-deg", "-95", "95"],
+     "theta_deg: the search box must lie in (-90, 90)"),
+])
+def test_bad_scenario_values_and_search_boxes_are_one_line_errors(argv, message, scene_file, tmp_path, capsys):
+    out = tmp_path / "out.x"
+    argv = [scene_file if a == "SCENES" else a for a in argv] + ["--out", out]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err
+    assert not out.exists()

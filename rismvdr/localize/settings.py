@@ -14,6 +14,7 @@ by people (CLI flags, scenario configs); `rismvdr.physics.spectra.make_grid` con
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from rismvdr.localize.detect import DetectorConfig, RefinerGuard
 from rismvdr.physics.compressive import CompressiveConfig
@@ -40,6 +41,27 @@ class GridSpec:
     phi_step_deg: float = 1.0
     theta_step_deg: float = 1.0
     n_planes: int = 16  # range planes, uniform in 1/r
+
+    def __post_init__(self):
+        def box(name, lo_hi, lo, hi, strict=False):
+            ok = (isinstance(lo_hi, tuple) and len(lo_hi) == 2
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                          for x in lo_hi))
+            if not ok or lo_hi[0] > lo_hi[1]:
+                raise ValueError(f"{name}: expected (min, max) with min <= max, got {lo_hi!r}")
+            if lo_hi[0] < lo or lo_hi[1] > hi or (strict and lo_hi[0] <= lo):
+                raise ValueError(f"{name}: the search box must lie in ({lo:g}, {hi:g}), got {lo_hi!r}")
+
+        # The front half-space: a planar or linear array cannot tell phi from 180 deg - phi.
+        box("phi_deg", self.phi_deg, -90.0, 90.0)
+        box("theta_deg", self.theta_deg, -90.0, 90.0)
+        box("r_m", self.r_m, 0.0, math.inf, strict=True)
+        for name in ("phi_step_deg", "theta_step_deg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+        if isinstance(self.n_planes, bool) or not isinstance(self.n_planes, int) or self.n_planes < 1:
+            raise ValueError(f"n_planes: must be an integer >= 1, got {self.n_planes!r}")
 
     def grid(self, linear: bool = False) -> Grid:
         """The grid; a linear array (no elevation resolution) gets the single row theta = 0."""

@@ -154,7 +154,8 @@ class SceneConfig:
         return scenario_geometry(self).linear
 
     def validate(self) -> None:
-        """Raise `ValueError` naming the first inconsistent field."""
+        """Raise `ValueError` naming the first inconsistent field (wrong type, value or box)."""
+        _check_field_types(self)
         def rng(name, lo_hi, lo=-np.inf, hi=np.inf, strict=False):
             a, b = lo_hi
             if not (np.isfinite(a) and np.isfinite(b)) or a > b:
@@ -187,7 +188,9 @@ class SceneConfig:
         if self.n_candidates < self.k_max:
             raise ValueError(f"n_candidates: must be >= k_max ({self.k_max}), got {self.n_candidates}")
         rng("snr_db", self.snr_db)
-        rng("phi_deg", self.phi_deg, -180.0, 180.0)
+        # A planar or linear array cannot tell a source at phi from its mirror behind the array
+        # (180 deg - phi): the box is the front half-space.
+        rng("phi_deg", self.phi_deg, -90.0, 90.0)
         rng("theta_deg", self.theta_deg, -90.0, 90.0)
         rng("r_m", self.r_m, 0.0, np.inf, strict=True)
         rng("power_db", self.power_db)
@@ -195,6 +198,31 @@ class SceneConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0")
         scenario_geometry(self)  # validates spacing / positions
+
+
+def _check_field_types(cfg) -> None:
+    """Each field of a frozen config has its default's type: integers (not bools, not 2.5),
+    finite numbers, strings, (min, max) pairs of finite numbers. Raises `ValueError` naming the
+    field, so a mistyped override (`--set k_min=x`) is an error, not a `TypeError` later."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+    for f in dataclasses.fields(cfg):
+        v, d = getattr(cfg, f.name), f.default
+        if isinstance(d, bool) or d is None or d is dataclasses.MISSING:
+            continue
+        if isinstance(d, int):
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))):
+                raise ValueError(f"{f.name}: expected an integer, got {v!r}")
+        elif isinstance(d, float):
+            if not (number(v) and math.isfinite(float(v))):
+                raise ValueError(f"{f.name}: expected a finite number, got {v!r}")
+        elif isinstance(d, str):
+            if not isinstance(v, str):
+                raise ValueError(f"{f.name}: expected a string, got {v!r}")
+        elif isinstance(d, tuple) and len(d) == 2 and all(number(x) for x in d):
+            if not (isinstance(v, tuple) and len(v) == 2 and all(number(x) and math.isfinite(float(x)) for x in v)):
+                raise ValueError(f"{f.name}: expected (min, max), two finite numbers, got {v!r}")
 
 
 @functools.lru_cache(maxsize=64)
