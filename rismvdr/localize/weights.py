@@ -25,7 +25,7 @@ from rismvdr.models.backbone import Backbone, BackboneConfig
 from rismvdr.models.params import ModelDef, split_model
 from rismvdr.models.refiner import RefinerConfig, make_refiner
 
-__all__ = ["LearnedModel", "load_learned", "default_weights_dir", "BEST_METRIC"]
+__all__ = ["LearnedModel", "load_learned", "default_weights_dir", "BEST_METRIC", "best_step"]
 
 _WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 #: The run metric that ranks checkpoints for `step="best"` (lower is better).
@@ -83,6 +83,20 @@ def _finite(value) -> float | None:
     return value if isinstance(value, float) and math.isfinite(value) else None
 
 
+def best_step(steps, rank, *, mode: str = "min") -> int | None:
+    """The step with the best finite rank (`rank(step)`: a float, or None for none), the later
+    step on ties; None when no step has one. The one ranking rule of run checkpoints, shared by
+    this loader and `rismvdr.train.checkpoint.Checkpointer`."""
+    best = None
+    for s in steps:
+        value = rank(s)
+        if value is None:
+            continue
+        if best is None or (value <= best[0] if mode == "min" else value >= best[0]):
+            best = (value, s)
+    return None if best is None else best[1]
+
+
 def _restore_run(directory: Path, step: str | int | None) -> tuple[Any, dict, dict | None]:
     """(state, config, metrics) of one checkpoint of a run directory, read-only.
 
@@ -113,13 +127,8 @@ def _restore_run(directory: Path, step: str | int | None) -> tuple[Any, dict, di
             return dict(manager.restore(s, args=ocp.args.Composite(**{_METRICS: ocp.args.JsonRestore()}))[_METRICS])
 
         if step == "best":
-            best = None
-            for s in steps:
-                m = metrics_of(s)
-                value = None if m is None else _finite(m.get(BEST_METRIC))
-                if value is not None and (best is None or value <= best[0]):
-                    best = (value, s)
-            resolved = steps[-1] if best is None else best[1]
+            best = best_step(steps, lambda s: _finite((metrics_of(s) or {}).get(BEST_METRIC)))
+            resolved = steps[-1] if best is None else best
         elif step is None or step == "latest":
             resolved = steps[-1]
         else:

@@ -44,6 +44,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rismvdr.localize.weights import best_step
+
 try:  # Orbax >= 0.11: retention as composable preservation policies.
     from orbax.checkpoint.checkpoint_managers import preservation_policy as _policies
 except ImportError:  # pragma: no cover - older Orbax
@@ -417,14 +419,7 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The kept step with the best finite `best_metric` (later step on ties); None if none."""
-        best = None
-        for s in self.steps():
-            value = self._rank(s)
-            if value is None:
-                continue
-            if best is None or (value <= best[0] if self.best_mode == "min" else value >= best[0]):
-                best = (value, s)
-        return None if best is None else best[1]
+        return best_step(self.steps(), self._rank, mode=self.best_mode)
 
     def _rank(self, step: int) -> float | None:
         if step not in self._rank_cache:
