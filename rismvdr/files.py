@@ -41,8 +41,13 @@ import json
 import logging
 import math
 import os
+import signal
+import socket
 import tempfile
+import threading
+import time
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,9 +81,15 @@ __all__ = [
     "write_detections_csv",
     "read_detections_csv",
     "write_json",
+    "read_json",
     "to_jsonable",
     "atomic_write",
+    "replaced_together",
+    "remove_stale_temporaries",
+    "sigterm_raises",
+    "Terminated",
     "check_output_file",
+    "check_output_dir",
     "CACHE_DIR_ENV",
     "COMPILE_CACHE_ENV",
     "compile_cache_dir",
@@ -163,14 +174,174 @@ def check_output_file(path, flag: str) -> None:
         raise ValueError(f"{flag}: the folder {folder!r} is not writable")
 
 
+def check_output_dir(path, flag: str) -> None:
+    """Check, before any work, that `path` can be (or become) an output directory.
+
+    Raises:
+      ValueError: naming `flag`: `path` is an existing file, is not writable, or would be
+        created under a file or an unwritable folder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag}: {path!r} is a file, expected a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag}: cannot create {path!r}: {existing!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing!r} is not writable"
+        raise ValueError(f"{flag}: {path!r} {what}")
+
+
+_HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
+_LEGACY_TMP_AGE_S = 600.0  # a temporary file without a writer id is stale after this long
+_group = threading.local()  # the open `replaced_together` block of this thread, if any
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's process), or we cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(path) -> list[str]:
+    """Remove the temporary files an earlier, killed writer of `path` left beside it.
+
+    `atomic_write` names its temporary `.<name>.<host>.<pid>.<random>.tmp`; one whose writer ran
+    on this host and is gone is removed (a live writer's, or another host's, is kept). A
+    `.<name>.<random>.tmp` of an older rismvdr (no writer id) is removed once it is more than
+    ten minutes old.
+
+    Returns:
+      the paths removed.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        parts = name[len(prefix): -len(".tmp")].split(".")
+        full = os.path.join(directory, name)
+        if len(parts) == 3 and parts[1].isdigit():
+            stale = parts[0] == _HOST and not _pid_alive(int(parts[1]))
+        else:
+            try:
+                stale = len(parts) == 1 and now - os.stat(full).st_mtime > _LEGACY_TMP_AGE_S
+            except OSError:
+                stale = False
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+                removed.append(full)
+                log.info("removed %s, left by a killed writer of %s", full, path)
+    return removed
+
+
+@contextlib.contextmanager
+def replaced_together() -> Iterator[None]:
+    """Replace every file `atomic_write` writes inside the block together, when it ends.
+
+    Each target's temporary file is written and synced as usual, but none is renamed onto its
+    target until the block ends without error; then all are renamed, one right after the
+    other. An error (or a signal, see `sigterm_raises`) inside the block removes every
+    temporary file and leaves every target as it was. Used by `rismvdr localize` for the
+    detections CSV and the maps file of one run.
+    """
+    if getattr(_group, "pending", None) is not None:
+        yield  # nested: the outer block replaces everything
+        return
+    pending: list[tuple[str, str]] = []
+    _group.pending = pending
+    try:
+        yield
+    except BaseException:
+        _group.pending = None
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    _group.pending = None
+    blocked = _block_sigterm()  # no SIGTERM between the renames (delivered right after them)
+    try:
+        for i, (tmp, path) in enumerate(pending):
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                for later, _ in pending[i:]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(later)
+                done = [p for _, p in pending[:i]]
+                if done:
+                    log.error("%s not replaced, but %s already were: it is stale", path, ", ".join(done))
+                raise
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _block_sigterm() -> bool:
+    if not hasattr(signal, "pthread_sigmask"):
+        return False
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    except (OSError, ValueError):
+        return False
+    return signal.SIGTERM not in before  # unblock afterwards only what was blocked here
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM inside `sigterm_raises`: unwinds like Ctrl-C, so
+    `atomic_write` removes its temporary file."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises `Terminated` (a `KeyboardInterrupt`) in the main thread,
+    so cleanup code runs (`atomic_write` removes its temporary file) instead of the process
+    vanishing. The previous handler is restored at the end; outside the main thread this does
+    nothing. A handler installed inside the block (the trainer's) takes precedence while set."""
+    try:
+        old = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", *, encoding: str = "utf-8", newline: str | None = None) -> Iterator[Any]:
     """Open a temporary file beside `path`; on success move it onto `path` in one step.
 
-    The temporary file lives in the target's directory (so `os.replace` is atomic), is
-    flushed and fsynced before the rename, and is deleted if the body raises: `path` is
-    then untouched (absent, or its previous content). A new file gets the usual
-    `0o666 & ~umask` permissions; a replaced file keeps its permissions.
+    The temporary file lives in the target's directory (so `os.replace` is atomic), is named
+    `.<name>.<host>.<pid>.<random>.tmp`, is flushed and fsynced before the rename, and is
+    deleted if the body raises (SIGTERM too, inside `sigterm_raises`): `path` is then untouched
+    (absent, or its previous content). Temporary files of `path` left by a killed writer are
+    removed first (`remove_stale_temporaries`). Inside `replaced_together` the rename waits
+    for the end of that block. A new file gets the usual `0o666 & ~umask` permissions; a
+    replaced file keeps its permissions.
 
     Args:
       path: target file.
@@ -189,7 +360,9 @@ def atomic_write(path, mode: str = "w", *, encoding: str = "utf-8", newline: str
         raise ValueError(f"mode: expected 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{_HOST}.{os.getpid()}.", suffix=".tmp",
+                               dir=directory)
     try:
         try:
             if "b" in mode:
@@ -208,7 +381,11 @@ def atomic_write(path, mode: str = "w", *, encoding: str = "utf-8", newline: str
         except FileNotFoundError:
             perm = 0o666 & ~_umask()
         os.chmod(tmp, perm)
-        os.replace(tmp, path)
+        pending = getattr(_group, "pending", None)
+        if pending is not None:
+            pending.append((tmp, path))  # renamed with the others at the end of replaced_together
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -472,37 +649,109 @@ def _validate_meta(meta, fail) -> dict | None:
     return value
 
 
+_DEFLATE_MAX_RATIO = 1032  # the most a deflate stream can expand (zlib's bound)
+
+
+def _npz_members(path: str, fail) -> dict[str, np.ndarray]:
+    """Every `.npy` member of an `.npz` file, read with `allow_pickle=False`.
+
+    Each member's header is checked before anything is allocated: the bytes its shape and
+    dtype declare must be the bytes the member holds (a header declaring 149 GiB over a few
+    kilobytes is refused, a truncated member is named as truncated), and the member's size in
+    the zip directory must be one the archive can hold (at most `_DEFLATE_MAX_RATIO` times its
+    compressed size). `fail(key, problem)` raises (`key` None for the file as a whole).
+    """
+    if os.path.isdir(path):
+        fail(None, "is a directory, expected an .npz file")
+    if not os.path.exists(path):
+        fail(None, "no such file")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as e:
+        fail(None, f"unreadable ({e.strerror or type(e).__name__})")
+    if size == 0:
+        fail(None, "empty file (0 bytes), expected an .npz archive")
+    if magic == b"\x93NUMPY":
+        fail(None, "not an .npz archive (a single .npy array)")
+    if not zipfile.is_zipfile(path):
+        fail(None, "not an .npz archive (no zip directory: another format, or truncated)")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        fail(None, f"not a readable .npz archive ({type(e).__name__}: {e})")
+    out = {}
+    with zf:
+        for info in zf.infolist():
+            if info.is_dir() or not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[: -len(".npy")]
+            out[key] = _npz_member(zf, info, key, size, fail)
+    return out
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # unreachable
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, archive_size: int, fail) -> np.ndarray:
+    if info.compress_size > archive_size:
+        fail(key, f"the zip directory gives {info.compress_size} bytes, more than the whole file ({archive_size})")
+    bound = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO)
+    if info.file_size > bound:
+        fail(key, f"the zip directory gives {_human_bytes(info.file_size)}, more than its "
+                  f"{_human_bytes(info.compress_size)} of stored data can hold")
+    try:
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                fail(key, f"unsupported .npy format version {version[0]}.{version[1]}")
+            header = fh.tell()
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+        fail(key, f"not a .npy array (bad header: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    if dtype.hasobject:
+        fail(key, "holds pickled Python objects; scene files hold plain arrays")
+    need = math.prod(shape) * dtype.itemsize
+    have = info.file_size - header
+    if need != have:
+        what = "truncated" if have < need else "longer than its header says"
+        fail(key, f"{what}: the header declares shape {list(shape)} {dtype} ({_human_bytes(need)}), "
+                  f"the member holds {_human_bytes(max(have, 0))}")
+    try:
+        with zf.open(info) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as e:
+        fail(key, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+
 def load_scenes(path) -> SceneFile:
-    """Read and validate a scene file (`np.load(..., allow_pickle=False)`).
+    """Read and validate a scene file (`.npz`, read with `allow_pickle=False`).
 
     Complex keys are returned as complex64 and real keys as float64 whatever their stored
-    precision; `meta` is parsed into a dict.
+    precision; `meta` is parsed into a dict. Every member's `.npy` header is checked against
+    the bytes the member holds before the array is allocated (`_npz_members`).
 
     Raises:
-      SceneFileError: file missing or not an `.npz` archive, a required key missing, a wrong
-        dtype or shape, inconsistent S/L/M/N between keys, non-finite data, non-unit codes,
+      SceneFileError: file missing, empty or not an `.npz` archive, a member whose header
+        declares more (or less) data than it holds, a required key missing, a wrong dtype or
+        shape, inconsistent S/L/M/N between keys, non-finite data, non-unit codes,
         inconsistent truth padding, ... (one line naming the key and the problem).
     """
     path = os.fspath(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SceneFileError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise SceneFileError(path, None, "is a directory, expected an .npz scene file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise SceneFileError(path, None, f"not an .npz archive ({type(e).__name__})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise SceneFileError(path, None, "not an .npz archive (a single .npy array)")
-    raw = {}
-    with npz:
-        for key in npz.files:
-            try:
-                raw[key] = npz[key]
-            except ValueError:
-                raise SceneFileError(path, key, "holds pickled Python objects; scene files hold plain arrays") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
-                raise SceneFileError(path, key, f"unreadable ({type(e).__name__}: {e})") from None
+
+    def fail(key, problem):
+        raise SceneFileError(path, key, problem)
+
+    raw = _npz_members(path, fail)
     return SceneFile(**_validate(raw, path))
 
 
@@ -681,14 +930,46 @@ def read_maps(path) -> tuple[np.ndarray, np.ndarray, Grid]:
     """Read a maps file of `write_maps`: `(power_db, plane, grid)`.
 
     Raises:
-      ValueError: a key is missing (named in the message).
+      ValueError: one line naming the file (and the key): not an `.npz` archive (empty, another
+        format, a member whose header declares more data than it holds), a key missing, or
+        maps that do not lie on their grid (`power_db` and `plane` `[S, n_theta, n_phi]` with
+        the grid's lengths, `plane` an index into `grid_r`, the angles finite and increasing, the
+        ranges > 0).
     """
-    with np.load(path, allow_pickle=False) as z:
-        for key in MAP_KEYS:
-            if key not in z:
-                raise ValueError(f"{path}: key '{key}': missing (write it with localize --maps-out)")
-        grid = Grid(tuple(z["grid_phi"].tolist()), tuple(z["grid_theta"].tolist()), tuple(z["grid_r"].tolist()))
-        return z["power_db"], z["plane"], grid
+    path = os.fspath(path)
+
+    def fail(key, problem):
+        where = f"{path}: key '{key}'" if key is not None else path
+        raise ValueError(f"{where}: {problem}")
+
+    z = _npz_members(path, fail)
+    for key in MAP_KEYS:
+        if key not in z:
+            fail(key, "missing (write it with localize --maps-out)")
+    axes = {}
+    for key in ("grid_phi", "grid_theta", "grid_r"):
+        a = z[key]
+        if a.ndim != 1 or a.size < 1 or a.dtype.kind not in "fiu" or not np.all(np.isfinite(a)):
+            fail(key, f"expected a non-empty 1-D array of finite numbers, got {a.dtype} {list(a.shape)}")
+        if key != "grid_r" and a.size > 1 and not np.all(np.diff(a) > 0):
+            fail(key, "not increasing")
+        axes[key] = a
+    n_theta, n_phi, n_r = axes["grid_theta"].size, axes["grid_phi"].size, axes["grid_r"].size
+    power_db, plane = z["power_db"], z["plane"]
+    for key, a in (("power_db", power_db), ("plane", plane)):
+        if a.ndim != 3 or a.shape[1:] != (n_theta, n_phi):
+            fail(key, f"shape {list(a.shape)} does not fit the file's grid: expected [S, {n_theta}, {n_phi}] "
+                      "(n_theta from grid_theta, n_phi from grid_phi)")
+    if power_db.dtype.kind != "f":
+        fail("power_db", f"expected floats (dB), got {power_db.dtype}")
+    if plane.shape != power_db.shape:
+        fail("plane", f"shape {list(plane.shape)} differs from power_db's {list(power_db.shape)}")
+    if plane.dtype.kind not in "iu" or (plane.size and (plane.min() < 0 or plane.max() >= n_r)):
+        fail("plane", f"expected integer indices into grid_r (0..{n_r - 1})")
+    if np.any(axes["grid_r"] <= 0):
+        fail("grid_r", f"ranges must be > 0 m, got min {float(axes['grid_r'].min())}")
+    grid = Grid(tuple(axes["grid_phi"].tolist()), tuple(axes["grid_theta"].tolist()), tuple(axes["grid_r"].tolist()))
+    return power_db, plane, grid
 
 
 # --------------------------------------------------------------------------------------------
@@ -763,9 +1044,10 @@ def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = N
       k_max: slots per scene; default the largest number of detections in one scene.
 
     Raises:
-      DetectionsFileError: missing file, missing column, a non-numeric or NaN value, a scene
-        index out of range, or more than `k_max` detections in a scene (one line naming the
-        line and the column).
+      DetectionsFileError: missing file, missing column, a non-numeric or NaN value, an angle
+        outside [-180, 180] (azimuth) or [-90, 90] (elevation) degrees, a scene index out of
+        range, or more than `k_max` detections in a scene (one line naming the file, the line
+        and the column). A UTF-8 byte-order mark before the header is accepted.
     """
     path = os.fspath(path)
 
@@ -773,7 +1055,7 @@ def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = N
         raise DetectionsFileError(path, line, column, problem)
 
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        fh = open(path, newline="", encoding="utf-8-sig")  # (a BOM, as spreadsheets write, is skipped)
     except FileNotFoundError:
         fail(None, None, "no such file")
     except IsADirectoryError:
@@ -822,6 +1104,10 @@ def read_detections_csv(path, n_scenes: int | None = None, k_max: int | None = N
                     values.append(v)
                 if values[2] <= 0:
                     fail(line, "r_m", f"range must be > 0, got {values[2]}")
+                if not -180.0 <= values[0] <= 180.0:
+                    fail(line, "phi_deg", f"azimuth must lie in [-180, 180] degrees, got {values[0]:g}")
+                if not -90.0 <= values[1] <= 90.0:
+                    fail(line, "theta_deg", f"elevation must lie in [-90, 90] degrees, got {values[1]:g}")
                 rows.append((line, scene, values))
     except UnicodeDecodeError:
         fail(None, None, "not a UTF-8 text file")
@@ -888,6 +1174,33 @@ def to_jsonable(obj: Any) -> Any:
         if a.dtype.kind == "U":
             return a.tolist()
     raise TypeError(f"to_jsonable: cannot write a {type(obj).__name__} as JSON")
+
+
+def read_json(path, flag: str, *, want: type = dict) -> Any:
+    """Read a JSON file given by `flag` (a command-line flag or argument name).
+
+    Raises:
+      ValueError: one line naming `flag` and the file: missing, a directory, unreadable, not
+        UTF-8 JSON, or not a `want` (an object by default) at the top.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            value = json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{flag}: {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{flag}: {path}: is a directory, expected a JSON file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag}: {path}: not a JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag}: {path}: not a JSON file ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except OSError as e:
+        raise ValueError(f"{flag}: {path}: unreadable ({e.strerror or type(e).__name__})") from None
+    if not isinstance(value, want):
+        raise ValueError(f"{flag}: {path}: expected a JSON {'object' if want is dict else want.__name__}, "
+                         f"got {type(value).__name__}")
+    return value
 
 
 def write_json(path, obj, *, indent: int = 2) -> None:

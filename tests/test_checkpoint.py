@@ -429,3 +429,123 @@ def test_reopen_with_another_best_metric(tmp_path, retention):
         ckpt.save(3, state, config={}, metrics={"val/acc": 0.5})
         ckpt.save(4, state, config={}, metrics={"val/objective": 0.1})
         assert ckpt.steps() == [3, 4] and ckpt.best_step() == 3
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+def largest_data_files(step_dir):
+    """The largest OCDBT data file of the state in each of its data folders (`state/d/`, where
+    Orbax merges the data, and `state/ocdbt.process_0/d/`, where the process wrote it): which one
+    a restore reads depends on the layout Orbax chose, so damage both."""
+    state = step_dir / "state"
+    return [max(d.iterdir(), key=lambda f: f.stat().st_size)
+            for d in (state / "d", state / "ocdbt.process_0" / "d") if d.is_dir() and any(d.iterdir())]
+
+
+DAMAGES = {
+    # how: (damage the step directory, the file the warning must name)
+    "largest ocdbt data file deleted": (lambda d: [f.unlink() for f in largest_data_files(d)], "state"),
+    "largest ocdbt data file truncated": (
+        lambda d: [f.write_bytes(f.read_bytes()[:10]) for f in largest_data_files(d)], "state"),
+    "_METADATA deleted": (lambda d: (d / "state" / "_METADATA").unlink(), "state/_METADATA"),
+    "_METADATA not JSON": (lambda d: (d / "state" / "_METADATA").write_text("{garbage"), "state/_METADATA"),
+    "commit marker deleted": (lambda d: (d / "commit_success.txt").unlink(), "commit_success.txt"),
+    "config item deleted": (lambda d: (d / "config" / "metadata").unlink(), "config/metadata"),
+}
+
+
+def _tiny_backbone_record() -> dict:
+    """The shipped model's backbone record, shrunk to a tiny U-Net (cheap to save and load)."""
+    import json
+
+    from rismvdr.localize.weights import default_weights_dir
+
+    record = json.loads((default_weights_dir() / "model.json").read_text())["backbone"]
+    return dict(record, widths=[8, 8, 8], groups=4)
+
+
+def _fake_backbone_run(directory, steps=(3, 6, 9, 12)):
+    """A run directory as `rismvdr train` leaves it (`checkpoints/<step>` with the state, the
+    record and the metrics), its EMA weights the initial parameters times the step."""
+    from flax import nnx
+
+    from rismvdr.models.backbone import Backbone, BackboneConfig
+    from rismvdr.models.params import split_model
+
+    record = {"stage": "backbone", "backbone": _tiny_backbone_record()}
+    _, params = split_model(Backbone(BackboneConfig.from_dict(record["backbone"]), rngs=nnx.Rngs(0)))
+    params = [jnp.asarray(p, jnp.float32) for p in params]
+    with Checkpointer(directory / "checkpoints", keep_best=len(steps)) as ckpt:
+        for s in steps:
+            ema = [p * s for p in params]
+            ckpt.save(s, {"train": {"ema": ema, "step": jnp.asarray(s, jnp.int32)}}, config=record,
+                      metrics={"val/objective": 1.0 / s})  # the later the better: 12 is the best
+    return params
+
+
+@pytest.fixture(scope="module")
+def backbone_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bb_run")
+    params = _fake_backbone_run(d)
+    return d, params
+
+
+def _damaged_copy(backbone_run, tmp_path, how, step=12):
+    import shutil
+
+    src, params = backbone_run
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    DAMAGES[how][0](dst / "checkpoints" / str(step))
+    return dst, params
+
+
+@pytest.mark.parametrize("how", list(DAMAGES))
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(backbone_run, tmp_path, caplog, how):
+    """Checkpoints 3, 6, 9, 12, with 12 damaged: every reader that picks a step itself ("latest",
+    "best") uses 9, with one warning line naming step 12 and the damaged file."""
+    from rismvdr.localize.weights import load_learned
+
+    run, params = _damaged_copy(backbone_run, tmp_path, how)
+    ckdir = run / "checkpoints"
+    want_file = DAMAGES[how][1]
+    with caplog.at_level("WARNING"):
+        for step in ("latest", "best"):
+            caplog.clear()
+            model = load_learned(run, step=step)
+            np.testing.assert_array_equal(np.asarray(model.backbone_params[0]), np.asarray(params[0] * 9))
+            warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "step 12" in r.getMessage()]
+            assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+            assert f"({want_file}" in warnings[0], warnings[0]
+        state, config, metrics = restore_run(ckdir, step="latest")
+        assert int(state["train"]["step"]) == 9 and metrics == {"val/objective": 1.0 / 9}
+        state, _, _ = restore_run(ckdir, step="best")
+        assert int(state["train"]["step"]) == 9
+        with Checkpointer(ckdir, keep_best=4) as ckpt:  # a writer resuming: 12 is deleted
+            step, state = ckpt.restore_latest(discard_damaged=True)
+            assert step == 9 and int(state["train"]["step"]) == 9
+            assert ckpt.steps() == [3, 6, 9]
+    # the intact step 12 of the source run is the one both rules pick
+    assert int(restore_run(backbone_run[0] / "checkpoints", step="latest")[0]["train"]["step"]) == 12
+
+
+def test_no_intact_checkpoint_is_a_one_line_error(backbone_run, tmp_path):
+    from rismvdr.localize.weights import load_learned
+
+    run, _ = _damaged_copy(backbone_run, tmp_path, "_METADATA deleted")
+    for s in (3, 6, 9):
+        DAMAGES["commit marker deleted"][0](run / "checkpoints" / str(s))
+    for call in (lambda: load_learned(run, step="latest"), lambda: restore_run(run / "checkpoints", step="best"),
+                 lambda: load_learned(run, step=9)):
+        with pytest.raises(ValueError, match="no intact checkpoint") as err:
+            call()
+        assert "\n" not in str(err.value) and "step 9: commit_success.txt: missing" in str(err.value)
+    assert "step 12: state/_METADATA: missing" in str(pytest.raises(ValueError, restore_run, run / "checkpoints").value)
+
+
+def test_checkpoint_problem_names_nothing_for_an_intact_step(backbone_run):
+    from rismvdr.localize.weights import checkpoint_problem
+
+    for s in (3, 6, 9, 12):
+        assert checkpoint_problem(backbone_run[0] / "checkpoints" / str(s)) is None
+    assert checkpoint_problem(backbone_run[0] / "checkpoints" / "99") == "the step directory is missing"

@@ -358,3 +358,75 @@ def test_shipped_space_e2e_cli(tmp_path, compile_cache, capsys):
     assert len(study.get_trials(states=FINISHED)) == 2
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert set(t.params) == set(hpo.load_space(SPACE_FILE)) and "e2e_f1" in t.user_attrs
+
+
+# ------------------------------------------------------------------------------------------
+# Restarts after a crash
+# ------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
+def test_rerun_fails_a_dead_workers_trial_at_once_and_says_how_long_a_live_one_counts(tmp_path, capsys):
+    """A RUNNING trial whose worker (this host, a process that has exited) is gone is failed at
+    once; one of a live process, or of another host, keeps counting and the wait is printed."""
+    storage = hpo.make_storage(str(tmp_path / "s.journal"), heartbeat_interval=1, grace_period=300)
+    study = optuna.create_study(study_name="s", storage=storage)
+    gone = subprocess.Popen(["true"])  # a process of this host that has exited
+    gone.wait()
+    dead, alive, elsewhere, unknown = study.ask(), study.ask(), study.ask(), study.ask()
+    host = socket.gethostname()
+    for trial, (h, pid) in ((dead, (host, gone.pid)), (alive, (host, os.getppid())), (elsewhere, ("elsewhere", 1))):
+        trial.set_user_attr(hpo.WORKER_HOST, h)
+        trial.set_user_attr(hpo.WORKER_PID, pid)
+    storage.record_heartbeat(alive._trial_id)
+    assert hpo.fail_dead_trials(study, grace_period=300) == [dead.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {dead.number: TrialState.FAIL, alive.number: TrialState.RUNNING,
+                      elsewhere.number: TrialState.RUNNING, unknown.number: TrialState.RUNNING}
+    assert f"process {gone.pid} on {host} is gone" in study.trials[dead.number].user_attrs["rismvdr_status"]
+    out = capsys.readouterr().out
+    assert f"trial {alive.number} is RUNNING (worker {host}:{os.getppid()})" in out
+    assert "failed as stale in 300 s (--grace-s 300)" in out or "failed as stale in 299 s" in out
+    assert f"trial {elsewhere.number} is RUNNING (worker elsewhere:1)" in out
+    assert f"trial {unknown.number} is RUNNING (no worker recorded)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
+def test_rerun_right_after_sigkill_reaches_the_cap(tmp_path, space_file):
+    """`rismvdr hpo --trials 2` killed with SIGKILL during its first trial, rerun at once (with
+    the default --grace-s of 300 s): the rerun fails the dead trial and ends with 2 finished."""
+    import signal
+    import sys
+
+    work = tmp_path / "hpo"
+    argv = [sys.executable, "-m", "rismvdr.cli", "hpo", "--config", str(TINY), "--workdir", str(work), "--space",
+            str(space_file), "--trials", "2", "--epochs", "1", "--devices", "1", "--sampler-seed", "0",
+            "--compile-cache", "none"] + [a for s in OVERRIDES for a in ("--set", s)]
+    env = dict(os.environ, RISMVDR_COMPILE_CACHE="0", JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = work / hpo.JOURNAL_NAME
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until trial 0 is RUNNING with its worker recorded
+            if journal.is_file():
+                try:
+                    st = optuna.load_study(study_name="tiny", storage=hpo.make_storage(str(journal)))
+                    if any(t.user_attrs.get(hpo.WORKER_PID) == proc.pid
+                           for t in st.get_trials(states=(TrialState.RUNNING,))):
+                        break
+                except KeyError:
+                    pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        else:
+            pytest.fail("trial 0 never started")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    t0 = time.time()
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "trial 0 failed: its worker process is gone" in rerun.stdout
+    study = optuna.load_study(study_name="tiny", storage=hpo.make_storage(str(journal)))
+    assert study.trials[0].state == TrialState.FAIL
+    assert len(study.get_trials(states=FINISHED)) == 2
+    assert time.time() - t0 < 300  # it never waited for --grace-s

@@ -450,3 +450,107 @@ def test_write_json_nan_to_null(tmp_path):
         io.write_json(tmp_path / "c.json", {"z": 1j})
     assert not (tmp_path / "c.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["m.json"]
+
+
+# --- crashes: stale temporaries, files replaced together, SIGTERM -----------------------------
+
+
+def test_next_write_removes_the_temporaries_a_killed_writer_left(tmp_path):
+    """A writer killed with SIGKILL leaves `.<name>.<host>.<pid>.<random>.tmp`; the next write
+    of the same target removes it (its process is gone), and leaves a live writer's alone."""
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "det.csv"
+    script = (f"import sys, time; from rismvdr.files import atomic_write\n"
+              f"with atomic_write({str(target)!r}) as f:\n"
+              f"    f.write('half'); f.flush(); print('writing', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".det.csv.") and f".{proc.pid}." in left[0]
+    live = tmp_path / f".det.csv.{io._HOST}.{os.getpid()}.abcdefgh.tmp"  # a writer still running (this one)
+    live.write_text("busy")
+    other = tmp_path / ".other.csv.x1y2z3.tmp"  # another target's
+    other.write_text("x")
+    old = tmp_path / ".det.csv.q8w7e6r5.tmp"  # an older rismvdr's, ten minutes old
+    old.write_text("x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    with io.atomic_write(target) as f:
+        f.write("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["det.csv", live.name, other.name])
+    assert target.read_text() == "new"
+
+
+def test_replaced_together_renames_all_or_none(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.npz"
+    a.write_text("old a")
+    b.write_text("old b")
+    with pytest.raises(RuntimeError, match="after the first"):
+        with io.replaced_together():
+            with io.atomic_write(a) as f:
+                f.write("new a")
+            assert a.read_text() == "old a"  # written, not yet renamed
+            raise RuntimeError("killed after the first file")
+    assert a.read_text() == "old a" and b.read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.npz"]
+    with io.replaced_together():
+        with io.atomic_write(a) as f:
+            f.write("new a")
+        with io.atomic_write(b) as f:
+            f.write("new b")
+        assert a.read_text() == "old a" and b.read_text() == "old b"
+    assert a.read_text() == "new a" and b.read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.npz"]
+
+
+def test_sigterm_inside_an_atomic_write_removes_its_temporary(tmp_path):
+    import signal
+    import time
+
+    target = tmp_path / "x.txt"
+    with pytest.raises(io.Terminated) as err:
+        with io.sigterm_raises():
+            with io.atomic_write(target) as f:
+                f.write("partial")
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
+                time.sleep(30)  # (never reached)
+    assert err.value.signum == signal.SIGTERM
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is not io._raise_terminated  # the old handler is back
+
+
+def test_read_json_names_the_flag_and_file(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"^--from-hpo: .*a.json: expected a JSON object, got list$"):
+        io.read_json(p, "--from-hpo")
+    p.write_text("\ufeff{\"k\": 1}")
+    assert io.read_json(p, "--x") == {"k": 1}
+    with pytest.raises(ValueError, match="no such file"):
+        io.read_json(tmp_path / "none.json", "--x")
+
+
+def test_maps_round_trip_and_grid_checks(tmp_path):
+    from rismvdr.physics.spectra import make_grid
+
+    grid = make_grid((-10.0, 10.0), (-4.0, 4.0), (1.0, 5.0), n_planes=3)
+    n_theta, n_phi, n_planes = grid.shape
+    power = np.random.default_rng(0).normal(size=(2, n_theta, n_phi))
+    plane = np.zeros((2, n_theta, n_phi), np.int32)
+    path = tmp_path / "m.npz"
+    io.write_maps(path, power, plane, grid)
+    p2, pl2, g2 = io.read_maps(path)
+    np.testing.assert_array_equal(p2, power)
+    np.testing.assert_array_equal(pl2, plane)
+    assert g2 == grid
+    io.write_maps(path, power, plane + n_planes, grid)
+    with pytest.raises(ValueError, match="key 'plane': expected integer indices into grid_r"):
+        io.read_maps(path)
+    io.write_maps(path, power[:, :, :-1], plane[:, :, :-1], grid)
+    with pytest.raises(ValueError, match="key 'power_db': shape .* does not fit the file's grid"):
+        io.read_maps(path)

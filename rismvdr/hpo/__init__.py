@@ -13,11 +13,13 @@ from rismvdr.hpo.storage import (
     JOURNAL_NAME,
     check_workers,
     default_storage,
+    last_heartbeat,
     make_storage,
 )
 from rismvdr.hpo.study import (
     PRUNERS,
     export_best,
+    fail_dead_trials,
     format_rerank,
     open_study,
     print_trial,
@@ -26,6 +28,8 @@ from rismvdr.hpo.study import (
     run_study,
 )
 from rismvdr.hpo.trial import (
+    WORKER_HOST,
+    WORKER_PID,
     BudgetExhausted,
     ObjectiveSettings,
     TrialFailed,
@@ -40,10 +44,11 @@ __all__ = [
     # space
     "LOSS_SCALE", "load_space", "check_space", "suggest_params", "apply_params",
     # one trial
-    "ObjectiveSettings", "BudgetExhausted", "TrialFailed", "make_settings", "trial_config", "surrogate_score",
+    "WORKER_HOST", "WORKER_PID", "ObjectiveSettings", "BudgetExhausted", "TrialFailed", "make_settings", "trial_config", "surrogate_score",
     "e2e_metrics", "objective",
     # storage
     "JOURNAL_NAME", "HEARTBEAT_INTERVAL_S", "GRACE_PERIOD_S", "default_storage", "make_storage", "check_workers",
+    "last_heartbeat",
     # studies
-    "PRUNERS", "open_study", "run_study", "run_hpo2", "rerank", "format_rerank", "export_best", "print_trial",
+    "PRUNERS", "open_study", "fail_dead_trials", "run_study", "run_hpo2", "rerank", "format_rerank", "export_best", "print_trial",
 ]

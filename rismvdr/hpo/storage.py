@@ -8,7 +8,9 @@ for many machines; never `sqlite:` with several workers: `check_workers`).
 Stale trials. A worker records a heartbeat for its running trial every `heartbeat_interval`
 seconds; before a trial starts, every worker fails the study's RUNNING trials whose last
 heartbeat is older than `grace_period` seconds (`optuna.storages.fail_stale_trials`), so a
-crashed worker's trial does not block the study. On an RDB URL this is `RDBStorage`'s own
+crashed worker's trial does not block the study (a rerun on the same host does not wait for
+that: `rismvdr.hpo.study.fail_dead_trials` fails at once a trial whose worker process is gone).
+On an RDB URL this is `RDBStorage`'s own
 heartbeat; Optuna 5's `JournalStorage` has none, so journal files use `JournalStorage`
 extended with the same `BaseHeartbeat` interface (the heartbeat is a trial system attribute).
 `BaseHeartbeat` is imported from optuna's private `optuna.storages._heartbeat`: it is the
@@ -33,7 +35,7 @@ except ImportError:  # optuna < 4.0
     from optuna.storages import JournalFileStorage as JournalFileBackend
 
 __all__ = ["JOURNAL_NAME", "HEARTBEAT_INTERVAL_S", "GRACE_PERIOD_S", "default_storage", "make_storage",
-           "check_workers"]
+           "check_workers", "last_heartbeat"]
 
 #: File name of the default journal storage inside the run directory.
 JOURNAL_NAME = "hpo.journal"
@@ -73,6 +75,13 @@ class _HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
 
     def get_failed_trial_callback(self):  # optuna < 4.9 spelling of the same hook
         return None
+
+
+def last_heartbeat(trial: optuna.trial.FrozenTrial) -> float | None:
+    """Wall-clock time (s) of a running trial's last heartbeat on a journal file; None where the
+    storage keeps it elsewhere (an RDB URL) or there was none yet."""
+    value = trial.system_attrs.get(_HEARTBEAT_ATTR)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def default_storage(workdir: str | Path) -> str:

@@ -8,7 +8,10 @@ other workers are running reach the cap, and a trial checks the cap when it star
 workers never overshoot: one that starts when the cap is already taken ends FAIL with the user
 attribute `rismvdr_status = "over budget"`). A trial that fails (a crash) does not count, and
 a worker that stopped because of a running trial that then fails leaves the study short:
-rerunning the command tops the study up to the cap. A study records the search it was made for
+rerunning the command tops the study up to the cap. A rerun right after a crash fails at once
+the RUNNING trials whose worker process on this host is gone (`fail_dead_trials`), so it
+reaches the cap; a RUNNING trial it cannot prove dead counts until `--grace-s` passes without a
+heartbeat, and the rerun prints how long that is. A study records the search it was made for
 (`open_study`), so a rerun with another space, config or objective is refused.
 
 `run_hpo2` is the two-stage search: many cheap surrogate trials (study `<name>-s1`), then the
@@ -25,7 +28,9 @@ import logging
 import math
 import multiprocessing
 import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -33,11 +38,19 @@ from optuna.trial import TrialState
 
 from rismvdr.files import enable_compile_cache, to_jsonable, write_json
 from rismvdr.hpo.space import check_space
-from rismvdr.hpo.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, check_workers, make_storage
-from rismvdr.hpo.trial import BudgetExhausted, ObjectiveSettings, TrialFailed, is_finite, objective
+from rismvdr.hpo.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, check_workers, last_heartbeat, make_storage
+from rismvdr.hpo.trial import (
+    WORKER_HOST,
+    WORKER_PID,
+    BudgetExhausted,
+    ObjectiveSettings,
+    TrialFailed,
+    is_finite,
+    objective,
+)
 from rismvdr.train.config import TrainConfig
 
-__all__ = ["PRUNERS", "open_study", "run_study", "run_hpo2", "rerank", "format_rerank", "export_best", "print_trial"]
+__all__ = ["PRUNERS", "open_study", "fail_dead_trials", "run_study", "run_hpo2", "rerank", "format_rerank", "export_best", "print_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +81,61 @@ def open_study(name: str, storage: str, settings: ObjectiveSettings, *, heartbea
         diff = sorted(k for k in signature if stored.get(k) != signature[k])
         raise ValueError(f"--study: {name!r} in {storage} was made with another {', '.join(diff)} (its values "
                          "would not compare); choose another --study or --workdir")
+    fail_dead_trials(study, grace_period=grace_period)
     return study
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists (another user's), or cannot tell: alive
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S) -> list[int]:
+    """Fail at once the RUNNING trials whose worker is provably dead; say how long the others
+    count toward the cap.
+
+    A trial records its worker's host and process id when it starts (`WORKER_HOST`,
+    `WORKER_PID`). A RUNNING trial whose worker ran on this host and whose process is gone
+    (killed with SIGKILL, out of memory, a power cut of a worker process) is set to FAIL with
+    `rismvdr_status` naming the process, so a rerun right after a crash reaches the cap. Any
+    other RUNNING trial (another host, a live process, or no worker recorded) keeps counting
+    until it finishes or its heartbeat is `grace_period` seconds old; one line per such trial
+    says so, with the time left where the storage keeps heartbeats (journal files).
+
+    Returns:
+      the numbers of the trials failed.
+    """
+    host, me, now = socket.gethostname(), os.getpid(), time.time()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, pid = t.user_attrs.get(WORKER_HOST), t.user_attrs.get(WORKER_PID)
+        if worker_host == host and isinstance(pid, int) and pid != me and not _pid_alive(pid):
+            try:  # (the storage by trial id, as optuna's own fail_stale_trials does)
+                study._storage.set_trial_user_attr(t._trial_id, "rismvdr_status",
+                                                   f"worker process {pid} on {host} is gone (crashed or killed)")
+                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    failed.append(t.number)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished (or another rerun failed it) meanwhile
+            continue
+        beat = last_heartbeat(t)
+        who = f"worker {worker_host}:{pid}" if worker_host else "no worker recorded"
+        if beat is not None:
+            left = max(0.0, grace_period - (now - beat))
+            wait = f"last heartbeat {now - beat:.0f} s ago: failed as stale in {left:.0f} s (--grace-s {grace_period})"
+        else:
+            wait = f"failed as stale once its heartbeat is {grace_period} s old (--grace-s)"
+        print(f"[{study.study_name}] trial {t.number} is RUNNING ({who}) and counts toward --trials until it "
+              f"finishes or is {wait}", flush=True)
+    for n in failed:
+        print(f"[{study.study_name}] trial {n} failed: its worker process is gone; it does not count toward --trials",
+              flush=True)
+    return failed
 
 
 def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

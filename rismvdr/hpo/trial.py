@@ -24,7 +24,9 @@ update (more than `max_skipped_steps`, default 0), is PRUNED (reason in the user
 large width, ...) fails the trial (`rismvdr_status`) and the study goes on; any other exception
 (a bug, an invalid config) stops the worker. Every trial stores `config`, the full-training
 config it stands for (the base config's `steps`, not the shortened trial's), which
-`rismvdr hpo export` writes for `rismvdr train --from-hpo best.json`.
+`rismvdr hpo export` writes for `rismvdr train --from-hpo best.json`. The first thing a trial
+records is its worker (`worker_host`, `worker_pid`), so that a rerun after a crash can tell a
+dead worker's RUNNING trial from a live one (`rismvdr.hpo.study.fail_dead_trials`).
 """
 from __future__ import annotations
 
@@ -51,8 +53,12 @@ from rismvdr.physics.simulate import simulate
 from rismvdr.train import trainer
 from rismvdr.train.config import LossWeights, TrainConfig, apply_overrides, load_config
 
-__all__ = ["ObjectiveSettings", "BudgetExhausted", "TrialFailed", "make_settings", "trial_config",
+__all__ = ["WORKER_HOST", "WORKER_PID", "ObjectiveSettings", "BudgetExhausted", "TrialFailed", "make_settings", "trial_config",
            "surrogate_score", "e2e_metrics", "objective", "is_finite"]
+
+
+#: User attributes of a trial: the host and process id of the worker running it (set when it starts).
+WORKER_HOST, WORKER_PID = "worker_host", "worker_pid"
 
 
 class BudgetExhausted(RuntimeError):
@@ -207,6 +213,10 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
       RuntimeError: the run was interrupted (SIGTERM/SIGINT): the trial fails, not counted.
     """
     is_study_trial = isinstance(trial, optuna.Trial)
+    # who runs this trial, first of all: a rerun fails it at once if this process dies (study.fail_dead_trials)
+    trial.set_user_attr(WORKER_HOST, socket.gethostname())
+    trial.set_user_attr(WORKER_PID, os.getpid())
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     if is_study_trial and settings.max_trials is not None:
         _claim_slot(trial, int(settings.max_trials))
     try:
@@ -222,7 +232,6 @@ def objective(trial: optuna.trial.BaseTrial, settings: ObjectiveSettings) -> flo
     study_name = trial.study.study_name if is_study_trial else "fixed"
     run_dir = Path(settings.workdir) / "trials" / study_name / str(trial.number)
     trial.set_user_attr("trial_dir", str(run_dir))
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     weights = settings.base.phases[-1].weights  # fixed across trials (module docstring)
     values: list[float] = []
 

@@ -19,6 +19,12 @@ Saves are synchronous (async checkpointing off) and atomic: Orbax writes into
 ``<step>.orbax-checkpoint-tmp*`` and renames it on finalisation, so a process killed mid-save
 leaves the previous finalised step intact; a later writer removes the temporary directory.
 
+Restores that pick a step themselves (`Checkpointer.restore_latest`, `restore_run` with
+``"latest"``/``"best"``) trust a checkpoint only once verified (the rule of
+`rismvdr.localize.weights.first_intact`: Orbax's commit marker, the metadata and JSON items
+parseable, the state restoring): a damaged or unfinished step is skipped with a one-line
+warning naming it and the file, and a `ValueError` says when no step is intact.
+
 >>> import jax.numpy as jnp, tempfile
 >>> d = tempfile.mkdtemp()
 >>> with Checkpointer(d) as ckpt:
@@ -44,7 +50,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rismvdr.localize.weights import best_step
+from rismvdr.localize.weights import best_step, checkpoint_problem, first_intact
 
 try:  # Orbax >= 0.11: retention as composable preservation policies.
     from orbax.checkpoint.checkpoint_managers import preservation_policy as _policies
@@ -418,8 +424,9 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """The kept step with the best finite `best_metric` (later step on ties); None if none."""
-        return best_step(self.steps(), self._rank, mode=self.best_mode)
+        """The kept step with the best finite `best_metric` (later step on ties); None if none.
+        A step whose files are damaged (`check`) is never the best."""
+        return best_step(self.steps(), self._intact_rank, mode=self.best_mode)
 
     def _rank(self, step: int) -> float | None:
         if step not in self._rank_cache:
@@ -427,6 +434,17 @@ class Checkpointer:
             value = None if metrics is None else metrics.get(self.best_metric)
             self._rank_cache[step] = _finite_or_none(value)
         return self._rank_cache[step]
+
+    def _readable_rank(self, step: int) -> float | None:
+        """`_rank`, None where the metrics do not read back."""
+        try:
+            return self._rank(step)
+        except Exception:  # noqa: BLE001 - unreadable metrics: unranked; the restore names the damage
+            return None
+
+    def _intact_rank(self, step: int) -> float | None:
+        """`_rank`, None for a step whose files are damaged (it is never "best")."""
+        return None if self.check(step) is not None else self._readable_rank(step)
 
     def _resolve(self, step: int | None) -> int:
         steps = self.steps()
@@ -498,6 +516,42 @@ class Checkpointer:
         logger.info("restored checkpoint %d from %s", step, self.directory)
         return restored[_STATE]
 
+    def check(self, step: int) -> str | None:
+        """What is wrong with the files of checkpoint `step` (naming the file), or None if they
+        look intact (`rismvdr.localize.weights.checkpoint_problem`; no array is read)."""
+        return checkpoint_problem(self.directory / str(int(step)))
+
+    def restore_latest(self, *, target=None, discard_damaged: bool = False) -> tuple[int, Any]:
+        """The newest intact checkpoint: ``(step, state)``, with its config checked readable.
+
+        A damaged or unfinished step (no commit marker, a missing or unparseable metadata file,
+        a state that does not restore) is skipped with a one-line warning naming its step and
+        file. With `discard_damaged` (a writer resuming a run), the damaged steps newer than the
+        one restored are deleted, so the resumed run can save those steps again.
+
+        Raises:
+          FileNotFoundError: no finalised checkpoint.
+          ValueError: no intact checkpoint (each step's problem named).
+        """
+        self._check_open()
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"no finalised checkpoint in {self.directory}")
+
+        def restore(step):
+            self.read_config(step)  # the run's record must read back too
+            return self.restore(step, target=target)
+
+        step, state = first_intact(self.directory, reversed(steps), restore)
+        if discard_damaged and not self.read_only:
+            for s in steps:
+                if s > step:
+                    logger.warning("deleting damaged checkpoint step %d in %s (the resumed run saves it again)",
+                                   s, self.directory)
+                    self._manager.delete(s)
+                    self._rank_cache.pop(s, None)
+        return step, state
+
     # ------------------------------------------------------------------ lifetime
 
     def wait(self) -> None:
@@ -542,7 +596,9 @@ def restore_run(
     Raises:
       FileNotFoundError: no directory, no finalised checkpoint, no such step, or for
         ``"best"`` no checkpoint with a finite `best_metric`.
-      ValueError: `step` is none of the above.
+      ValueError: `step` is none of the above, or no intact checkpoint among those it could
+        be (``"latest"`` falls back to the newest intact step, ``"best"`` to the next best,
+        each damaged step skipped with a warning naming it and the file).
     """
     if isinstance(step, str):
         if step not in ("latest", "best"):
@@ -555,17 +611,26 @@ def restore_run(
     with Checkpointer(
         directory, best_metric=best_metric, best_mode=best_mode, read_only=True
     ) as ckpt:
-        if ckpt.latest_step() is None:
+        steps = ckpt.steps()
+        if not steps:
             raise FileNotFoundError(f"no finalised checkpoint in {directory}")
         if step == "best":
-            resolved = ckpt.best_step()
-            if resolved is None:
+            ranks = {s: ckpt._readable_rank(s) for s in steps}  # a damaged step is named, then skipped
+            candidates, left = [], list(steps)
+            while (best := best_step(left, ranks.get, mode=best_mode)) is not None:
+                candidates.append(best)
+                left.remove(best)
+            if not candidates:
                 raise FileNotFoundError(
                     f"no checkpoint in {directory} has a finite {best_metric!r} to rank by"
                 )
         elif step is None or step == "latest":
-            resolved = ckpt.latest_step()
+            candidates = list(reversed(steps))
         else:
-            resolved = int(step)
-        state = ckpt.restore(resolved, target=target)
-        return state, ckpt.read_config(resolved), ckpt.read_metrics(resolved)
+            ckpt._resolve(step)
+            candidates = [int(step)]
+
+        def restore(s):
+            return ckpt.restore(s, target=target), ckpt.read_config(s), ckpt.read_metrics(s)
+
+        return first_intact(directory, candidates, restore)[1]

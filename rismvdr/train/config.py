@@ -187,7 +187,10 @@ def call_file_function(path: str | Path, function: str, flag: str):
         raise ValueError(f"{flag}: {path}: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, function):
         raise ValueError(f"{flag}: {path} defines no {function}()")
-    return getattr(module, function)()
+    try:
+        return getattr(module, function)()
+    except Exception as exc:  # the file's function has a bug: say which file and function
+        raise ValueError(f"{flag}: {path}: {function}() raised {type(exc).__name__}: {exc}") from exc
 
 
 def load_config(path: str | Path) -> TrainConfig:
