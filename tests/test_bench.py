@@ -6,9 +6,14 @@ import json
 
 import pytest
 
-from rismvdr.bench import sweeps
-from rismvdr.bench.accuracy_report import RECORD_KEYS, write_report
+from rismvdr.bench import accuracy_report, sweeps
+from rismvdr.bench import plots as bench_plots
+from rismvdr.bench.accuracy_report import RECORD_KEYS, attach_bound, write_report
+from rismvdr.bench.demo import run_demo
+from rismvdr.bench.report import fmt_number
 from rismvdr.cli import main
+from rismvdr.eval import plots as eval_plots
+from rismvdr.eval.metrics import format_table
 
 
 def _accuracy_argv(out, *methods, snr_db=("0", "25")) -> list[str]:
@@ -62,6 +67,16 @@ def test_markdown_table(report):
     md = (report / "accuracy.md").read_text()
     assert "| suite | method | 0 | 25 |" in md
     assert "| B2 | mvdr-oracle |" in md
+    assert "| bound | ml-oracle | - | - |" in md  # the bound row stays, not run here
+    assert "F1 / bound: the bound `ml-oracle` did not run in this sweep." in md
+
+
+def test_records_without_the_bound(report):
+    """The bound not among --methods: f1_bound and the ratio are None; a fixed-SNR point has no
+    per-bin F1 (one bin)."""
+    for r in json.loads((report / "accuracy.json").read_text())["records"]:
+        assert r["f1_bound"] is None and r["f1_over_bound"] is None
+        assert "f1_per_snr_bin" not in r
 
 
 def test_points_and_stable_seeds():
@@ -185,3 +200,165 @@ def test_write_report_rebuilds_from_json(report):
     written = write_report(report)
     assert "accuracy.md" in written and "f1_vs_snr.png" in written
     assert (report / "accuracy.md").read_text() == md
+
+
+# --- the bound (issue 14): ml-oracle's F1 beside every method's -----------------------------------
+@pytest.fixture(scope="module")
+def bound_report(tmp_path_factory):
+    """A 4-scene run of a blind method and the bound on the base set (SNR U[-5, 20] dB: several
+    SNR bins)."""
+    out = tmp_path_factory.mktemp("bench_bound")
+    assert main(["bench", "accuracy", "--out", str(out), "--scenes", "4", "--methods", "mvdr-mf",
+                 sweeps.BOUND_METHOD, "--sweeps", "base", "--quiet"]) == 0
+    return out
+
+
+def test_records_carry_the_bound(bound_report):
+    records = json.loads((bound_report / "accuracy.json").read_text())["records"]
+    assert sorted((r["sweep"], r["method"]) for r in records) == [("base", "ml-oracle"), ("base", "mvdr-mf")]
+    bound = {r["sweep"]: r for r in records if r["method"] == sweeps.BOUND_METHOD}
+    assert bound["base"]["suite"] == "bound"
+    assert bound["base"]["f1"] >= 0.5  # started at the truth: most sources held within the gates
+    for r in records:
+        assert r["f1_bound"] == bound[r["sweep"]]["f1"]
+        assert r["f1_over_bound"] == pytest.approx(r["f1"] / r["f1_bound"])
+    # the base point spans several SNR bins: F1, the bound's F1 and the ratio per bin
+    for r in (r for r in records if r["sweep"] == "base"):
+        per, n = r["f1_per_snr_bin"], r["n_scenes_per_snr_bin"]
+        assert set(per) == set(n) and sum(n.values()) == 4
+        assert all(-5.0 <= float(b.strip("[)").split(",")[0]) < 20.0 for b in per)
+        assert r["f1_bound_per_snr_bin"] == bound["base"]["f1_per_snr_bin"]
+        for b, f1 in per.items():
+            want = None if not r["f1_bound_per_snr_bin"][b] else f1 / r["f1_bound_per_snr_bin"][b]
+            assert r["f1_over_bound_per_snr_bin"][b] == pytest.approx(want)
+    with open(bound_report / "accuracy.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"f1_bound", "f1_over_bound"} <= set(rows[0])
+    assert float(rows[0]["f1_bound"]) == pytest.approx(bound[rows[0]["sweep"]]["f1"])
+
+
+def test_tables_show_the_bound(bound_report):
+    records = json.loads((bound_report / "accuracy.json").read_text())["records"]
+    mf = [r for r in records if r["sweep"] == "base" and r["method"] == "mvdr-mf"][0]
+    md = (bound_report / "accuracy.md").read_text()
+    assert "| suite | method | F1 | F1 / bound |" in md
+    assert f"| B1 | mvdr-mf | {mf['f1']:.3f} | {mf['f1_over_bound']:.2f} |" in md
+    assert "| bound | ml-oracle |" in md and "F1 per SNR bin" in md
+    assert "| ml-oracle (bound) |" in md  # the per-bin table's bound row
+    summary = (bound_report / "accuracy_summary.md").read_text()
+    assert "| method | F1 base | F1 / bound base | F1 / bound base, [" in summary
+    assert summary.rstrip().splitlines()[-1].startswith("| ml-oracle (bound) | ")
+    assert f"| mvdr-mf | {mf['f1']:.3f} | {mf['f1_over_bound']:.2f} |" in summary
+
+
+def test_attach_bound_is_nan_safe():
+    def rec(method, sweep, f1, per=None):
+        r = dict(method=method, sweep=sweep, value=None, f1=f1)
+        if per is not None:
+            r["f1_per_snr_bin"] = per
+        return r
+
+    records = [rec("a", "base", 0.4, {"[0,5)": 0.5, "[5,10)": 0.2}), rec("ml-oracle", "base", 0.8,
+                                                                         {"[0,5)": 0.0, "[5,10)": 0.4}),
+               rec("a", "k", 0.3), rec("ml-oracle", "k", 0.0),  # bound 0
+               rec("a", "l", 0.3), rec("ml-oracle", "l", float("nan")),  # bound NaN
+               rec("a", "r", 0.5)]  # no bound at that point
+    attach_bound(records)
+    a = {r["sweep"]: r for r in records if r["method"] == "a"}
+    assert a["base"]["f1_bound"] == 0.8 and a["base"]["f1_over_bound"] == pytest.approx(0.5)
+    assert a["base"]["f1_bound_per_snr_bin"] == {"[0,5)": 0.0, "[5,10)": 0.4}
+    assert a["base"]["f1_over_bound_per_snr_bin"] == {"[0,5)": None, "[5,10)": pytest.approx(0.5)}
+    assert a["k"]["f1_bound"] == 0.0 and a["k"]["f1_over_bound"] is None
+    assert a["l"]["f1_bound"] is None and a["l"]["f1_over_bound"] is None
+    assert a["r"]["f1_bound"] is None and a["r"]["f1_over_bound"] is None
+    assert accuracy_report.ratio(0.3, None) is None and accuracy_report.ratio(None, 0.5) is None
+
+
+def test_summary_has_the_bound_row_when_the_bound_did_not_run():
+    """Records of a run without the bound (e.g. an older accuracy.json): the bound row and the
+    ratio column are there, with '-'."""
+    recs = [dict(method="somp-ml", sweep="base", value=None, f1=0.78, median_pos_err_m=0.18)]
+    text = accuracy_report.summary_table(attach_bound(recs), dict(n_scenes=100, seed=0))
+    assert "| method | F1 base | F1 / bound base | median err base (m) |" in text
+    assert "| somp-ml | 0.780 | - | 0.180 |" in text
+    assert text.splitlines()[-1] == "| ml-oracle (bound) | - | - | - |"
+
+
+def test_snr_bin_table():
+    text = accuracy_report.snr_bin_table({"a": {"[5,10)": 0.5, "[-5,0)": 0.25}, "ml-oracle": {"[-5,0)": 0.5,
+                                                                                           "[5,10)": 1.0}},
+                                         {"[-5,0)": 3, "[5,10)": 2})
+    lines = text.splitlines()
+    assert lines[0] == "| method | [-5,0) dB (n=3) | [5,10) dB (n=2) |"
+    assert lines[2] == "| a | 0.250 (0.50) | 0.500 (0.50) |"
+    assert lines[3] == "| ml-oracle (bound) | 0.500 | 1.000 |"
+    no_bound = accuracy_report.snr_bin_table({"a": {"[0,5)": 0.5}}).splitlines()
+    assert no_bound[2:] == ["| a | 0.500 (-) |", "| ml-oracle (bound) | - |"]
+
+
+def test_format_table_bound_column():
+    plain = format_table({"a": {"f1": 0.4}, "ml-oracle": {"f1": 0.8}})
+    assert "F1 / bound" not in plain and "(bound)" not in plain  # backward compatible
+    text = format_table({"ml-oracle": {"f1": 0.8}, "a": {"f1": 0.4}}, bound="ml-oracle").splitlines()
+    assert text[0].startswith("| method | P | R | F1 | F1 / bound | FP/scene |")
+    assert text[2].startswith("| a | n/a | n/a | 0.400 | 0.50 | n/a |")
+    assert text[3].startswith("| ml-oracle (bound) | n/a | n/a | 0.800 | 1.00 |")
+    zero = format_table({"a": {"f1": 0.4}, "b": {"f1": 0.0}}, bound="b").splitlines()
+    assert zero[2].startswith("| a | n/a | n/a | 0.400 | n/a |")
+    assert format_table({"a": {"f1": 0.4}}, bound="ml-oracle") == format_table({"a": {"f1": 0.4}})
+
+
+def _captured_figure(monkeypatch, module):
+    figs = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path: figs.append(fig))
+    return figs
+
+
+def _bound_lines(fig, label="bound (ml-oracle)"):
+    return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == label]
+
+
+def test_plot_f1_draws_the_bound(monkeypatch):
+    figs = _captured_figure(monkeypatch, bench_plots)
+    recs = [dict(sweep="snr_k1", value=v, method=m, f1=f) for v in (0, 10)
+            for m, f in (("somp-ml", 0.5 + v / 40), ("ml-oracle", 0.7 + v / 40))]
+    assert bench_plots.plot_f1("unused.png", recs, dict(snr_k1=("K = 1", "SNR (dB)")), bound="ml-oracle")
+    (line,) = _bound_lines(figs[0])
+    assert line.get_linestyle() == "--" and line.get_color() in ("k", "black", (0.0, 0.0, 0.0, 1.0))
+    assert list(line.get_ydata()) == [0.7, 0.95]
+    assert [ln.get_label() for ln in figs[0].axes[0].get_lines()] == ["somp-ml", "bound (ml-oracle)"]
+    assert bench_plots.plot_f1("unused.png", recs, dict(snr_k1=("K = 1", "SNR (dB)")))  # no bound: plain curves
+    assert not _bound_lines(figs[1])
+
+
+def test_plot_snr_curves_draws_the_bound(monkeypatch):
+    figs = _captured_figure(monkeypatch, eval_plots)
+    group = lambda f: dict(f1=f, median_pos_err_m=0.1, rmse_phi_deg=0.5, sqrt_crb_phi_deg=0.3)  # noqa: E731
+    ms = {"somp-ml": dict(per_snr_bin={"[-5,0)": group(0.5), "[0,5)": group(0.8)}),
+          "ml-oracle": dict(per_snr_bin={"[-5,0)": group(0.7), "[0,5)": group(0.9)})}
+    eval_plots.plot_snr_curves("unused.png", ms)
+    lines = _bound_lines(figs[0])
+    assert len(lines) == 3  # F1, position error, RMSE panels
+    assert list(lines[0].get_ydata()) == [0.7, 0.9] and lines[0].get_linestyle() == "--"
+    eval_plots.plot_snr_curves("unused.png", ms, bound=None)
+    assert not _bound_lines(figs[1])
+
+
+def test_demo_reports_the_bound(tmp_path, capsys):
+    results = run_demo(tmp_path / "demo", n_scenes=4, methods=["mvdr-mf", sweeps.BOUND_METHOD])
+    assert list(results) == ["mvdr-mf", "ml-oracle"]
+    mf, bound = results["mvdr-mf"], results["ml-oracle"]
+    assert mf["f1_bound"] == bound["f1"] and bound["f1_over_bound"] == pytest.approx(1.0)
+    assert mf["f1_over_bound"] == pytest.approx(mf["f1"] / bound["f1"])
+    for b, r in mf["f1_over_bound_per_snr_bin"].items():
+        bf = bound["per_snr_bin"][b]["f1"]
+        assert r == (pytest.approx(mf["per_snr_bin"][b]["f1"] / bf) if bf else None)
+    printed = capsys.readouterr().out
+    report = (tmp_path / "demo" / "report.md").read_text()
+    saved = json.loads((tmp_path / "demo" / "metrics_mvdr-mf.json").read_text())
+    assert saved["f1_over_bound"] == pytest.approx(mf["f1_over_bound"])
+    for text in (printed, report):
+        assert "| F1 | F1 / bound |" in text
+        assert "| ml-oracle (bound) |" in text and "F1 per SNR bin" in text
+        assert f"| mvdr-mf | {fmt_number(mf['precision'])} | {fmt_number(mf['recall'])} | {mf['f1']:.3f} | " \
+               f"{fmt_number(mf['f1_over_bound'], '.2f')} |" in text

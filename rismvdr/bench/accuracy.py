@@ -3,9 +3,17 @@
 Suites (issue 8):
 
 * **B1** (blind): each method finds the number of sources itself, the registry as is.
-* **B2** (oracle K): methods given the truth. For now these are the two registered methods
-  that take it, `music-oracle-k` (MUSIC with the true K) and `mvdr-oracle` (MVDR on the true
-  covariance, which carries the true K in its rank); their points are reported under B2.
+* **B2** (oracle K): methods given the truth: `music-oracle-k` (MUSIC with the true K),
+  `mvdr-oracle` (MVDR on the true covariance, which carries the true K in its rank) and
+  `somp-ml-oracle-k` (`somp-ml` with its order forced to the true K); reported under B2.
+* **bound**: `ml-oracle` (`BOUND_METHOD`), the compressive ML refinement started at the true
+  positions with the true K: the estimation limit of the measurements under the gates. It is
+  among the default methods and `--quick`'s, so it runs at every point; every record carries
+  its F1 at the same point (`f1_bound`) and the ratio (`f1_over_bound`), and the records of a
+  point that spans several SNR bins (`base`) carry F1 per bin of the realised SNR
+  (`f1_per_snr_bin`, `n_scenes_per_snr_bin`) with the bound's and the ratio per bin
+  (`rismvdr.bench.accuracy_report.attach_bound`). With `--methods`, the bound runs only when
+  named (else `f1_bound` is None and the tables show '-').
 
 The sweeps, their values and the `--quick` thinning are `rismvdr.bench.sweeps`; the report
 files are `rismvdr.bench.accuracy_report`. For each point `run_accuracy` decides the methods
@@ -29,11 +37,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.bench.accuracy_report import METRIC_KEYS, RECORD_KEYS, write_report
+from rismvdr.bench.accuracy_report import METRIC_KEYS, RECORD_KEYS, attach_bound, write_report
 from rismvdr.bench.methods import applies, learned_fits, shipped_model
 from rismvdr.bench.report import fmt_number, write_records_csv
 from rismvdr.bench.sweeps import (
     B2_METHODS,
+    BOUND_METHOD,
     CPU_SKIPS,
     DEFAULT_SWEEPS,
     K_VALUES,
@@ -52,6 +61,7 @@ from rismvdr.bench.sweeps import (
     BenchPoint,
     bench_points,
     point_seed,
+    suite_of,
 )
 from rismvdr.eval import metrics
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
@@ -76,12 +86,16 @@ def _tp_errors(scenes, d) -> np.ndarray:
 
 
 def _record(point: BenchPoint, name: str, cfg, n_scenes: int, seed: int, ev: dict, seconds: float) -> dict:
-    rec = dict(suite="B2" if name in B2_METHODS else "B1", sweep=point.sweep, variable=point.variable,
+    rec = dict(suite=suite_of(name), sweep=point.sweep, variable=point.variable,
                value=point.value, method=name, scenario=cfg.name, n_scenes=n_scenes, seed=seed,
                snr_db=cfg.snr_db[0] if cfg.snr_db[0] == cfg.snr_db[1] else None,
                k=cfg.k_min if cfg.k_min == cfg.k_max else None, n_snapshots=cfg.n_snapshots)
     rec.update({k: ev.get(k) for k in METRIC_KEYS})
     rec["seconds"] = seconds
+    if cfg.snr_db[0] != cfg.snr_db[1]:  # the point spans several SNR bins: F1 per bin (the bound's: attach_bound)
+        per = ev.get("per_snr_bin") or {}
+        rec["f1_per_snr_bin"] = {b: g.get("f1") for b, g in per.items()}
+        rec["n_scenes_per_snr_bin"] = {b: g.get("n_scenes") for b, g in per.items()}
     return to_jsonable(rec)
 
 
@@ -196,6 +210,7 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
             f1s.append(f"{name} {fmt_number(ev['f1'], '.2f')}")
             if point.sweep == "base":
                 records[-1]["tp_pos_err_m"] = _tp_errors(scenes, d).tolist()  # the error CDF of the report
+        attach_bound(records)  # f1_bound / f1_over_bound of this point's records (the bound may run last)
         label = point.sweep if point.value is None else f"{point.sweep} {point.variable}={point.value:g}"
         tqdm.write(f"[{len(records)} records] {label}: F1 " + ", ".join(f1s)
                    + f" ({time.perf_counter() - tp:.1f} s)")
@@ -207,7 +222,8 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
     wall = time.perf_counter() - t0
     meta = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, quick=quick, methods=names,
                 sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values),
-                r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS), wall_s=wall,
+                r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS),
+                bound_method=BOUND_METHOD, wall_s=wall,
                 base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped,
                 resumed_records=n_resumed)
     result: dict[str, Any] = dict(meta=to_jsonable(meta), records=records)

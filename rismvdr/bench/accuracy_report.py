@@ -3,10 +3,19 @@
 Files in the report folder: `accuracy.json` (`{"meta": ..., "records": [...]}`, a flat list of
 records: `pandas.DataFrame(json.load(f)["records"])`, written by `run_accuracy`),
 `accuracy.csv` (the same records, columns `RECORD_KEYS`), `accuracy.md` (one F1 table per
-sweep, method x value; the `ula` sweep with its setup and an RMSE / sqrt(CRB) table),
-`accuracy_summary.md` (one compact table, the one the README includes), and PNG plots
-(`f1_vs_snr.png`, `f1_vs_range.png`, `rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`,
-`ula_rmse_vs_snr.png`). `write_report` rebuilds all but the JSON from the JSON.
+sweep, method x value, with the bound row and an `F1 / bound` table; per-SNR-bin F1 against the
+bound where a point spans several SNR bins; the `ula` sweep with its setup and an RMSE /
+sqrt(CRB) table), `accuracy_summary.md` (one compact table, the one the README includes), and
+PNG plots (`f1_vs_snr.png`, `f1_vs_range.png` with the bound as a black dashed curve,
+`rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`).
+`write_report` rebuilds all but the JSON from the JSON.
+
+The bound (issue 14): `BOUND_METHOD` (`ml-oracle`) is the ML refinement started at the true
+positions with the true K, the estimation limit of the measurements under the gates.
+`attach_bound` gives every record `f1_bound` (the bound's F1 at the same point) and
+`f1_over_bound` (the record's F1 / f1_bound; None when either is missing or not finite, or the
+bound is 0), and, where the record has `f1_per_snr_bin` (a point that spans several SNR bins,
+like `base`), `f1_bound_per_snr_bin` and `f1_over_bound_per_snr_bin` per bin.
 """
 from __future__ import annotations
 
@@ -19,13 +28,14 @@ import numpy as np
 
 from rismvdr.bench.plots import plot_f1, plot_rmse_snr, plot_ula
 from rismvdr.bench.report import fmt_number, write_records_csv
-from rismvdr.bench.sweeps import B2_METHODS, SWEEPS, ULA_SCENARIO
+from rismvdr.bench.sweeps import B2_METHODS, BOUND_METHOD, SWEEPS, ULA_SCENARIO
 from rismvdr.eval.plots import plot_error_cdf
 from rismvdr.files import atomic_write
 from rismvdr.localize.registry import settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 
-__all__ = ["METRIC_KEYS", "RECORD_KEYS", "ula_setup", "summary_table", "write_report"]
+__all__ = ["METRIC_KEYS", "RECORD_KEYS", "PER_BIN_KEYS", "ratio", "attach_bound", "snr_bin_table", "ula_setup",
+           "summary_table", "write_report"]
 
 #: Metrics copied into every record (from `rismvdr.eval.evaluation.evaluate_detections`).
 METRIC_KEYS = (
@@ -36,7 +46,71 @@ METRIC_KEYS = (
 )
 #: Every record's keys, in CSV column order.
 RECORD_KEYS = ("suite", "sweep", "variable", "value", "method", "scenario", "n_scenes", "seed",
-               "snr_db", "k", "n_snapshots") + METRIC_KEYS + ("seconds",)
+               "snr_db", "k", "n_snapshots") + METRIC_KEYS + ("f1_bound", "f1_over_bound", "seconds")
+#: Per-SNR-bin keys of the records of a point that spans several SNR bins (`{"[lo,hi)": value}`,
+#: bins of the realised SNR as in `rismvdr.eval.metrics.evaluate`; JSON only, not in the CSV).
+PER_BIN_KEYS = ("f1_per_snr_bin", "n_scenes_per_snr_bin", "f1_bound_per_snr_bin", "f1_over_bound_per_snr_bin")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def ratio(f1, bound):
+    """`f1 / bound`, or None when either is missing or not finite, or the bound is 0 (NaN-safe)."""
+    return float(f1) / float(bound) if _finite(f1) and _finite(bound) and bound != 0 else None
+
+
+def _bin_lo(label: str) -> float:
+    """Lower edge (dB) of an SNR bin label "[lo,hi)"."""
+    return float(label.strip("[)").split(",")[0])
+
+
+def attach_bound(records: list[dict], bound: str = BOUND_METHOD) -> list[dict]:
+    """Give every record (in place) the bound's F1 at its point, `f1_bound`, and `f1_over_bound`
+    (None where the bound did not run or is 0); records with `f1_per_snr_bin` also get the
+    bound's F1 and the ratio per SNR bin. A point is (sweep, value): the same test set. Returns
+    `records`."""
+    ref = {(r["sweep"], r["value"]): r for r in records if r["method"] == bound}
+    for r in records:
+        b = ref.get((r["sweep"], r["value"]))
+        r["f1_bound"] = None if b is None or not _finite(b.get("f1")) else b["f1"]
+        r["f1_over_bound"] = ratio(r.get("f1"), r["f1_bound"])
+        per = r.get("f1_per_snr_bin")
+        if per is not None:
+            bper = (b or {}).get("f1_per_snr_bin") or {}
+            r["f1_bound_per_snr_bin"] = {k: bper.get(k) for k in per}
+            r["f1_over_bound_per_snr_bin"] = {k: ratio(v, bper.get(k)) for k, v in per.items()}
+    return records
+
+
+def snr_bin_table(f1_by_method: dict[str, dict], n_by_bin: dict | None = None, *, bound: str = BOUND_METHOD,
+                  label: str = "method") -> str:
+    """Markdown table of F1 per SNR bin, one row per method (the bound's row last, marked
+    "(bound)"; "-" everywhere when the bound did not run), each cell "F1 (F1 / bound)".
+
+    Args:
+      f1_by_method: method -> {"[lo,hi)": F1}.
+      n_by_bin: optional {"[lo,hi)": number of scenes}, shown in the header.
+      bound: the bound's method name.
+      label: the first column's header.
+    """
+    bins = sorted({b for per in f1_by_method.values() for b in per}, key=_bin_lo)
+    bper = f1_by_method.get(bound) or {}
+    head = [f"{b} dB" + (f" (n={n_by_bin[b]})" if n_by_bin and b in n_by_bin else "") for b in bins]
+    lines = [f"| {label} | " + " | ".join(head) + " |", "|---|" + "---:|" * len(bins)]
+    for m in [m for m in f1_by_method if m != bound] + [bound]:
+        per = f1_by_method.get(m)
+        cells = []
+        for b in bins:
+            if per is None or b not in per:
+                cells.append("-")
+            elif m == bound:
+                cells.append(fmt_number(per[b]))
+            else:
+                cells.append(f"{fmt_number(per[b])} ({fmt_number(ratio(per[b], bper.get(b)), '.2f', '-')})")
+        lines.append(f"| {m + ' (bound)' if m == bound else m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def ula_setup(n_scenes: int | None = None) -> str:
@@ -93,7 +167,12 @@ def _markdown(records: list[dict], meta: dict) -> str:
     lines = ["# rismvdr accuracy bench", "",
              f"`{meta['scenario']}` scenario, {meta['n_scenes']} scenes per point, seed {meta['seed']}; "
              f"gates 5 deg / 5 deg / 1 m; default detector. B1: blind (each method finds K); "
-             f"B2: oracle K ({', '.join(f'`{m}`' for m in B2_METHODS)}). Cells: F1; '-': not run "
+             f"B2: oracle K ({', '.join(f'`{m}`' for m in meta.get('b2_methods') or B2_METHODS)}); "
+             f"bound: `{BOUND_METHOD}`, the ML "
+             f"refinement started at the true positions with the true K (the estimation limit of the "
+             f"measurements under the gates; `mvdr-oracle` scans the noise-free true covariance instead of the "
+             f"measurements, so its ratio can exceed 1). Cells: F1; F1 / bound: the method's F1 over the bound's "
+             f"at the same point; '-': not run "
              f"(method does not apply, e.g. learned methods away from L = 16). Wall time "
              f"{meta['wall_s']:.0f} s"
              + (f" for the last part: the run was resumed (`--resume`) with {meta['resumed_records']} records "
@@ -102,23 +181,55 @@ def _markdown(records: list[dict], meta: dict) -> str:
         rows = [r for r in records if r["sweep"] == sweep]
         values = list(dict.fromkeys(r["value"] for r in rows))
         methods = list(dict.fromkeys((r["suite"], r["method"]) for r in rows))
+        if not any(name == BOUND_METHOD for _, name in methods):
+            methods.append(("bound", BOUND_METHOD))  # the bound row stays, '-' where it did not run
         cell = {(r["suite"], r["method"], r["value"]): r["f1"] for r in rows}
+        over = {(r["suite"], r["method"], r["value"]): r.get("f1_over_bound") for r in rows}
         lines += [f"## {titles.get(sweep, sweep)}", ""]
         if sweep == "ula":
             lines += [ula_setup(meta["n_scenes"]), ""]
-        head = ["F1"] if values == [None] else [f"{v:g}" for v in values]
+        single = values == [None]
+        head = ["F1", "F1 / bound"] if single else [f"{v:g}" for v in values]
         lines.append("| suite | method | " + " | ".join(head) + " |")
         lines.append("|---|---|" + "---:|" * len(head))
         for suite, name in sorted(methods):
             cells = [fmt_number(cell[(suite, name, v)]) if (suite, name, v) in cell else "-" for v in values]
+            if single:
+                cells.append(fmt_number(over.get((suite, name, None)), ".2f", "-"))
             lines.append(f"| {suite} | {name} | " + " | ".join(cells) + " |")
         lines.append("")
+        bound_ran = any(r["method"] == BOUND_METHOD for r in rows)
+        if not single and not bound_ran:
+            lines += [f"F1 / bound: the bound `{BOUND_METHOD}` did not run in this sweep.", ""]
+        elif not single:
+            lines += [f"F1 / bound (F1 over `{BOUND_METHOD}`'s F1 at the same point; '-': not run or no bound):",
+                      "", "| suite | method | " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(head)]
+            for suite, name in sorted(methods):
+                cells = [fmt_number(over.get((suite, name, v)), ".2f", "-") for v in values]
+                lines.append(f"| {suite} | {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += _snr_bin_section(rows)
         for sk in meta.get("skipped") or []:
             if sk["sweep"] == sweep:
                 lines += [f"Not run: `{sk['method']}` at {sk['value']}: {sk['reason']}.", ""]
         if sweep == "ula":
             lines += _ratio_table(rows, values, methods)
     return "\n".join(lines)
+
+
+def _snr_bin_section(rows) -> list[str]:
+    """Per-SNR-bin F1 with the bound's F1 and each method's ratio, for the points of a sweep that
+    span several SNR bins (their records carry `f1_per_snr_bin`; in practice `base`)."""
+    out = []
+    for value in dict.fromkeys(r["value"] for r in rows if r.get("f1_per_snr_bin")):
+        at = [r for r in rows if r["value"] == value and r.get("f1_per_snr_bin")]
+        f1 = {r["method"]: r["f1_per_snr_bin"] for r in sorted(at, key=lambda r: (r["suite"], r["method"]))}
+        n_by_bin = next((r["n_scenes_per_snr_bin"] for r in at if r.get("n_scenes_per_snr_bin")), None)
+        where = "" if value is None else f" at {value:g}"
+        out += [f"F1 per SNR bin{where} (realised SNR of each scene, dB; n: scenes in the bin); cells: F1 "
+                f"(F1 / bound), the bound `{BOUND_METHOD}` in the last row:", "",
+                snr_bin_table(f1, n_by_bin), ""]
+    return out
 
 
 def _ratio_table(rows, values, methods) -> list[str]:
@@ -134,10 +245,12 @@ def _ratio_table(rows, values, methods) -> list[str]:
 
 
 def summary_table(records: list[dict], meta: dict) -> str:
-    """One compact markdown table (method rows) for the README: base-set F1 and median position
-    error, F1 at K = 3 for some SNRs, F1 at K = 5, single-source azimuth RMSE / sqrt(CRB) at
-    the highest SNR, and the `ula` case's RMSE / sqrt(CRB) (phi / r) at its highest SNR.
-    Columns whose sweep was not run are left out."""
+    """One compact markdown table (method rows) for the README: base-set F1, its ratio to the
+    bound (`F1 / bound`; also in the lowest SNR bin of the base set when the records carry
+    per-bin F1) and median position error, F1 at K = 3 for some SNRs, F1 at K = 5,
+    single-source azimuth RMSE / sqrt(CRB) at the highest SNR, and the `ula` case's RMSE /
+    sqrt(CRB) (phi / r) at its highest SNR. Columns whose sweep was not run are left out. The
+    bound's row is last, marked "(bound)", and present ('-') even where it did not run."""
     def pick(sweep, value=None):
         rows = [r for r in records if r["sweep"] == sweep and (value is None or r["value"] == value)]
         return {r["method"]: r for r in rows}
@@ -150,7 +263,13 @@ def summary_table(records: list[dict], meta: dict) -> str:
     base = pick("base")
     if base:
         cols += [("F1 base", base, lambda r: fmt_number(r["f1"])),
-                 ("median err base (m)", base, lambda r: fmt_number(r["median_pos_err_m"]))]
+                 ("F1 / bound base", base, lambda r: fmt_number(r.get("f1_over_bound"), ".2f", "-"))]
+        bins = sorted({b for r in base.values() for b in r.get("f1_per_snr_bin") or {}}, key=_bin_lo)
+        if bins:
+            lo = bins[0]
+            cols.append((f"F1 / bound base, {lo} dB", base,
+                         lambda r, lo=lo: fmt_number((r.get("f1_over_bound_per_snr_bin") or {}).get(lo), ".2f", "-")))
+        cols.append(("median err base (m)", base, lambda r: fmt_number(r["median_pos_err_m"])))
     snr3 = [v for v in (0, 10, 20) if pick("snr_k3", v)]
     cols += [(f"F1 K=3, {v:g} dB", pick("snr_k3", v), lambda r: fmt_number(r["f1"])) for v in snr3]
     if pick("k", 5):
@@ -167,12 +286,14 @@ def summary_table(records: list[dict], meta: dict) -> str:
                  (f"ULA RMSE/sqrt(CRB) phi / r, {v:g} dB", pick("ula", v),
                   lambda r: f"{fmt_number(r['rmse_over_sqrt_crb_phi'], '.2f')} / "
                             f"{fmt_number(r['rmse_over_sqrt_crb_r'], '.2f')}")]
-    methods = list(dict.fromkeys(r["method"] for r in records))
+    methods = [m for m in dict.fromkeys(r["method"] for r in records) if m != BOUND_METHOD] + [BOUND_METHOD]
     lines = [f"`rismvdr bench accuracy` ({meta['n_scenes']} scenes per point, seed {meta['seed']}; "
-             f"'-': not run at that point):", "",
+             f"'-': not run at that point; bound: `{BOUND_METHOD}`, ML refinement started at the truth with the "
+             f"true K; F1 / bound: F1 over the bound's F1 at the same point):", "",
              "| method | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f(rows[m]) if m in rows else "-" for _, rows, f in cols) + " |")
+        label = f"{m} (bound)" if m == BOUND_METHOD else m
+        lines.append(f"| {label} | " + " | ".join(f(rows[m]) if m in rows else "-" for _, rows, f in cols) + " |")
     return "\n".join(lines)
 
 
@@ -183,16 +304,18 @@ def write_report(out, result: dict | None = None) -> list[str]:
     out = Path(out)
     if result is None:
         result = json.loads((out / "accuracy.json").read_text())
-    meta, records = result["meta"], result["records"]
+    meta, records = result["meta"], attach_bound(result["records"])
     write_records_csv(out / "accuracy.csv", records, RECORD_KEYS)
     written = ["accuracy.csv", "accuracy.md", "accuracy_summary.md"]
     with atomic_write(out / "accuracy_summary.md") as f:
         f.write(summary_table(records, meta) + "\n")
     with atomic_write(out / "accuracy.md") as f:
         f.write(_markdown(records, meta) + "\n")
-    if plot_f1(out / "f1_vs_snr.png", records, dict(snr_k1=("K = 1", "SNR (dB)"), snr_k3=("K = 3", "SNR (dB)"))):
+    if plot_f1(out / "f1_vs_snr.png", records, dict(snr_k1=("K = 1", "SNR (dB)"), snr_k3=("K = 3", "SNR (dB)")),
+               bound=BOUND_METHOD):
         written.append("f1_vs_snr.png")
-    if plot_f1(out / "f1_vs_range.png", records, dict(r=("K = 3, SNR 10 dB", "source range bin midpoint (m)"))):
+    if plot_f1(out / "f1_vs_range.png", records, dict(r=("K = 3, SNR 10 dB", "source range bin midpoint (m)")),
+               bound=BOUND_METHOD):
         written.append("f1_vs_range.png")
     if plot_rmse_snr(out / "rmse_phi_vs_snr_k1.png", records):
         written.append("rmse_phi_vs_snr_k1.png")

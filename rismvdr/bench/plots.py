@@ -31,16 +31,22 @@ def _series(records, sweep, key):
     return out
 
 
-def plot_f1(path, records, panels: dict[str, tuple[str, str]]) -> bool:
+def plot_f1(path, records, panels: dict[str, tuple[str, str]], *, bound: str | None = None) -> bool:
     """F1 against a sweep's variable, one panel per sweep run: `panels` = {sweep: (title, x label)}.
-    False (nothing written) when none of the sweeps ran."""
+    The records of the method `bound` (e.g. `ml-oracle`), when given and present, are drawn as
+    the reference curve, black dashed, labelled "bound (<name>)". False (nothing written) when
+    none of the sweeps ran."""
     sweeps = [s for s in panels if any(r["sweep"] == s for r in records)]
     if not sweeps:
         return False
     fig, axes = subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
-        for i, (name, (x, y)) in enumerate(_series(records, sweep, "f1").items()):
+        series = _series(records, sweep, "f1")
+        ref = series.pop(bound, None) if bound is not None else None
+        for i, (name, (x, y)) in enumerate(series.items()):
             ax.plot(x, y, label=name, **_style(i))
+        if ref is not None:
+            ax.plot(ref[0], ref[1], "k--", lw=1.8, zorder=5, label=f"bound ({bound})")
         ax.set_title(panels[sweep][0])
         ax.set_xlabel(panels[sweep][1])
         ax.set_ylabel("F1")

@@ -677,23 +677,49 @@ _TABLE_COLUMNS = (
 )
 
 
-def format_table(metrics_by_method: Mapping[str, Mapping[str, Any]]) -> str:
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def format_table(metrics_by_method: Mapping[str, Mapping[str, Any]], *, bound: str | None = None) -> str:
     """Markdown table, one row per method, of `evaluate` (or JSON round-tripped) results.
 
     Columns: method, P, R, F1, FP/scene, median and p90 position error (m), RMSE of phi and
     theta (deg), RMSE of r (m). Missing, None or NaN values print as "n/a".
 
+    With `bound` (a method name, e.g. the accuracy limit `ml-oracle`) among the methods, a
+    column `F1 / bound` follows F1 (each method's F1 over the bound's; "n/a" when either is
+    missing or the bound's F1 is 0) and the bound's row comes last, its name marked
+    "(bound)". Without `bound`, or when it is not among the methods, the table is as above.
+
     >>> print(format_table({"mvdr": {"precision": 1.0}}).splitlines()[2])
     | mvdr | 1.000 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |
+    >>> rows = format_table({"a": {"f1": 0.4}, "b": {"f1": 0.8}}, bound="b").splitlines()
+    >>> rows[0][:36], rows[2][:30], rows[3][:13]
+    ('| method | P | R | F1 | F1 / bound |', '| a | n/a | n/a | 0.400 | 0.50', '| b (bound) |')
     """
-    header = "| method | " + " | ".join(c for c, _, _ in _TABLE_COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(_TABLE_COLUMNS)
+    with_bound = bound is not None and bound in metrics_by_method
+    columns: list[tuple[str, str | None, int]] = list(_TABLE_COLUMNS)
+    names = list(metrics_by_method)
+    if with_bound:
+        at = [key for _, key, _ in columns].index("f1") + 1
+        columns.insert(at, ("F1 / bound", None, 2))
+        names = [n for n in names if n != bound] + [bound]
+        ref = metrics_by_method[bound].get("f1")
+    header = "| method | " + " | ".join(c for c, _, _ in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]
-    for method, m in metrics_by_method.items():
-        cells = [str(method).replace("|", "\\|")]
-        for _, key, digits in _TABLE_COLUMNS:
-            v = m.get(key)
-            ok = isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v))
-            cells.append(f"{float(v):.{digits}f}" if ok else "n/a")
+    for method in names:
+        m = metrics_by_method[method]
+        label = f"{method} (bound)" if with_bound and method == bound else str(method)
+        cells = [label.replace("|", "\\|")]
+        for _, key, digits in columns:
+            if key is None:  # F1 / bound
+                f1 = m.get("f1")
+                ok = _finite_number(f1) and _finite_number(ref) and float(ref) != 0.0
+                v = float(f1) / float(ref) if ok else None
+            else:
+                v = m.get(key)
+            cells.append(f"{float(v):.{digits}f}" if _finite_number(v) else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

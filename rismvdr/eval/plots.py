@@ -101,12 +101,17 @@ def _val(x):
     return math.nan if x is None else float(x)
 
 
-def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: str = "") -> None:
+def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: str = "",
+                    bound: str | None = "ml-oracle") -> None:
     """F1, median position error and azimuth RMSE (with sqrt CRB) against SNR, per method.
 
     Args:
       metrics_by_method: method -> metrics dict of `rismvdr.eval.metrics.evaluate` (with
         `per_snr_bin`).
+      bound: the method drawn as the reference curve when it is among the methods (default
+        `ml-oracle`, the accuracy limit; None: none): black dashed in the F1 and position-error
+        panels, black dash-dot in the RMSE panel (where the dashed curve is sqrt(CRB)), labelled
+        "bound (<name>)", drawn above the other curves.
     """
     fig, axes = subplots(1, 3, figsize=(15, 4.2))
     crb_drawn = False
@@ -115,9 +120,15 @@ def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: st
         if not keys:
             continue
         per = m["per_snr_bin"]
-        axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], marker="o", label=name)
-        axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], marker="o", label=name)
-        axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], marker="o", label=name)
+        if name == bound:
+            label = f"bound ({name})"
+            axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], "k--", lw=1.8, zorder=5, label=label)
+            axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], "k--", lw=1.8, zorder=5, label=label)
+            axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], "k-.", lw=1.5, zorder=5, label=label)
+        else:
+            axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], marker="o", label=name)
+            axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], marker="o", label=name)
+            axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], marker="o", label=name)
         crb = [_val(per[k].get("sqrt_crb_phi_deg")) for k in keys]
         if not crb_drawn and np.any(np.isfinite(crb)):
             axes[2].semilogy(x, crb, "k--", label="sqrt(CRB) (matched sources)")
