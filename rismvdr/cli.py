@@ -21,6 +21,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,16 +39,20 @@ from rismvdr.eval.objective import E2E_SCENES, E2E_SEED, F1_WEIGHT, TEST_SEED, X
 from rismvdr.files import (
     CACHE_DIR_ENV,
     COMPILE_CACHE_ENV,
+    check_output_dir,
     check_output_file,
     enable_compile_cache,
     enable_default_compile_cache,
     load_scenes,
     read_detections_csv,
+    read_json,
     read_maps,
+    replaced_together,
     save_scenes,
     scenario_from_meta,
     scene_file_from_scenes,
     scenes_from_file,
+    sigterm_raises,
     to_jsonable,
     write_detections_csv,
     write_json,
@@ -59,6 +64,7 @@ from rismvdr.localize.weights import load_learned
 from rismvdr.physics.scenarios import DEFAULT_GATES, Gates, get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides
+from rismvdr.train.distributed import ProcessLostError, exit_now, initialize as initialize_distributed, is_main
 
 __all__ = ["main", "build_parser"]
 
@@ -181,11 +187,12 @@ def cmd_localize(args) -> int:
     res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet,
                    model=_learned_model(args))
     d = res.detections
-    write_detections_csv(args.out, d.phi, d.theta, d.r, d.score_db, d.valid)
+    with replaced_together():  # the CSV and the maps of one run: both new, or both as they were
+        write_detections_csv(args.out, d.phi, d.theta, d.r, d.score_db, d.valid)
+        if args.maps_out:
+            write_maps(args.maps_out, res.power_db, res.plane, res.grid)
     if res.fallbacks is not None:
         print(f"{args.method}: refiner map rejected in {res.fallbacks} of {sf.n_scenes} scenes (MVDR fallback)")
-    if args.maps_out:
-        write_maps(args.maps_out, res.power_db, res.plane, res.grid)
     n = int(d.valid.sum())
     print(f"{args.method}: {n} detections in {sf.n_scenes} scenes ({res.seconds:.1f} s) -> {args.out}")
     return 0
@@ -193,6 +200,11 @@ def cmd_localize(args) -> int:
 
 def cmd_evaluate(args) -> int:
     check_output_file(args.out, "--out")
+    for flag, value, unit in (("--gate-phi-deg", args.gate_phi_deg, "degrees"),
+                              ("--gate-theta-deg", args.gate_theta_deg, "degrees"),
+                              ("--gate-r-m", args.gate_r_m, "metres"), ("--snr-bin-db", args.snr_bin_db, "dB")):
+        if not value > 0:
+            raise ValueError(f"{flag}: must be > 0 {unit}, got {value:g}")
     sf = load_scenes(args.scenes)
     if not sf.has_truth:
         raise ValueError(f"{args.scenes}: key 'gt_phi': missing, evaluation needs the truth")
@@ -247,8 +259,7 @@ def cmd_plot(args) -> int:
     else:
         ms = {}
         for path in args.metrics:
-            with open(path) as f:
-                m = json.load(f)
+            m = read_json(path, "metrics")
             ms[m.get("method", Path(path).stem)] = m
         plots.plot_snr_curves(args.out, ms, title="per-SNR-bin metrics")
     print(f"wrote {args.out}")
@@ -267,8 +278,7 @@ def cmd_methods(args) -> int:
 def _train_config(args):
 
     if args.from_hpo:
-        with open(args.from_hpo) as f:
-            best = json.load(f)
+        best = read_json(args.from_hpo, "--from-hpo")
         if "config" not in best:
             raise ValueError(f"--from-hpo: {args.from_hpo}: key 'config': missing (write it with `rismvdr hpo export`)")
         cfg = TrainConfig.from_dict(best["config"])
@@ -287,18 +297,36 @@ def _stored_train_config(workdir):
     if not ck.is_dir():
         return None
     with Checkpointer(ck, read_only=True) as c:
-        step = c.latest_step()
-        return None if step is None else TrainConfig.from_dict(c.read_config(step)["train"])
+        steps = c.steps()
+        if not steps:
+            return None
+        # the run's config (the same in every step) from the newest step whose files are intact;
+        # `fit` then names and skips a damaged one
+        intact = [s for s in reversed(steps) if c.check(s) is None] or steps[-1:]
+        return TrainConfig.from_dict(c.read_config(intact[0])["train"])
 
 
 def _maybe_distributed(args):
-    if getattr(args, "distributed", False):
-        jax.distributed.initialize()  # coordinator, process count and id from the environment
+    if getattr(args, "distributed", False):  # coordinator, process count and id from the environment
+        if args.distributed_timeout_s < 1:
+            raise ValueError(f"--distributed-timeout-s: must be >= 1 s, got {args.distributed_timeout_s}")
+        initialize_distributed(timeout_s=args.distributed_timeout_s, command=f"rismvdr {args.command}")
+
+
+def _fit(args, fit, *a, **kw) -> dict:
+    """`fit(*a, **kw)`; a lost process of a `--distributed` run: one line on stderr and exit 1 at
+    once (JAX's shutdown barrier would wait for the lost process, then abort with a stack trace)."""
+    try:
+        return fit(*a, **kw)
+    except ProcessLostError as e:
+        print(f"rismvdr {args.command}: error: {e}", file=sys.stderr, flush=True)
+        exit_now(1)
 
 
 def cmd_train(args) -> int:
     from rismvdr.train.trainer import fit  # deferred: Orbax and the trainer, for the training commands only
 
+    check_output_dir(args.workdir, "--workdir")
     _maybe_distributed(args)
     if args.resume and not (args.config or args.from_hpo):
         cfg = _stored_train_config(args.workdir)
@@ -309,15 +337,17 @@ def cmd_train(args) -> int:
         cfg = _train_config(args)
     if cfg.stage != "backbone":
         cfg = cfg.replace(stage="backbone")
-    out = fit(cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
-              stop_at=args.stop_at)
-    _print_fit(out)
+    out = _fit(args, fit, cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
+               stop_at=args.stop_at)
+    if is_main():
+        _print_fit(out)
     return 0
 
 
 def cmd_train_refiner(args) -> int:
     from rismvdr.train.trainer import fit  # deferred: Orbax and the trainer, for the training commands only
 
+    check_output_dir(args.workdir, "--workdir")
     _maybe_distributed(args)
     backbone = load_learned(args.backbone, step=_step_arg(args.backbone_step))
     if args.config or args.from_hpo:
@@ -332,9 +362,10 @@ def cmd_train_refiner(args) -> int:
         cfg = cfg.replace(phases=REFINER_PHASES)
     cfg = cfg.replace(stage="refiner")
     cfg.validate()
-    out = fit(cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
-              stop_at=args.stop_at, backbone=backbone)
-    _print_fit(out)
+    out = _fit(args, fit, cfg, args.workdir, resume=args.resume, n_devices=args.devices, progress=not args.quiet,
+               stop_at=args.stop_at, backbone=backbone)
+    if is_main():
+        _print_fit(out)
     return 0
 
 
@@ -392,6 +423,7 @@ def cmd_hpo_common(args) -> dict:
 
     if args.config is None or args.workdir is None:
         raise ValueError("--config and --workdir: required")
+    check_output_dir(args.workdir, "--workdir")
     storage = args.storage or hpo.default_storage(args.workdir)
     cache = None if args.compile_cache in ("none", "") else (args.compile_cache or str(Path(args.workdir) / "jax_cache"))
     if args.workers == 1:
@@ -436,6 +468,7 @@ def cmd_hpo_export(args) -> int:
 def cmd_export(args) -> int:
     from rismvdr.train.export import export_run  # deferred: the train layer, for this command only
 
+    check_output_dir(args.out, "--out")
     out = export_run(args.workdir, args.out, step=_step_arg(args.step), backbone_only=args.backbone_only,
                      refiner_peak_threshold=args.refiner_peak_threshold, record_check=args.record_check)
     size = sum(f.stat().st_size for f in out.iterdir())
@@ -444,12 +477,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    check_output_dir(args.out, "--out")
     run_demo(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods, scenario=args.scenario)
     return 0
 
 
 def cmd_bench(args) -> int:
 
+    check_output_dir(args.out, "--out")
     t0 = time.perf_counter()
     result = run_accuracy(args.out, n_scenes=args.scenes, seed=args.seed, methods=args.methods,
                           sweeps=tuple(args.sweeps), snr_values_db=tuple(args.snr_db) if args.snr_db else None,
@@ -461,6 +496,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_bench_speed(args) -> int:
+    check_output_dir(args.out, "--out")
     run_speed(args.out, quick=args.quick, parts=tuple(args.parts), methods=args.methods, seed=args.seed,
               precision=args.precision, max_chunk_mb=args.max_chunk_mb, timeout_s=args.timeout_s,
               deadline_s=args.deadline_s, method_scenes=args.method_scenes, method_batch=args.method_batch, progress=not args.quiet,
@@ -552,14 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "SNR, K and L, per method) and `bench speed` (scenes/s and peak memory)")
     bsub = be.add_subparsers(dest="bench", required=True, metavar="WHAT")
     ba = bsub.add_parser("accuracy", help="accuracy sweeps on the seed scenario: base set, SNR (K = 1, 3), K, L",
-                         description="Suites B1 (blind: each method finds K) and B2 (oracle K: music-oracle-k, "
-                                     "mvdr-oracle). Writes accuracy.json (flat records), accuracy.csv, "
+                         description="Suites B1 (blind: each method finds K), B2 (oracle K: music-oracle-k, "
+                                     "mvdr-oracle, somp-ml-oracle-k) and bound (ml-oracle: the ML fit started at "
+                                     "the truth; every record carries f1_bound and f1_over_bound). Writes accuracy.json (flat records), accuracy.csv, "
                                      "accuracy.md (F1 tables) and PNG plots to --out.")
     ba.add_argument("--out", required=True, help="report folder")
     ba.add_argument("--quick", action="store_true", help=f"under 10 min on a 2-core CPU: {SCENES_PER_POINT_QUICK} "
                     "scenes per point "
-                    "(unless --scenes), the methods mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k (unless "
-                    "--methods), SNR -10 0 10 20 dB (unless --snr-db), K 1 3 5, L 4 16 32, range bins 0.5-2, 4-6, 8-10 m")
+                    "(unless --scenes), the methods mvdr-oracle, mvdr-als, somp-ml, learned, music-oracle-k and the bound "
+                    "ml-oracle (unless --methods: then the bound runs only if named), SNR -10 0 10 20 dB (unless --snr-db), K 1 3 5, L 4 16 32, range bins 0.5-2, 4-6, 8-10 m")
     ba.add_argument("--scenes", type=int, help=f"scenes per point (default {SCENES_PER_POINT}; --quick "
                     f"{SCENES_PER_POINT_QUICK})")
     ba.add_argument("--seed", type=int, default=0, help="PRNG seed; each point's scenes use fold_in(seed, a stable hash of the point), "
@@ -615,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def train_flags(t, *, stage):
         t.add_argument("--config", help=f"a packaged config ({', '.join(CONFIGS)}) or a config file defining "
-                       "get_config() (e.g. configs/seed.py)"
+                       "get_config() (e.g. configs/seed.py; a Python file: it is executed, pass only files you trust)"
                        + ("; default: the backbone run's config" if stage == "refiner" else ""))
         t.add_argument("--from-hpo", help="best.json from `rismvdr hpo export`: train with that configuration")
         t.add_argument("--workdir", required=True, help="run directory: checkpoints/, metrics.jsonl, config.json, "
@@ -626,8 +663,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config field (dotted path, Python literal), e.g. --set steps=2000 "
                             "--set optim.lr=1e-3 --set model.widths=(16,32,64) --set scene.snr_db=(10,10); repeatable")
         t.add_argument("--devices", type=int, help="data-parallel devices (default: all visible)")
-        t.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() "
-                       "first (coordinator and process ids from the environment: Slurm, Kubernetes)")
+        t.add_argument("--distributed", action="store_true", help="several processes (hosts): join the run "
+                       "described by JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and "
+                       "JAX_PROCESS_ID, or detected by JAX (Slurm, Open MPI); the global batch is split over "
+                       "every process's devices; process 0 writes the logs and metrics (README: Several machines)")
+        t.add_argument("--distributed-timeout-s", type=int, default=100, help="--distributed: seconds to wait "
+                       "for every process to join, and seconds without a heartbeat after which a process "
+                       "counts as lost and the others stop with an error (default %(default)s)")
         t.add_argument("--stop-at", type=int, help="stop and checkpoint after this many steps (resume later)")
         t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -645,13 +687,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train_refiner)
     def hpo_flags(h):
         h.add_argument("--config", help=f"a packaged config ({', '.join(CONFIGS)}) or a config file defining "
-                       "get_config(): the base (full-training) config the search starts from")
+                       "get_config(): the base (full-training) config the search starts from (a Python file: it "
+                       "is executed, pass only files you trust)")
         h.add_argument("--workdir", help="HPO directory: trials/<study>/<number>/ (one training run per trial), "
                        "hpo.journal (the default storage), jax_cache/")
         h.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base-config field "
                        "(dotted path, Python literal), as for train; repeatable")
         h.add_argument("--space", default=DEFAULT_SPACE, help="a packaged search space or a file defining "
-                       "get_space() (default %(default)s: rismvdr/configs/hpo_space.py)")
+                       "get_space() (a Python file: it is executed, pass only files you trust; default "
+                       "%(default)s: rismvdr/configs/hpo_space.py)")
         h.add_argument("--storage", help="a journal file path or an SQLAlchemy URL, e.g. "
                        "postgresql+psycopg2://user@host:5432/db for workers on many machines (default "
                        "<workdir>/hpo.journal; never sqlite: with --workers > 1)")
@@ -673,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
         h.add_argument("--heartbeat-s", type=int, default=60, help="seconds between heartbeats of a running "
                        "trial (default 60)")
         h.add_argument("--grace-s", type=int, default=300, help="a running trial without a heartbeat for this "
-                       "many seconds (a crashed worker) is failed (default 300)")
+                       "many seconds (a crashed worker on another host) is failed; one whose worker process on "
+                       "this host is gone is failed at once (default 300)")
         h.add_argument("--compile-cache", help="persistent XLA compilation cache directory shared by the "
                        "trials (default <workdir>/jax_cache; 'none' disables)")
 
@@ -744,14 +789,34 @@ def main(argv=None) -> int:
     if not args.no_compile_cache:
         enable_default_compile_cache()
     try:
-        return args.func(args)
+        _check_finite_flags(args)
+        with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: no temporary file is left behind
+            return args.func(args)
     except (ValueError, OSError, EOFError) as e:  # bad input or an unwritable output: one line, status 2
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"rismvdr {args.command}: error: {msg}", file=sys.stderr)
+        print(f"rismvdr {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)
+        print("terminated" if signum != 2 else "interrupted", file=sys.stderr)
+        return 128 + signum
+
+
+def _one_line(e: BaseException) -> str:
+    """An expected error as one line; an OSError names its file ("x.csv: Permission denied")."""
+    if isinstance(e, OSError) and e.strerror:
+        files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        return f"{files}: {e.strerror}" if files else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_finite_flags(args) -> None:
+    """Every number flag is finite (`--mad-z nan`, `--threshold-db inf` are refused by name)."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"--{name.replace('_', '-')}: must be a finite number, got {v}")
 
 
 if __name__ == "__main__":

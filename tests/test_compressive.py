@@ -123,3 +123,39 @@ def test_config_validation():
         CompressiveConfig(pfa=0.0).validate()
     with pytest.raises(ValueError, match="k_max"):
         CompressiveConfig(k_max=0).validate()
+
+
+# --- the bound methods (issue 14) -----------------------------------------------------------
+ORACLE_NOISE_FREE_ANGLE_DEG = 0.01
+ORACLE_NOISE_FREE_RANGE_M = 1e-3
+ORACLE_CRB_FACTOR = 1.3
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_ml_oracle_noise_free_returns_the_truth(k):
+    cfg = get_scenario("seed", k_min=k, k_max=k, snr_db=(150.0, 150.0), dtype="complex128")
+    scenes, _, det = _run(cfg, 4, seed=8, method="ml-oracle")
+    assert np.all(np.asarray(det.valid).sum(1) == k), "ml-oracle reports exactly the true K"
+    err = _matched_errors(scenes, det)
+    assert np.max(err[:, 0]) <= ORACLE_NOISE_FREE_ANGLE_DEG
+    assert np.max(err[:, 1]) <= ORACLE_NOISE_FREE_ANGLE_DEG
+    assert np.max(err[:, 2]) <= ORACLE_NOISE_FREE_RANGE_M
+
+
+def test_somp_ml_oracle_k_reports_the_true_order():
+    cfg = get_scenario("seed", snr_db=(5.0, 5.0))
+    scenes, _, det = _run(cfg, 6, seed=9, method="somp-ml-oracle-k")
+    # The order is forced to K; only the gate NMS may merge two picks of one source.
+    n_det = np.asarray(det.valid).sum(1)
+    k_true = np.asarray(scenes.mask).sum(1)
+    assert np.all(n_det <= k_true) and np.sum(n_det == k_true) >= 5
+
+
+@pytest.mark.slow  # 150 scenes of ML: about a minute on 2 cores (make test-slow)
+def test_ml_oracle_is_efficient_single_source():
+    cfg = get_scenario("seed", k_min=1, k_max=1, snr_db=(10.0, 10.0), r_m=(0.5, 5.0))
+    scenes, geometry, det = _run(cfg, 150, seed=12, method="ml-oracle")
+    ev = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, crb=truth_crb(scenes, geometry))
+    assert ev["recall"] >= 0.99
+    for p in ("phi", "theta", "r"):
+        assert ev[f"rmse_over_sqrt_crb_{p}"] <= ORACLE_CRB_FACTOR, (p, ev[f"rmse_over_sqrt_crb_{p}"])

@@ -25,6 +25,7 @@ from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from rismvdr.physics.spectra import (
     Spectrum25D,
+    SpectrumOperator,
     grid_steering,
     make_grid,
     mvdr_lowrank_operator,
@@ -304,7 +305,6 @@ def test_cap_limits_counts_per_scene():
     spec = Spectrum25D(jnp.asarray(np.broadcast_to(power, (b,) + power.shape), jnp.float32),
                        jnp.asarray(np.broadcast_to(plane, (b,) + plane.shape)))
     geo = ula(4, 0.15, wavelength=0.3)  # unused without refinement, but part of the signature
-    from rismvdr.physics.spectra import SpectrumOperator
     op = SpectrumOperator(jnp.zeros((b, 1, 4), jnp.complex64), jnp.ones((b,), jnp.float32), "complement")
     cfg = DetectorConfig(threshold_mode="none", refine=False)
     det = host(detect(op, spec, geo, HM_GRID, cfg, cap=np.array([0, 1, 3, 9])))
@@ -313,6 +313,50 @@ def test_cap_limits_counts_per_scene():
     np.testing.assert_allclose(det.score_db[2][:3], [40.0, 35.0, 31.0], atol=1e-4)
     det = host(detect(op, spec, geo, HM_GRID, cfg))  # no cap: k_max
     np.testing.assert_array_equal(det.count, [5] * b)
+
+
+# ------------------------------------------------------------------------------------------
+# Degenerate maps: no peaks in a flat or non-finite map, never a valid non-finite score
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["db", "mad", "none"])
+@pytest.mark.parametrize("level", [0.0, 1e-30, 1.0, 1e30])
+def test_flat_map_has_no_peaks(mode, level):
+    t, p = HM_GRID.shape[:2]
+    out = peaks_2d(np.full((t, p), level), np.zeros((t, p), np.int32), DetectorConfig(threshold_mode=mode))
+    assert not out[4].any()  # not the box corner (the first cells of top_k), not anywhere
+
+
+def test_map_within_flat_db_has_no_peaks_and_just_above_has():
+    power, plane, _ = cone_map(HM_PEAKS[:1], slope_db=1e-5)  # cone of 40 dB - 1e-5 dB per cell
+    cfg = DetectorConfig(flat_db=1e-3)
+    rng = 40.0 - 10 * np.log10(power.min())
+    assert rng < cfg.flat_db
+    assert not peaks_2d(power, plane, cfg)[4].any()
+    assert peaks_2d(power, plane, dataclasses.replace(cfg, flat_db=0.1 * rng))[4].sum() == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_map_has_no_peaks(bad):
+    power, plane, _ = cone_map(HM_PEAKS)
+    assert peaks_2d(power, plane, DetectorConfig())[4].any()
+    power = power.copy()
+    power[0, 0] = bad
+    out = peaks_2d(power, plane, DetectorConfig())
+    assert not out[4].any()
+
+
+def test_peak_with_non_finite_refined_score_is_never_valid():
+    # The map has peaks, but the operator it is refined against gives P = 0 (W = 0, Bartlett
+    # form): every refined score is 10 log10(0) = -inf, so no detection may be valid.
+    power, plane, _ = cone_map(HM_PEAKS[:2])
+    spec = Spectrum25D(jnp.asarray(power, jnp.float32)[None], jnp.asarray(plane)[None])
+    geo = ula(4, 0.15, wavelength=0.3)  # small: only the refinement's arithmetic is under test
+    op = SpectrumOperator(jnp.zeros((1, 2, 4), jnp.complex64), jnp.ones((1,), jnp.float32), "direct")
+    on_grid = host(detect(op, spec, geo, HM_GRID, DetectorConfig(refine=False)))
+    assert on_grid.valid.sum() == 2  # the grid stage alone finds both cones
+    det = host(detect(op, spec, geo, HM_GRID, DetectorConfig(refine_iters=1)))
+    assert not det.valid.any()
+    assert not np.isnan(det.score_db).any()
 
 
 def test_nms_merges_peaks_inside_the_gate():
@@ -350,6 +394,7 @@ def test_gate_nms_same_angle_different_range(dr, kept):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
     ("threshold_mode", "x"), ("k_max", 0), ("n_candidates", 2), ("refine_iters", -1),
+    ("threshold_db", float("nan")), ("mad_z", float("inf")), ("flat_db", -1.0),
 ])
 def test_bad_config_names_the_field(field, value):
     cfg = dataclasses.replace(DetectorConfig(), **{field: value})

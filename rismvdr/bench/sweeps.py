@@ -12,7 +12,13 @@ Sweeps (each point a fresh test set of `n_scenes` scenes, seed `fold_in(seed, po
   `ula15` (whatever the base scenario): 15-element half-wavelength ULA, L = 100 snapshots,
   K = 2 equal-power sources, phi in [-60, 60] deg, r in [3.5, 15] m (Fresnel region), SNR
   -10 .. 25 dB (the `snr_values_db`); only the MUSIC / MVDR family that applies in full-array
-  mode (`ULA_METHODS`).
+  mode, and the bound (`ULA_METHODS`).
+
+The bound (issue 14): `BOUND_METHOD` (`ml-oracle`, the compressive ML refinement started at the
+true positions with the true K) is among the default methods (and `--quick`'s), so it runs at
+every point; every record carries its F1 at the same point (`f1_bound`) and the ratio
+(`f1_over_bound`). It is reported under its own suite, `bound`. With `--methods`, the bound
+runs only when named.
 
 `--quick` (under 10 minutes on a 2-core CPU) thins every sweep: SNR -10, 0, 10, 20 dB, K 1, 3,
 5, L 4, 16, 32, range bins 0.5-2, 4-6, 8-10 m, `SCENES_PER_POINT_QUICK` scenes per point and
@@ -25,7 +31,8 @@ from typing import NamedTuple
 
 __all__ = ["SWEEPS", "DEFAULT_SWEEPS", "SCENES_PER_POINT", "SCENES_PER_POINT_QUICK", "ULA_SCENARIO",
            "ULA_METHODS", "SNR_VALUES_DB", "K_VALUES", "L_VALUES", "R_BINS_M", "SNR_VALUES_QUICK_DB",
-           "K_VALUES_QUICK", "L_VALUES_QUICK", "R_BINS_QUICK_M", "QUICK_METHODS", "B2_METHODS", "CPU_SKIPS",
+           "K_VALUES_QUICK", "L_VALUES_QUICK", "R_BINS_QUICK_M", "QUICK_METHODS", "B2_METHODS", "BOUND_METHOD",
+           "CPU_SKIPS", "suite_of",
            "BenchPoint", "bench_points", "point_seed"]
 
 #: Sweep names accepted by `--sweeps` (`snr` is `snr_k1` and `snr_k3`).
@@ -37,8 +44,11 @@ SCENES_PER_POINT = 200
 SCENES_PER_POINT_QUICK = 16
 #: The scenario of the `ula` sweep (full-array near-field ULA, `rismvdr.physics.scenarios`).
 ULA_SCENARIO = "ula15"
-#: Methods of the `ula` sweep: the MUSIC / MVDR family that applies in full-array mode.
-ULA_METHODS = ("music-mdl", "music-aic", "music-oracle-k", "mvdr-sample", "mvdr-oracle")
+#: The bound every record is compared with (`f1_bound`, `f1_over_bound`): the compressive ML
+#: refinement started at the truth with the true K (suite `bound`).
+BOUND_METHOD = "ml-oracle"
+#: Methods of the `ula` sweep: the MUSIC / MVDR family that applies in full-array mode, and the bound.
+ULA_METHODS = ("music-mdl", "music-aic", "music-oracle-k", "mvdr-sample", "mvdr-oracle", BOUND_METHOD)
 #: Values of the snr and ula sweeps (dB), the k sweep and the l sweep (snapshots).
 SNR_VALUES_DB = tuple(range(-10, 30, 5))  # -10 .. 25 dB
 K_VALUES = (1, 2, 3, 4, 5)
@@ -51,14 +61,22 @@ K_VALUES_QUICK = (1, 3, 5)
 R_BINS_M = ((0.5, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0))
 R_BINS_QUICK_M = ((0.5, 2.0), (4.0, 6.0), (8.0, 10.0))
 #: Methods of `--quick` (those registered and applicable).
-QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-k")
+QUICK_METHODS = ("mvdr-oracle", "mvdr-als", "somp-ml", "learned", "music-oracle-k", BOUND_METHOD)
 #: (sweep, value, method) pairs not run on the CPU backend, with the reason (reported in the
-#: markdown and the JSON meta): `somp-ml` at L = 64 stops making progress inside XLA on the CPU
-#: (jax 0.10.2: the process waits at 0 % CPU for over 10 minutes on 4 scenes; L = 32 takes
-#: 1.4 s). Not yet understood; see benchmarks/README.md.
-CPU_SKIPS = {("l", 64, "somp-ml"): "hangs inside XLA on the CPU backend (jax 0.10.2), cause not yet found"}
-#: Methods given the truth (oracle K): reported under suite B2.
-B2_METHODS = ("music-oracle-k", "mvdr-oracle")
+#: markdown and the JSON meta). Empty: `somp-ml` at L = 64 used to stop at 0 % CPU here, a
+#: deadlock of jaxlib 0.10's batched LAPACK solves (each hands chunks of a large batch to XLA's
+#: intra-op pool and blocks on them; with as many such calls running at once as the pool has
+#: threads nothing runs them). The compressive least-squares solve no longer calls LAPACK
+#: (`rismvdr.physics.compressive.ls_fit`), so nothing is skipped.
+CPU_SKIPS: dict = {}
+#: Methods given the truth (oracle K): reported under suite B2 (the bound has its own suite).
+B2_METHODS = ("music-oracle-k", "mvdr-oracle", "somp-ml-oracle-k")
+
+
+def suite_of(method: str) -> str:
+    """The suite a method's records are reported under: `bound` (`BOUND_METHOD`), `B2` (given the
+    truth: `B2_METHODS`) or `B1` (blind)."""
+    return "bound" if method == BOUND_METHOD else "B2" if method in B2_METHODS else "B1"
 
 
 class BenchPoint(NamedTuple):

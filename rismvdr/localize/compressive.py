@@ -23,10 +23,12 @@ from rismvdr.physics.compressive import (
     CompressiveConfig,
     CompressiveResult,
     apply_operators,
+    atom_scores,
     dictionary,
     f_thresholds,
     ls_fit,
     ml_from_start,
+    ml_refine,
     order_retest,
     scene_operators,
     somp,
@@ -41,6 +43,7 @@ from rismvdr.physics.steering import steering
 
 __all__ = [
     "CompressiveContext",
+    "bound_method",
     "compressive_context",
     "compressive_method",
     "localize_compressive",
@@ -86,6 +89,86 @@ def compressive_method(ml: bool):
         return Runner(run, ctx.grid)
 
     return make
+
+
+def bound_method(kind: str):
+    """A registry `make` for the accuracy limits, which read the truth.
+
+    * `kind="ml"` (`ml-oracle`): the compressive ML refinement (`ml_refine`, the kernel of
+      `somp-ml`) started at the true positions with the true K, no order test: what an
+      efficient estimator achieves when it is started at the answer, the estimation limit of
+      these measurements under the detection gates (a weak source it cannot hold within the
+      gate is not locatable by any estimator started elsewhere either).
+    * `kind="somp-k"` (`somp-ml-oracle-k`): `somp-ml` with the order forced to the true K (no F
+      test, no re-test): isolates the greedy start from the stopping rule.
+
+    Scores are each source's F statistic (dB) in the final fit; duplicates are merged by the
+    same gate NMS as `somp-ml`. Maps: SOMP's first-step score on the dictionary grid.
+    """
+    if kind not in ("ml", "somp-k"):
+        raise ValueError(f"kind: 'ml' or 'somp-k', got {kind!r}")
+
+    def make(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings, model=None) -> Runner:
+        ctx = compressive_context(settings, geometry, scenes)
+        gates = settings.detector.gates
+
+        def run(batch: Scene):
+            phi0, th0, r0, m0 = (_pad_slots(x, ctx.cfg.k_max, fill)
+                                 for x, fill in ((batch.phi, 0.0), (batch.theta, 0.0), (batch.r, 1.0),
+                                                 (batch.mask, False)))
+            res, spec = _bound_batch(batch.y, batch.H, batch.codes, ctx.a_flat, jnp.asarray(ctx.thresholds),
+                                     geometry, phi0, th0, r0, m0, grid=ctx.grid, cfg=ctx.cfg, gates=gates,
+                                     kind=kind, model=settings.steering_model)
+            return Detections(res.phi, res.theta, res.r, res.score_db, res.valid), spec, {}
+
+        return Runner(run, ctx.grid)
+
+    return make
+
+
+def _pad_slots(x, k: int, fill):
+    """Truth `[B, K_scene]` cut or padded to `[B, k]` slots (a scene with more sources than the
+    detector's `k_max` keeps its first `k`)."""
+    x = jnp.asarray(x)
+    if x.shape[-1] >= k:
+        return x[..., :k]
+    pad = jnp.full(x.shape[:-1] + (k - x.shape[-1],), fill, x.dtype)
+    return jnp.concatenate([x, pad], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "kind", "model"))
+def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates, kind,
+                 model):
+    real = jnp.real(y).dtype
+    coords = _flat_coords(grid, real)
+    l, n = y.shape[1], a_flat.shape[-1]
+    geo = geometry.astype(real)
+    never = jnp.full((cfg.k_max,), -jnp.inf, real)  # re-test thresholds that drop nothing
+
+    def one(y1, h1, c1, p0, t0, rr0, m0):
+        E = scene_operators(h1, c1, l, n, y1.dtype)
+        D = dictionary(E, a_flat)
+        norms = jnp.sum(abs2(D), axis=1)
+        if kind == "ml":
+            phi, theta, r, _ = ml_refine(y1, E, geo, grid, p0.astype(real), t0.astype(real), rr0.astype(real), m0,
+                                         cfg, model=model)
+            mask = m0
+            first = atom_scores(D, norms, y1)
+        else:
+            phi, theta, r, mask, _, _, first = somp_ml(y1, E, D, norms, coords, thresholds, geo, grid, cfg,
+                                                        model=model, order=jnp.sum(m0))
+        a = steering(geo, phi, theta, r, model=model, dtype=y1.dtype)
+        B = apply_operators(E, a.T)
+        mask, f = order_retest(y1, B, mask, never, cfg)
+        _, e = ls_fit(B, y1, mask)
+        score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
+        phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)
+        res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
+                                jnp.sum(mask).astype(jnp.int32), jnp.sum(abs2(e)))
+        return res, _plane_max(first, grid)
+
+    return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
+                       batch_size=min(4, y.shape[0]))
 
 
 def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,

@@ -1,13 +1,21 @@
 """K-free peak detection on a 2.5D spectrum (SPEC section 6): the one detector of rismvdr.
 
-Per scene: local maxima (3 x 3) of the plane-maximised map; a threshold (`db`: within T dB of
+Per scene: local maxima (3 x 3) of the plane-maximised map (none at all when the map holds a
+non-finite value or is flat, i.e. its dynamic range is at most `flat_db`: a map of all-zero or
+degenerate data says nothing about where sources are); a threshold (`db`: within T dB of
 the global maximum; `mad`: above median + z * MAD of the map in dB; `none`: every local
 maximum, for methods that cap the count themselves); greedy non-maximum suppression at the
 detection gate in (phi, theta, r_plane); at most `k_max`; then each peak is refined in
 continuous (phi, theta, r) by damped Newton ascent on `log P` with autodiff through the shared
 steering function, inside a trust region around the grid peak and inside the grid's box;
-finally a 3-D NMS. Output is fixed-size and padded with a `valid` mask, so detection jits and
-vmaps over scenes; the number of sources is the number of valid entries.
+finally a 3-D NMS. A peak whose refined score is not finite is never valid. Output is
+fixed-size and padded with a `valid` mask, so detection jits and vmaps over scenes; the number
+of sources is the number of valid entries.
+
+The `db` and `mad` thresholds are relative to the map itself, so a map of pure noise still has
+peaks that pass them (a method with this detector reports up to `k_max` sources on a
+noise-only scene); false-alarm control on noise needs an absolute test such as the compressive
+methods' F test or MUSIC's order estimate.
 
 Refinement works in scaled coordinates `z = (phi / dphi, theta / dtheta, (1/r) / du)` (grid
 steps), where the spectrum's curvature is O(1). For a linear array theta is fixed.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -45,16 +54,20 @@ class DetectorConfig:
     trust_cells: tuple[float, float, float] = (2.0, 2.0, 1.5)  # phi, theta (cells), 1/r (planes)
     max_step_cells: float = 0.5  # per-iteration step bound, in grid cells
     curvature_floor: float = 0.1  # eigenvalue floor of -Hessian (saddle-free Newton)
+    flat_db: float = 1e-3  # a map whose max - min (dB) is at most this has no peaks (e.g. all-zero data)
 
     def validate(self) -> None:
+        for name in ("threshold_db", "mad_z", "flat_db", "max_step_cells", "curvature_floor"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: must be finite, got {getattr(self, name)!r}")
         if self.threshold_mode not in ("db", "mad", "none"):
             raise ValueError(f"threshold_mode: expected 'db', 'mad' or 'none', got {self.threshold_mode!r}")
         if self.k_max < 1:
             raise ValueError(f"k_max: must be >= 1, got {self.k_max}")
         if self.n_candidates < self.k_max:
             raise ValueError(f"n_candidates: must be >= k_max ({self.k_max}), got {self.n_candidates}")
-        if self.threshold_db < 0 or self.mad_z < 0:
-            raise ValueError("threshold_db, mad_z: must be >= 0")
+        if self.threshold_db < 0 or self.mad_z < 0 or self.flat_db < 0:
+            raise ValueError("threshold_db, mad_z, flat_db: must be >= 0")
         if self.refine_iters < 0:
             raise ValueError(f"refine_iters: must be >= 0, got {self.refine_iters}")
         if not isinstance(self.gates, Gates):
@@ -129,7 +142,8 @@ def gate_nms(phi, theta, r, score, valid, gates: Gates, cap):
 
 
 def detect_peaks_2d(power, plane, grid: Grid, cfg: DetectorConfig, cap=None):
-    """Grid peaks of one scene's 2.5D map: local maxima, threshold, NMS, cap.
+    """Grid peaks of one scene's 2.5D map: local maxima, threshold, NMS, cap (no peaks at all
+    for a map that holds a non-finite value or is flat within `cfg.flat_db`).
 
     Args:
       power: `[T, P]` plane-maximised spectrum (linear).
@@ -146,7 +160,9 @@ def detect_peaks_2d(power, plane, grid: Grid, cfg: DetectorConfig, cap=None):
     neigh = jax.lax.reduce_window(
         db, -jnp.inf, jax.lax.max, (3, 3), (1, 1), ((1, 1), (1, 1))
     )
-    is_peak = db >= neigh
+    # No peaks in a map that holds NaN/inf or is flat (all-zero data: every cell a "maximum").
+    usable = jnp.all(jnp.isfinite(power)) & (jnp.max(db) - jnp.min(db) > cfg.flat_db)
+    is_peak = (db >= neigh) & usable
     if cfg.threshold_mode == "db":
         is_peak &= db >= jnp.max(db) - cfg.threshold_db
     elif cfg.threshold_mode == "mad":
@@ -237,6 +253,7 @@ def _detect(op, spec: Spectrum25D, geometry, cap, *, grid, cfg, model, precision
             phi, theta, r, score2 = refine_peaks(
                 op1, geometry, grid, cfg, phi, theta, r, model=model, precision=precision
             )
+            valid = valid & jnp.isfinite(score2)  # a peak with a non-finite score is never valid
             score = jnp.where(valid, score2, score)
             phi, theta, r, score, valid = gate_nms(phi, theta, r, score, valid, cfg.gates, cfg.k_max)
         return Detections(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid)

@@ -93,7 +93,9 @@ def als_samp_factor(scenes):
 def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = 0.5, samp_factor=None):
     """R_blend factor `[B, N, q]` of a batch. In the structured variant, slots whose existence
     probability is below `exist_threshold` are removed (their columns zeroed). With beta > 0 the
-    ALS R_samp is estimated from the scenes unless `samp_factor` is given."""
+    ALS R_samp is estimated from the scenes unless `samp_factor` is given. A scene whose `y` is
+    all zero gets an all-zero factor (nothing was measured: its MVDR map is flat, no peaks),
+    not the network's answer to a blank input."""
     if model.backbone_cfg.beta > 0 and samp_factor is None:
         samp_factor = als_samp_factor(scenes)
     out = model.backbone_def.apply(model.backbone_params, scenes.y, scenes.H, scenes.codes, samp_factor)
@@ -107,7 +109,13 @@ def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = 0.5
         empty = ~jnp.any(keep, axis=-1)
         f = jnp.where(empty[:, None, None], out.factor * (jnp.arange(f.shape[-1]) == 0)[None, None, :]
                       .astype(f.dtype), f)
+    f = jnp.where(_measured(scenes)[:, None, None], f, jnp.zeros((), f.dtype))
     return f, out
+
+
+def _measured(scenes):
+    """`[B]` bool: the scene's `y` holds a nonzero entry."""
+    return jnp.any(scenes.y != 0, axis=(-2, -1))
 
 
 def learned_operator(model: LearnedModel, scenes, *, delta_rel: float, precision: str,
@@ -141,6 +149,7 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, thres
     if det.refine:
         phi, theta, r, score = refine_peaks(op1, geometry, fine_grid, det, phi, theta, r, model=model,
                                             precision=precision)
+        valid = valid & jnp.isfinite(score)  # as in the shared detector
         phi, theta, r, score, valid = gate_nms(phi, theta, r, score, valid, det.gates, det.k_max)
     return phi, theta, r, jnp.where(valid, score, -jnp.inf), valid
 
@@ -208,14 +217,15 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         coarse = spectrum_25d(op, a_r, precision=prec, max_chunk_mb=settings.max_chunk_mb)
         db = 10.0 * jnp.log10(jnp.maximum(coarse.power, 1e-30)).astype(jnp.float32)
         prob = m.refiner_def.module(rparams).probabilities(db)  # [B, T, P]
-        ok = jax.vmap(lambda p: refiner_map_ok(p, guard))(prob)
+        live = _measured(scenes)  # an all-zero scene: the refiner is not asked (no fallback either)
+        ok = jax.vmap(lambda p: refiner_map_ok(p, guard))(prob) & live
         thr = guard.peak_threshold
         thr = float(rcfg.peak_threshold) if thr is None else float(thr)
         peaks = jax.vmap(lambda p, o: _refiner_peaks(p, o, geometry, grid, rgrid, det_cfg, thr,
                                                      model=settings.steering_model, precision=prec))(prob, op)
         pick = lambda a, c: jnp.where(ok.reshape((b,) + (1,) * (a.ndim - 1)), a, c)  # noqa: E731
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))
-        return out, spec, ~ok
+        return out, spec, ~ok & live
 
     return jax.jit(run)
 

@@ -19,25 +19,31 @@ operator per scene -> `spectrum_25d` -> `detect`), `rismvdr.localize.compressive
 | `music-oracle-k` | same MUSIC, true K given (the seed's "oracle" benchmark) | true K |
 | `bartlett` | Bartlett on the default covariance (factor form when it has one) | detector |
 | `somp`, `somp-ml` | compressive: SOMP on the measurements (+ off-grid ML), `physics.compressive` | F test |
+| `ml-oracle` | bound: the same ML refinement started at the truth (the limit every table compares with) | true K |
+| `somp-ml-oracle-k` | bound: `somp-ml` with its order forced to the true K | true K |
 | `learned` | MVDR (Woodbury) on the trained backbone's R_blend (`rismvdr.localize.learned`) | detector |
 | `learned-refiner` | low-rank MVDR map -> SpectrumRefiner -> peaks -> MVDR range plane -> 3-D refinement; guarded, falls back to `learned` | refiner map |
 | `learned-ml` | `learned` detections as the start of the compressive ML refinement + F-test order search | F test |
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import time
 from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from rismvdr.localize.classical import bartlett_builder, music_builder, mvdr_builder, oracle_builder, spectrum_method
-from rismvdr.localize.compressive import compressive_method
+from rismvdr.localize.compressive import bound_method, compressive_method
 from rismvdr.localize.detect import Detections
 from rismvdr.localize.learned import learned_method, learned_ml_method, refiner_method
 from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
+from rismvdr.physics.covariance import unit_rms
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import Grid
@@ -53,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# outputs are per-scene rows, never replicated: skip the replication check (its flag was renamed)
+_SHARD_MAP_UNCHECKED = {"check_vma" if "check_vma" in inspect.signature(jax.shard_map).parameters
+                        else "check_rep": False}
 
 
 class Method(NamedTuple):
@@ -95,6 +104,11 @@ METHODS: dict[str, Method] = {
                compressive_method(ml=False), maps_grid="dictionary"),
         Method("somp-ml", "SOMP + off-grid variable-projection ML (Levenberg-Marquardt) + order re-test",
                compressive_method(ml=True), maps_grid="dictionary"),
+        Method("ml-oracle", "bound: the compressive ML refinement started at the true positions with the true K "
+               "(no order test): the estimation limit of the measurements under the gates",
+               bound_method("ml"), needs_truth=True, maps_grid="dictionary"),
+        Method("somp-ml-oracle-k", "bound: somp-ml with the order forced to the true K (no F test)",
+               bound_method("somp-k"), needs_truth=True, maps_grid="dictionary"),
         Method("learned", "MVDR on the learned backbone's R_blend (shipped weights unless --checkpoint)",
                learned_method, learned=True),
         Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
@@ -149,6 +163,55 @@ def _pad_batch(scenes: Scene, lo: int, hi: int, size: int) -> Scene:
     return jax.tree_util.tree_map(lambda a: a[idx], scenes)
 
 
+def _batch_sharding(devices) -> jax.sharding.Sharding | None:
+    """The scene batch's leading axis split over `devices` (None: one device, left as it is).
+
+    The default: every local accelerator; on the CPU one device (simulated CPU devices share the
+    same cores, and XLA's CPU runtime was seen to stall running a localizer on 8 of them).
+    """
+    if devices is None:
+        devices = jax.local_devices()[:1] if jax.default_backend() == "cpu" else jax.local_devices()
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices: empty")
+    if len(devices) == 1:
+        return None
+    return jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ("scenes",)),
+                                      jax.sharding.PartitionSpec("scenes"))
+
+
+def _shard_batch(batch: Scene, sharding: jax.sharding.Sharding | None) -> Scene:
+    """`batch` laid out by `sharding`; every process passes the same batch and places its own rows."""
+    if sharding is None:
+        return batch
+    if sharding.is_fully_addressable:
+        return jax.device_put(batch, sharding)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx, a=np.asarray(a): a[idx]), batch)
+
+
+def _per_device(run: Callable, sharding: jax.sharding.Sharding | None) -> Callable:
+    """`run` on each device's rows alone (`shard_map`): every device runs one device's program,
+    with no collective between devices (a batch-wide stopping test stays per device)."""
+    if sharding is None:
+        return run
+    return jax.jit(jax.shard_map(run, mesh=sharding.mesh, in_specs=(sharding.spec,), out_specs=sharding.spec,
+                              **_SHARD_MAP_UNCHECKED))
+
+
+def _to_host(tree):
+    """NumPy copies of a result tree; a batch split over several processes is gathered to each."""
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree_util.tree_leaves(tree)):
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _no_data_no_detections(det: Detections, live: np.ndarray) -> Detections:
+    """Invalidate every detection of a scene whose `y` is all zero (`live` `[B]` False)."""
+    valid = np.asarray(det.valid) & live[:, None]
+    return det._replace(valid=valid, score_db=np.where(valid, det.score_db, -np.inf).astype(det.score_db.dtype))
+
+
 def _check_applies(m: Method, scenes: Scene) -> None:
     full = scenes.full_array
     if m.full_array_only and not full:
@@ -168,8 +231,14 @@ def localize(
     progress: bool = True,
     keep_maps: bool = True,
     model=None,
+    devices=None,
 ) -> LocalizationResult:
     """Localize every scene with a registered method, in padded batches of `settings.batch_size`.
+
+    Each scene's `y` is scaled to unit RMS before the method sees it
+    (`rismvdr.physics.covariance.unit_rms`), so the detections do not depend on the units of `y`
+    (tested over 1e-30 .. 1e30 in complex64); a scene whose `y` is all zero has no detections,
+    whatever the method (also those that read the truth).
 
     Args:
       method: a name from `METHODS`.
@@ -180,6 +249,14 @@ def localize(
       progress: show a tqdm bar over batches (auto-off when not a terminal).
       keep_maps: return the 2.5D maps (S x T x P floats) as well.
       model: learned methods: a `rismvdr.localize.weights.LearnedModel` (default: the shipped weights).
+      devices: the devices each batch is split over, along its scene axis, `settings.batch_size`
+        scenes per device (fewer when there are fewer scenes; the last batch is padded with its
+        last scene): default this process's accelerators (`jax.local_devices()`; on the CPU one
+        device);
+        `jax.devices()` under several processes (`rismvdr.train.distributed`), where every
+        process calls with the same scenes and gets every result (not yet run on several
+        processes). Each device runs its rows alone (`shard_map`): detections agree with one
+        device's to float32 rounding (`tests/test_distributed.py`, slow).
 
     Raises:
       ValueError: unknown method, or a method that does not apply to these scenes.
@@ -190,8 +267,12 @@ def localize(
     _check_applies(m, scenes)
     t0 = time.perf_counter()
     n_scenes = int(scenes.y.shape[0])
-    bs = max(1, min(settings.batch_size, n_scenes))
+    sharding = _batch_sharding(devices)
+    n_dev = 1 if sharding is None else sharding.mesh.size
+    # settings.batch_size scenes per device and call: each device runs one device's program
+    bs = max(1, min(settings.batch_size, -(-n_scenes // n_dev))) * n_dev
     runner = m.make(scenes, geometry, settings, model)
+    run = _per_device(runner.run, sharding)
     log_every = settings.learned.refiner_guard.log_every
     parts, maps, planes, extras = [], [], [], {}
     fallbacks = 0
@@ -199,7 +280,10 @@ def localize(
     for lo in range(0, n_scenes, bs):
         hi = min(lo + bs, n_scenes)
         n = hi - lo
-        det, spec, extra = jax.device_get(runner.run(_pad_batch(scenes, lo, hi, bs)))
+        batch = _shard_batch(_pad_batch(scenes, lo, hi, bs), sharding)
+        y, scale = unit_rms(batch.y)  # units of y never matter; float32 squares stay in range
+        det, spec, extra, scale = _to_host((*run(dataclasses.replace(batch, y=y)), scale))
+        det = _no_data_no_detections(det, scale > 0)
         parts.append(Detections(*(np.asarray(x)[:n] for x in det)))
         if keep_maps:
             maps.append(10.0 * np.log10(np.maximum(np.asarray(spec.power[:n]), 1e-30)).astype(np.float32))

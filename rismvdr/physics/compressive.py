@@ -32,6 +32,12 @@ covariance of the surface field is. Model of one scene (SPEC section 3):
    (`rismvdr.localize.compressive`): physics never imports the detector.
 
 For a linear array theta is known and not refined (SPEC section 1).
+
+Units of `y`: the results are scale-free (F statistics are ratios, the ML positions minimise a
+residual), but the kernels form `|y|^2` sums in `y`'s dtype, which in float32 overflow above
+about 1e19 and lose everything below about 1e-19. Pass each scene at unit RMS
+(`rismvdr.physics.covariance.unit_rms`; `rismvdr.localize` does this for every method). An
+all-zero `y` passes no F test (no sources).
 """
 from __future__ import annotations
 
@@ -61,6 +67,7 @@ __all__ = [
     "range_scan",
     "order_retest",
     "apply_operators",
+    "atom_scores",
     "ls_fit",
 ]
 
@@ -144,6 +151,13 @@ def _correlate(D, R):
     return jnp.einsum("lmg,lm->lg", jnp.conj(D), R, precision=_HI)
 
 
+def atom_scores(D, norms, resid):
+    """`[G]` residual energy each dictionary atom explains, summed over snapshots:
+    `sum_l |d_{l,g}^H r_l|^2 / ||d_{l,g}||^2` (the greedy step's criterion; `resid = y` gives the
+    first step's, i.e. the matched-filter map)."""
+    return jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+
+
 def ls_fit(B, y, mask):
     """Joint least-squares symbols of one scene for columns `B` `[L|1, M, K]` (masked columns
     ignored; a 1e-7 relative ridge keeps the Cholesky solve defined).
@@ -152,17 +166,45 @@ def ls_fit(B, y, mask):
     """
     l = y.shape[0]
     B = B * mask.astype(B.dtype)[None, None, :]
+    gram = jnp.einsum("lmk,lmj->lkj", jnp.conj(B), B, precision=_HI)  # [L|1, K, K]: shared G_l once
     B = jnp.broadcast_to(B, (l,) + B.shape[1:])
-    gram = jnp.einsum("lmk,lmj->lkj", jnp.conj(B), B, precision=_HI)
-    diag = jnp.real(jnp.diagonal(gram, axis1=-2, axis2=-1))  # [L, K]
+    diag = jnp.real(jnp.diagonal(gram, axis1=-2, axis2=-1))  # [L|1, K]
     scale = jnp.maximum(jnp.sum(diag, -1, keepdims=True) / jnp.maximum(jnp.sum(mask), 1), 1e-30)
     ridge = jnp.where(mask[None, :], 1e-7 * scale, scale)  # identity on masked slots
     gram = gram + jax.vmap(jnp.diag)(ridge.astype(gram.dtype))
     rhs = jnp.einsum("lmk,lm->lk", jnp.conj(B), y, precision=_HI)
-    chol = jnp.linalg.cholesky(gram)
-    s = jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
+    s = _spd_solve(gram, rhs)
     resid = y - jnp.einsum("lmk,lk->lm", B, s, precision=_HI)
     return s, resid
+
+
+def _spd_solve(a, b):
+    """Solve `a x = b` for small Hermitian positive-definite `a` `[..., K, K]` (`b` `[..., K]`,
+    batch axes broadcast) by a Cholesky factorisation unrolled over K, then two substitutions.
+
+    Elementwise operations instead of `jnp.linalg.cholesky` / `cho_solve`: on the CPU, jaxlib
+    0.10's LAPACK kernels hand the chunks of a large batch to XLA's intra-op thread pool and
+    block until they finish, which deadlocks as soon as as many such calls run at once as the
+    pool has threads (measured: `somp-ml` at L = 64 stopped at 0 % CPU inside `lapack_ctrsm_ffi`,
+    the batched solves of `ml_refine`'s Jacobian). K <= k_max, so this is a few dozen fused ops.
+    """
+    k = a.shape[-1]
+    low = [[None] * k for _ in range(k)]  # low[i][j]: the Cholesky factor's entry (i >= j)
+    for j in range(k):
+        d = jnp.real(a[..., j, j]) - sum((abs2(low[j][p]) for p in range(j)), jnp.zeros((), jnp.real(a).dtype))
+        low[j][j] = jnp.sqrt(d)  # NaN for a matrix that is not positive definite, as LAPACK's
+        for i in range(j + 1, k):
+            acc = a[..., i, j] - sum((low[i][p] * jnp.conj(low[j][p]) for p in range(j)), jnp.zeros((), a.dtype))
+            low[i][j] = acc / low[j][j]
+    z = []
+    for i in range(k):
+        acc = b[..., i] - sum((low[i][p] * z[p] for p in range(i)), jnp.zeros((), b.dtype))
+        z.append(acc / low[i][i])
+    x = [None] * k
+    for i in reversed(range(k)):
+        acc = z[i] - sum((jnp.conj(low[p][i]) * x[p] for p in range(i + 1, k)), jnp.zeros((), b.dtype))
+        x[i] = acc / low[i][i]
+    return jnp.stack(jnp.broadcast_arrays(*x), axis=-1)
 
 
 def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
@@ -182,7 +224,7 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
 
     def step(k, carry):
         idx, mask, resid, rss, fstat, first = carry
-        score = jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)  # [G]
+        score = atom_scores(D, norms, resid)  # [G]
         first = jnp.where(k == 0, score, first)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         idx = idx.at[k].set(g.astype(jnp.int32))
@@ -204,7 +246,7 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
 
 
 def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
-            cfg: CompressiveConfig, *, model: str = "exact"):
+            cfg: CompressiveConfig, *, model: str = "exact", order=None):
     """Greedy picks with an off-grid ML refinement of all picked sources after every step.
 
     Step k picks the dictionary atom that explains the most of the current residual, refines
@@ -216,6 +258,8 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
     Args:
       y: `[L, M]`; E: `[L|1, M, N]`; D, norms: dictionary and atom norms (see `somp`).
       grid_coords: (phi, theta, r) `[G]` each, the dictionary's grid points.
+      order: `[]` int, optional: force the order (e.g. the true K of a bound method) instead of
+        the F test; the sources are then those of the refined fit after `order` steps.
 
     Returns:
       (phi, theta, r `[K_max]`, mask `[K_max]`, order, F statistics `[K_max]`, first-step score
@@ -226,16 +270,18 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
     real = jnp.real(y).dtype
     gphi, gth, gr = grid_coords
 
+    def refine(eta, mask):
+        phi, theta, r, c = ml_refine(y, E, geometry, grid, eta[:, 0], eta[:, 1], eta[:, 2], mask, cfg,
+                                     model=model)
+        return jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta)
+
     def step(k, carry):
         eta, mask, resid, rss, fstat, hist, first = carry
-        score = jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+        score = atom_scores(D, norms, resid)
         first = jnp.where(k == 0, score, first)
-        g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
-        eta = eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]]))
         mask = mask.at[k].set(True)
-        phi, theta, r, _ = ml_refine(y, E, geometry, grid, eta[:, 0], eta[:, 1], eta[:, 2], mask, cfg,
-                                     model=model)
-        eta = jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta)
+        g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
+        eta = refine(eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]])), mask)
         a = steering(geometry, eta[:, 0], eta[:, 1], eta[:, 2], model=model, dtype=y.dtype)
         _, resid_new = ls_fit(apply_operators(E, a.T), y, mask)
         rss_new = jnp.sum(abs2(resid_new))
@@ -248,8 +294,10 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
     init = (eta0, jnp.zeros(k_max, bool), y, jnp.sum(abs2(y)), jnp.zeros(k_max, real),
             jnp.broadcast_to(eta0, (k_max + 1, k_max, 3)), jnp.zeros(D.shape[-1], real))
     _, _, _, _, fstat, hist, first = jax.lax.fori_loop(0, k_max, step, init)
-    passed = fstat > thresholds.astype(real)
-    order = jnp.sum(jnp.cumprod(passed.astype(jnp.int32))).astype(jnp.int32)
+    if order is None:
+        passed = fstat > thresholds.astype(real)
+        order = jnp.sum(jnp.cumprod(passed.astype(jnp.int32)))
+    order = jnp.clip(jnp.asarray(order), 0, k_max).astype(jnp.int32)
     eta = hist[order]
     mask = jnp.arange(k_max) < order
     return eta[:, 0], eta[:, 1], eta[:, 2], mask, order, fstat, first
@@ -443,7 +491,7 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
         phi, theta, r, mask, stopped = carry
         count = jnp.sum(mask)
         rss, resid = rss_of(phi, theta, r, mask)
-        score = jnp.sum(abs2(_correlate(D, resid)) / jnp.maximum(norms, 1e-30), axis=0)
+        score = atom_scores(D, norms, resid)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         slot = jnp.argmin(mask)  # first free slot
         cphi, cth, cr = phi.at[slot].set(gphi[g]), theta.at[slot].set(gth[g]), r.at[slot].set(gr[g])

@@ -53,6 +53,7 @@ __all__ = [
     "CovEstimate",
     "AlsFit",
     "trace_normalize",
+    "unit_rms",
     "sample_covariance",
     "matched_filter_covariance",
     "ridge_ls_covariance",
@@ -259,6 +260,39 @@ def _n_elements(y, h) -> int:
 # ------------------------------------------------------------------------------------------
 # Public API: normalisation
 # ------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def unit_rms(y):
+    """Scale each scene's measurements to unit root-mean-square, without overflow or underflow.
+
+    Nothing in rismvdr depends on the units of `y` (every estimator, spectrum, F statistic and
+    learned feature is scale-free), but float32 sums of `|y|^2` overflow above about 1e19 and
+    underflow below about 1e-19: `rismvdr.localize` therefore hands every method `unit_rms(y)`.
+    Direct callers of the kernels that square `y` (`rismvdr.physics.compressive`, the
+    learned backbone) should do the same; the estimators here rescale internally.
+
+    Args:
+      y: `[..., L, M]` complex measurements (leading batch axes are scenes).
+
+    Returns:
+      (`[..., L, M]` `y / s`, `[...]` real scales `s`): `s` is the RMS of the scene's entries,
+      computed after a max-abs pre-scale (no squared quantity of the original size), and 0 for
+      an all-zero scene, which is returned unchanged (zeros).
+
+    >>> import jax.numpy as jnp
+    >>> y, s = unit_rms(jnp.full((1, 2, 3), 1e30 + 0j, jnp.complex64))
+    >>> float(jnp.abs(y).max()), float(s[0]) == float(jnp.float32(1e30))
+    (1.0, True)
+    """
+    y = jnp.asarray(y)
+    m = jnp.max(jnp.abs(y), axis=(-2, -1))
+    ok = m > 0
+    m_safe = jnp.where(ok, m, 1).astype(m.dtype)
+    x = y / m_safe[..., None, None].astype(y.dtype)
+    rms = m_safe * jnp.sqrt(jnp.mean(abs2(x), axis=(-2, -1)))
+    s = jnp.where(ok, rms, 0).astype(m.dtype)
+    return x * (m_safe / jnp.where(ok, rms, 1))[..., None, None].astype(y.dtype), s
 
 
 def trace_normalize(R, target=None):

@@ -11,7 +11,12 @@ at a steering vector `a` is a scalar function of `w = ||W a||^2` and `||a||^2`:
 - MUSIC, `W = E_s^H` (signal subspace of dimension K):            `P = 1 / (||a||^2 - w)`
 - Bartlett, `R = U diag(l) U^H`, `W = diag(sqrt l) U^H`:          `P = w / N`
 
-with `delta = delta_rel * tr(R) / N`. No covariance is ever inverted explicitly. The same
+with `delta = delta_rel * tr(R) / N`. No covariance is ever inverted explicitly. Spectra scale
+with `R` (MVDR's is homogeneous of degree 1 in `R`, MUSIC's of degree 0), so any units work as
+long as `tr(R) / N` stays well inside the dtype's range (float32: about 1e-30 .. 1e30; the
+estimators of `rismvdr.physics.covariance` return trace N). An all-zero `R` (or factor) gives a
+flat, finite spectrum (MVDR with unit loading, MUSIC with an empty signal subspace, Bartlett 0),
+in which the detector finds no peak. The same
 operator serves the grid (`spectrum_25d`) and continuous points (`operator_spectrum`, used by
 the detector's 3-D refinement with autodiff), so grid and refinement see one spectrum.
 
@@ -191,18 +196,24 @@ jax.tree_util.register_dataclass(
 )
 
 
+def _loading(delta_rel, tr, n: int, real):
+    """MVDR diagonal loading `delta_rel * tr(R) / N`; 1 where `tr(R) == 0` (an all-zero
+    covariance: the spectrum is then flat, `1 / ||a||^2` in the units of 1, instead of NaN)."""
+    return jnp.where(tr > 0, delta_rel * tr / n, 1.0).astype(real)
+
+
 def mvdr_operator(R, *, delta_rel: float = 1e-2) -> SpectrumOperator:
     """Dense MVDR via whitening: `R + delta I = L L^H`, `W = L^-1`, `P(a) = 1/||W a||^2`.
 
     Args:
-      R: `[..., N, N]` Hermitian PSD covariance.
+      R: `[..., N, N]` Hermitian PSD covariance (an all-zero `R` gives a flat spectrum).
       delta_rel: diagonal loading relative to `tr(R)/N`.
     """
     R = hermitise(R)
     n = R.shape[-1]
     real = jnp.finfo(R.dtype).dtype
     tr = jnp.real(jnp.trace(R, axis1=-2, axis2=-1))
-    delta = (delta_rel * tr / n).astype(real)
+    delta = _loading(delta_rel, tr, n, real)
     chol = jnp.linalg.cholesky(R + delta[..., None, None] * eye_like(R))
     W = jax.scipy.linalg.solve_triangular(chol, eye_like(R), lower=True)
     return SpectrumOperator(W, jnp.ones_like(tr), "inverse", lower=True)
@@ -215,7 +226,7 @@ def mvdr_lowrank_operator(F, *, delta_rel: float = 1e-2, precision: Precision = 
     `a^H (R + delta I)^-1 a = (||a||^2 - ||Lc^-1 F^H a||^2) / delta`.
 
     Args:
-      F: `[..., N, r]` complex factor.
+      F: `[..., N, r]` complex factor (an all-zero `F`, e.g. no sources, gives a flat spectrum).
       delta_rel: diagonal loading relative to `tr(F F^H)/N`.
     """
     prec = matmul_precision(precision)
@@ -223,7 +234,7 @@ def mvdr_lowrank_operator(F, *, delta_rel: float = 1e-2, precision: Precision = 
     real = jnp.finfo(F.dtype).dtype
     Fh = jnp.conj(jnp.swapaxes(F, -1, -2))  # [..., r, N]
     tr = jnp.sum(jnp.abs(F) ** 2, axis=(-2, -1))
-    delta = (delta_rel * tr / n).astype(real)
+    delta = _loading(delta_rel, tr, n, real)
     FhF = jnp.matmul(Fh, F, precision=prec)  # [..., r, r]
     C = FhF + delta[..., None, None] * eye_like(FhF)
     chol = jnp.linalg.cholesky(hermitise(C))
@@ -235,14 +246,16 @@ def music_operator(R, n_sources, *, max_sources: int | None = None) -> SpectrumO
     """MUSIC with a signal subspace of `n_sources` eigenvectors (may be a traced int).
 
     `P(a) = 1 / ||E_n^H a||^2 = 1 / (||a||^2 - ||E_s^H a||^2)`. Only the top `max_sources`
-    eigenvectors are kept in `W` (static; default N - 1), rows beyond `n_sources` zeroed.
+    eigenvectors are kept in `W` (static; default N - 1), rows beyond `n_sources` zeroed. An
+    all-zero `R` has no signal subspace (`W = 0`: a flat spectrum).
     """
     R = hermitise(R)
     n = R.shape[-1]
     q = n - 1 if max_sources is None else int(max_sources)
     _, vecs = jnp.linalg.eigh(R)  # ascending
     top = vecs[..., :, ::-1][..., :, :q]  # [..., N, q] descending
-    k = jnp.asarray(n_sources)[..., None]  # [..., 1]
+    empty = ~jnp.any(R != 0, axis=(-2, -1))  # eigh of 0 returns an arbitrary basis
+    k = jnp.where(empty, 0, jnp.asarray(n_sources))[..., None]  # [..., 1]
     keep = (jnp.arange(q).reshape((1,) * (k.ndim - 1) + (q,)) < k).astype(R.dtype)  # [..., q]
     W = jnp.conj(jnp.swapaxes(top, -1, -2)) * keep[..., :, None]
     real = jnp.finfo(R.dtype).dtype

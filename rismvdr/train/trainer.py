@@ -5,8 +5,13 @@ Design (big_vision / flax-examples style):
   waits on disk and a step's data depends only on (seed, step): `--resume` continues exactly.
 - One jitted `(state, weights) -> (state, metrics)` step with the state donated. Data parallel
   over a one-axis mesh ("data"): the batch is sharded along it, parameters are replicated, XLA
-  inserts the gradient all-reduce. Multi-host: call `jax.distributed.initialize()` first (the
-  CLI does when `--distributed` is given); the mesh then spans every host's devices.
+  inserts the gradient all-reduce. Several processes: call `rismvdr.train.distributed.initialize()`
+  first (the CLI does when `--distributed` is given); the mesh then spans every process's devices,
+  each device simulates its own rows of the global batch (scene i from `fold_in(key, i)`, so the
+  batch is the same whatever the process count), every process saves its shards of the Orbax
+  checkpoint (finalised once, by process 0), and only process 0 writes `metrics.jsonl`,
+  `config.json`, the loss curve, the progress bar and the log. A failure inside the loop of a
+  multi-process run (a lost process) is raised as `ProcessLostError`, naming the step.
 - What differs between the stages (the trained module, its loss terms and their batch, the
   validation terms, the learned method measured, the run record, the frozen backbone saved
   with every checkpoint) is a `Stage`, chosen once from `cfg.stage` when the trainer is built.
@@ -18,7 +23,8 @@ Design (big_vision / flax-examples style):
   scene, PSSR), through the same detector and metrics code as every method.
 - Checkpoints (`rismvdr.train.checkpoint`): every `checkpoint_every` steps and at the end, the
   latest and the best `keep_best` by `val/objective` (`rismvdr.eval.objective.e2e_objective`,
-  the seed's end-to-end objective); SIGTERM/SIGINT saves the current state and returns cleanly.
+  the seed's end-to-end objective); SIGTERM/SIGINT saves the current state and returns cleanly
+  (several processes: a signal in any of them stops all at the same step, `any_process`).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from tqdm.auto import tqdm
 from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db
 from rismvdr.eval.objective import e2e_objective
 from rismvdr.eval.plots import plot_training_curves
+from rismvdr.files import atomic_write
 from rismvdr.localize.learned import als_samp_factor, backbone_factor, refiner_grid
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.localize.weights import BEST_METRIC, LearnedModel
@@ -50,6 +57,7 @@ from rismvdr.physics.spectra import grid_steering, mvdr_lowrank_operator, spectr
 from rismvdr.train import losses
 from rismvdr.train.checkpoint import Checkpointer
 from rismvdr.train.config import TrainConfig, weights_at
+from rismvdr.train.distributed import any_process, is_main, lost_process_guard
 from rismvdr.train.terms import TERMS, active_terms, backbone_terms
 from rismvdr.train.state import (
     TrainState,
@@ -321,9 +329,10 @@ class Trainer:
         """Validation metrics of `params` (use the EMA): mean loss terms over `val` and the
         peak metrics of the learned method on the first `peak_scenes` scenes."""
         cfg = self.cfg
-        # Evaluate on one device: the replicated training copy would make every validation
-        # computation a multi-device one (and mix meshes with the single-device scenes).
-        params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
+        # Evaluate in this process, on host copies (uncommitted): the replicated training copy
+        # would make every validation computation a multi-device (and multi-process) one;
+        # `localize` shards the peak metrics' batches over this process's devices itself.
+        params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(params))
         bs = min(cfg.batch_size, len(val))
         ev = jax.jit(lambda params, scenes: self.loss_terms(params, scenes, self.stage.val_terms))
 
@@ -393,6 +402,29 @@ def _metric_scalars(d: dict) -> dict:
     return out
 
 
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only the `metrics.jsonl` rows of steps <= `step` (the step training resumes from):
+    a run killed after its last checkpoint logged rows that the resumed run logs again. A
+    partial last line (killed mid-write) goes too. Rewritten atomically; absent file: nothing."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= step
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        log.info("metrics.jsonl: dropped %d row(s) after step %d (replayed by this run)", dropped, step)
+        with atomic_write(path, "w") as f:
+            f.write("".join(f"{line}\n" for line in kept))
+
+
 def _record(cfg: TrainConfig, trainer: Trainer) -> dict:
     """The run record stored in `config.json` and with every checkpoint."""
     return {"stage": cfg.stage, "train": cfg.to_dict(), **trainer.stage.record(), "n_params": trainer.n_params}
@@ -420,6 +452,7 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    main = is_main()  # several processes: process 0 alone writes files other than checkpoints
     trainer = Trainer(cfg, n_devices=n_devices, backbone=backbone)
     record = _record(cfg, trainer)
     ckpt = Checkpointer(workdir / "checkpoints", keep_best=cfg.keep_best, best_metric=OBJECTIVE, best_mode="min")
@@ -428,30 +461,40 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
         raise ValueError(f"--workdir: {workdir} already holds checkpoints (latest step {latest}); "
                          "pass --resume to continue or choose a new directory")
     if resume and latest is not None:
+        # the newest intact checkpoint (a damaged later one is named, skipped and deleted)
+        latest, restored = ckpt.restore_latest(target=trainer.restore_target(), discard_damaged=main)
         stored = ckpt.read_config(latest)
         if stored.get("train") != record["train"]:
             diff = sorted(k for k in set(stored.get("train", {})) | set(record["train"])
                           if stored.get("train", {}).get(k) != record["train"].get(k))
             raise ValueError(f"--resume: the config differs from the run's stored config in {diff}")
-        state = ckpt.restore(latest, target=trainer.restore_target())["train"]
-        log.info("resumed from step %d", latest)
+        state = restored["train"]
+        if main:
+            log.info("resumed from step %d", latest)
     else:
         state = trainer.init_state()
-    (workdir / "config.json").write_text(json.dumps(record, indent=1))
+    if main:
+        (workdir / "config.json").write_text(json.dumps(record, indent=1))
     step_fn = trainer.step_fn()
     val = trainer.validation_set()
     start = int(state.step)
     end = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
     metrics_path = workdir / "metrics.jsonl"
+    if main:
+        _drop_metrics_after(metrics_path, start)  # rows of steps a resumed run replays
     last_val: dict = {}
     status = "done"
-    bar = tqdm(total=end, initial=start, desc=f"train {cfg.stage}", unit="step", disable=None if progress else True)
+    bar = tqdm(total=end, initial=start, desc=f"train {cfg.stage}", unit="step",
+               disable=None if progress and main else True)
     t0 = time.perf_counter()
     t_last, n_last = t0, start
     pending = None  # (step, metrics) of the previous step: logged after the next is dispatched
 
+    # the stage's payload laid out like the state (several processes: one global, replicated copy)
+    payload = jax.device_put(trainer.stage.payload(), trainer.rep)
+
     def save(step, metrics=None, force=False):
-        ckpt.save(step, {"train": state, **trainer.stage.payload()}, config=record, metrics=metrics, force=force)
+        ckpt.save(step, {"train": state, **payload}, config=record, metrics=metrics, force=force)
 
     def flush(pending):
         s, m = pending
@@ -461,12 +504,13 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
         rate = (s + 1 - n_last) / max(now - t_last, 1e-9)
         t_last, n_last = now, s + 1
         m.update(step=s + 1, steps_per_s=rate, scenes_per_s=rate * cfg.batch_size, phase=weights_at(cfg, s)[0])
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(m) + "\n")
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(m) + "\n")
         bar.set_postfix(loss=f"{m['loss']:.4g}", scenes_s=f"{m['scenes_per_s']:.0f}", skipped=m["skipped"])
 
-    with _StopFlag() as stop, ckpt:
-        step = start
+    step = start
+    with lost_process_guard(lambda: f"step {step}"), _StopFlag() as stop, ckpt:
         while step < end:
             weights = trainer.weights(step)
             state, m = step_fn(state, weights)
@@ -479,15 +523,16 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
             if evaluate_now:
                 last_val = trainer.evaluate(state.ema, val)
                 last_val["step"] = step
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(last_val) + "\n")
-                log.info("step %d: %s", step, {k: round(v, 4) for k, v in last_val.items()})
+                if main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(last_val) + "\n")
+                    log.info("step %d: %s", step, {k: round(v, 4) for k, v in last_val.items()})
             if evaluate_now or step % cfg.checkpoint_every == 0:
                 save(step, {k: v for k, v in last_val.items() if k != "step"} if evaluate_now else None)
             if evaluate_now and on_eval is not None:
                 on_eval(step, dict(last_val))
-            if stop.signum is not None:
-                status = f"stopped by signal {stop.signum}"
+            if any_process(stop.signum is not None):  # several processes: all stop at the same step
+                status = f"stopped by signal {stop.signum or '(in another process)'}"
                 break
         if pending is not None:
             flush(pending)
@@ -497,7 +542,8 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
             status = "stopped early"
     bar.close()
     try:
-        plot_training_curves(workdir / "loss_curve.png", metrics_path)
+        if main:
+            plot_training_curves(workdir / "loss_curve.png", metrics_path)
     except Exception as exc:  # a plot must never lose a run
         log.warning("loss curve not drawn: %s", exc)
     return {"status": status, "steps": step, "skipped": int(state.skipped), "validation": last_val,
