@@ -168,7 +168,7 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
         return res, _plane_max(first, grid)
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=min(4, y.shape[0]))
+                       batch_size=_group(y.shape[0], y.shape[1], cfg.k_max))
 
 
 def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
@@ -203,7 +203,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
                                  jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=min(4, y.shape[0]))
+                       batch_size=_group(y.shape[0], y.shape[1], cfg.k_max))
 
 
 def _flat_coords(grid: Grid, real):
@@ -270,6 +270,22 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
         res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid, order, rss)
         return res, _plane_max(first, grid)
 
-    # Scenes in vmapped groups of at most 4, sequentially: on the CPU, XLA was measured to slow
-    # down by >50x when this loop nest was vmapped over 12 or more scenes at once.
-    return jax.lax.map(lambda args: one(*args), (y, H, codes), batch_size=min(4, y.shape[0]))
+    # Scenes in vmapped groups (`_group`), sequentially.
+    return jax.lax.map(lambda args: one(*args), (y, H, codes), batch_size=_group(y.shape[0], l, cfg.k_max))
+
+
+#: jaxlib 0.10 on the CPU splits a batched LAPACK call over XLA's thread pool when batch x cost
+#: reaches 2e5 FLOP and blocks until the pieces finish, which deadlocks when as many such calls
+#: run at once as the pool has threads (seen: `somp-ml` at L = 64 stopped at 0 % CPU inside
+#: `lapack_ctrsm_ffi`). The largest batched LAPACK call here is `ml_refine`'s Jacobian of the
+#: `ls_fit` solve: 3 k_max tangents x L snapshots x the scenes of one vmapped group, each a
+#: triangular solve of about 3 k_max^2 FLOP; the group is kept under the split threshold.
+_LAPACK_SPLIT_FLOP = 2e5
+
+
+def _group(n_scenes: int, n_snap: int, k_max: int) -> int:
+    """Scenes per vmapped group of the compressive drivers: at most 4 (on the CPU, XLA was measured
+    to slow down by >50x when this loop nest was vmapped over 12 or more scenes at once), and few
+    enough that the batched LAPACK calls run inline (`_LAPACK_SPLIT_FLOP`)."""
+    per_scene = 3 * k_max * n_snap * 3 * k_max ** 2
+    return int(max(1, min(4, n_scenes, (_LAPACK_SPLIT_FLOP - 1) // per_scene)))

@@ -173,38 +173,10 @@ def ls_fit(B, y, mask):
     ridge = jnp.where(mask[None, :], 1e-7 * scale, scale)  # identity on masked slots
     gram = gram + jax.vmap(jnp.diag)(ridge.astype(gram.dtype))
     rhs = jnp.einsum("lmk,lm->lk", jnp.conj(B), y, precision=_HI)
-    s = _spd_solve(gram, rhs)
+    chol = jnp.linalg.cholesky(gram)
+    s = jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
     resid = y - jnp.einsum("lmk,lk->lm", B, s, precision=_HI)
     return s, resid
-
-
-def _spd_solve(a, b):
-    """Solve `a x = b` for small Hermitian positive-definite `a` `[..., K, K]` (`b` `[..., K]`,
-    batch axes broadcast) by a Cholesky factorisation unrolled over K, then two substitutions.
-
-    Elementwise operations instead of `jnp.linalg.cholesky` / `cho_solve`: on the CPU, jaxlib
-    0.10's LAPACK kernels hand the chunks of a large batch to XLA's intra-op thread pool and
-    block until they finish, which deadlocks as soon as as many such calls run at once as the
-    pool has threads (measured: `somp-ml` at L = 64 stopped at 0 % CPU inside `lapack_ctrsm_ffi`,
-    the batched solves of `ml_refine`'s Jacobian). K <= k_max, so this is a few dozen fused ops.
-    """
-    k = a.shape[-1]
-    low = [[None] * k for _ in range(k)]  # low[i][j]: the Cholesky factor's entry (i >= j)
-    for j in range(k):
-        d = jnp.real(a[..., j, j]) - sum((abs2(low[j][p]) for p in range(j)), jnp.zeros((), jnp.real(a).dtype))
-        low[j][j] = jnp.sqrt(d)  # NaN for a matrix that is not positive definite, as LAPACK's
-        for i in range(j + 1, k):
-            acc = a[..., i, j] - sum((low[i][p] * jnp.conj(low[j][p]) for p in range(j)), jnp.zeros((), a.dtype))
-            low[i][j] = acc / low[j][j]
-    z = []
-    for i in range(k):
-        acc = b[..., i] - sum((low[i][p] * z[p] for p in range(i)), jnp.zeros((), b.dtype))
-        z.append(acc / low[i][i])
-    x = [None] * k
-    for i in reversed(range(k)):
-        acc = z[i] - sum((jnp.conj(low[p][i]) * x[p] for p in range(i + 1, k)), jnp.zeros((), b.dtype))
-        x[i] = acc / low[i][i]
-    return jnp.stack(jnp.broadcast_arrays(*x), axis=-1)
 
 
 def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
