@@ -74,7 +74,7 @@ def test_localize_on_8_devices_equals_one(method):
     these programs on 8 simulated devices of the loaded 2-core machine)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run([sys.executable, "-c", _LOCALIZE_8, method], env=env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=300)  # it stalls rather than fails: see the xfail
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.splitlines()[-1])
     a, b = ({k: np.asarray(v) for k, v in res[n].items()} for n in ("1", "8"))
