@@ -66,6 +66,7 @@ __all__ = [
     "ml_from_start",
     "range_scan",
     "order_retest",
+    "source_fstats",
     "apply_operators",
     "atom_scores",
     "ls_fit",
@@ -338,8 +339,35 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
     return x[:, 0], x[:, 1], 1.0 / x[:, 2], c
 
 
+def source_fstats(y, B, mask):
+    """Each source's F statistic in the joint fit (one scene): the energy it explains given the
+    others, `(RSS_without_k - RSS) / L`, over the residual per degree of freedom.
+
+    Args:
+      B: `[L|1, M, K]` columns `G_l a(eta_k)` of the current sources; mask `[K]`.
+
+    Returns:
+      (F `[K]`, `inf` outside `mask`; the order `sum(mask)`).
+    """
+    l, m = y.shape
+    k_all = mask.shape[0]
+    _, e = ls_fit(B, y, mask)
+    rss = jnp.sum(abs2(e))
+    order = jnp.sum(mask)
+    dof = jnp.maximum((m - order) * l, 1)
+
+    def without(j):
+        _, ej = ls_fit(B, y, mask & (jnp.arange(k_all) != j))
+        return jnp.sum(abs2(ej))
+
+    rss_wo = jax.vmap(without)(jnp.arange(k_all))
+    f = ((rss_wo - rss) / l) / jnp.maximum(rss / dof, 1e-30)
+    return jnp.where(mask, f, jnp.inf), order
+
+
 def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
-    """Drop, one at a time, the least significant source while its F statistic fails.
+    """Drop, one at a time, the least significant source while its F statistic
+    (`source_fstats`) fails.
 
     Args:
       B: `[L|1, M, K]` columns `G_l a(eta_k)` of the current sources; mask `[K]`.
@@ -347,33 +375,18 @@ def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
     Returns:
       (mask, F statistic per source `[K]` for the final set).
     """
-    l, m = y.shape
     k_all = mask.shape[0]
     real = jnp.real(y).dtype
 
-    def fstats(mask):
-        _, e = ls_fit(B, y, mask)
-        rss = jnp.sum(abs2(e))
-        order = jnp.sum(mask)
-        dof = jnp.maximum((m - order) * l, 1)
-
-        def without(j):
-            _, ej = ls_fit(B, y, mask & (jnp.arange(k_all) != j))
-            return jnp.sum(abs2(ej))
-
-        rss_wo = jax.vmap(without)(jnp.arange(k_all))
-        f = ((rss_wo - rss) / l) / jnp.maximum(rss / dof, 1e-30)
-        return jnp.where(mask, f, jnp.inf), order
-
     def body(_, mask):
-        f, order = fstats(mask)
+        f, order = source_fstats(y, B, mask)
         tau = thresholds[jnp.clip(order - 1, 0, k_all - 1)].astype(real)
         j = jnp.argmin(f)
         drop = (order > 0) & (f[j] <= tau)
         return jnp.where(drop, mask & (jnp.arange(k_all) != j), mask)
 
     mask = jax.lax.fori_loop(0, k_all, body, mask)
-    f, _ = fstats(mask)
+    f, _ = source_fstats(y, B, mask)
     return mask, jnp.where(mask, f, 0.0)
 
 
