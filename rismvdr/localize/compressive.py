@@ -28,6 +28,7 @@ from rismvdr.physics.compressive import (
     f_thresholds,
     ls_fit,
     ml_from_start,
+    ml_polish,
     ml_refine,
     order_retest,
     scene_operators,
@@ -44,6 +45,9 @@ from rismvdr.physics.steering import steering
 
 __all__ = [
     "CompressiveContext",
+    "add_candidates",
+    "polish_batch",
+    "polish_thresholds",
     "bound_method",
     "compressive_context",
     "compressive_method",
@@ -205,6 +209,74 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
                        batch_size=_group(y.shape[0], y.shape[1], cfg.k_max))
+
+
+def polish_thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, n_meas: int, n_snap: int) -> np.ndarray:
+    """The F-test thresholds `[k_max]` of `polish_batch` for scenes of `n_meas` x `n_snap`: those of
+    the compressive methods (Bonferroni over the dictionary grid's atoms), so every method's
+    detections face the same significance test."""
+    grid = settings.dictionary_grid(geometry.linear)
+    return f_thresholds(int(n_meas), int(n_snap), settings.detector.k_max, int(np.prod(grid.shape)),
+                        settings.compressive_config())
+
+
+def polish_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: LocalizerSettings, phi0, theta0, r0,
+                 mask0):
+    """`ml_polish` for a batch: ML refinement + F-test re-test of given detections, then the gate NMS.
+
+    Args:
+      y: `[S, L, M]` (unit RMS, as `rismvdr.localize.localize` passes it); H: `[S, M, N]` or None;
+        codes: `[S, L, N]` or None.
+      thresholds: `[k_max]` from `polish_thresholds`.
+      phi0, theta0, r0, mask0: `[S, k_max]` starting detections.
+
+    Returns:
+      (`CompressiveResult` with `[S, k_max]` arrays, score = 10 log10 F; residual `[S, L, M]` of
+      the final fit, for a further detection pass on what the sources leave unexplained).
+    """
+    return _polish_batch(y, H, codes, jnp.asarray(thresholds), geometry, phi0, theta0, r0, mask0,
+                         grid=settings.dictionary_grid(geometry.linear), cfg=settings.compressive_config(),
+                         gates=settings.detector.gates, model=settings.steering_model)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+def _polish_batch(y, H, codes, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates, model):
+    real = jnp.real(y).dtype
+    l, n = y.shape[1], geometry.positions.shape[0]
+    geo = geometry.astype(real)
+
+    def one(y1, h1, c1, p0, t0, rr0, m0):
+        E = scene_operators(h1, c1, l, n, y1.dtype)
+        phi, theta, r, mask, f, e = ml_polish(y1, E, geo, grid, p0.astype(real), t0.astype(real), rr0.astype(real),
+                                              m0, thresholds, cfg, model=model)
+        score = 10.0 * jnp.log10(jnp.maximum(jnp.where(mask, f, 0.0), 1e-30))
+        phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)
+        res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
+                                jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
+        return res, e
+
+    return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
+                       batch_size=_group(y.shape[0], l, cfg.k_max))
+
+
+def add_candidates(phi, theta, r, mask, cphi, ctheta, cr, cmask, gates: Gates):
+    """Fill the free slots of one scene's sources with new candidates, in the candidates' order,
+    skipping a candidate within the angle gate of a kept source (jittable; vmap for a batch).
+
+    Args:
+      phi, theta, r, mask: `[K]` sources (radians, metres) and which slots hold one.
+      cphi, ctheta, cr, cmask: `[C]` candidates and which exist.
+
+    Returns:
+      (phi, theta, r, mask) `[K]`: the kept sources first, then the admitted candidates.
+    """
+    near = ((jnp.abs(cphi[:, None] - phi[None, :]) <= gates.phi)
+            & (jnp.abs(ctheta[:, None] - theta[None, :]) <= gates.theta) & mask[None, :])
+    cmask = cmask & ~jnp.any(near, axis=1)
+    cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)])  # noqa: E731
+    all_m = jnp.concatenate([mask, cmask])
+    order = jnp.argsort(~all_m)[: mask.shape[0]]  # stable: kept sources, then candidates in order
+    return cat(phi, cphi)[order], cat(theta, ctheta)[order], cat(r, cr)[order], all_m[order]
 
 
 def _flat_coords(grid: Grid, real):

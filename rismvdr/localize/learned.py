@@ -4,30 +4,46 @@ Models are loaded by `rismvdr.localize.weights` (exported directories, run direc
 through Orbax, the shipped weights) without the trainer; `LearnedModel`, `load_learned` and
 `default_weights_dir` are re-exported here.
 
-Methods (registered in `rismvdr.localize.registry`; all finish in the shared detector):
-- `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector.
+Methods (registered in `rismvdr.localize.registry`):
+- `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector,
+  then `finish_detections`: the joint ML refinement of the detections on the measurements with the
+  F-test re-test (`ml_polish`), and one pass of the backbone over the residual of that fit, whose
+  slots fill free places and are polished in turn. The network finds the sources; a few
+  Levenberg-Marquardt steps of the likelihood make their positions as accurate as the measurements
+  allow, which the MVDR peaks of the network's own R_pred cannot (they only re-find its slots).
 - `learned-refiner`: the seed's Stage-2 path. Low-rank MVDR map on the coarse refiner grid
   (range planes max-reduced) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
   -> best range plane by MVDR -> 3-D refinement (the shared detector's `refine_peaks` on the
-  same MVDR operator). Guardrails fall back to `learned` for a map that is non-finite, too flat,
-  saturated or has too many local maxima (`RefinerGuard`); the run's extras flag each fallback.
+  same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
+  non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
+  flag each fallback.
 - `learned-ml`: the `learned` detections as the starting point of the compressive
-  maximum-likelihood refinement and F-test order re-test, continued greedily
+  maximum-likelihood refinement and F-test order re-test, continued greedily over the dictionary
   (`rismvdr.localize.compressive.localize_from_start`).
+
+Every method ends in the same gate NMS; the maps are the MVDR spectra on R_blend.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-from rismvdr.localize.compressive import compressive_context, localize_from_start
+from rismvdr.localize.compressive import (
+    add_candidates,
+    compressive_context,
+    localize_from_start,
+    polish_batch,
+    polish_thresholds,
+)
 from rismvdr.localize.detect import Detections, RefinerGuard, detect, gate_nms, refine_peaks
 from rismvdr.localize.runner import Runner
 from rismvdr.localize.settings import LocalizerSettings
 from rismvdr.localize.weights import LearnedModel, default_weights_dir, load_learned
 from rismvdr.models.backbone import BackboneConfig
 from rismvdr.models.refiner import RefinerConfig
-from rismvdr.physics.covariance import batched_covariance
+from rismvdr.physics.covariance import batched_covariance, unit_rms
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import (
@@ -51,6 +67,7 @@ __all__ = [
     "refiner_grid",
     "refiner_map_ok",
     "make_learned_runner",
+    "finish_detections",
     "make_refiner_runner",
     "learned_method",
     "refiner_method",
@@ -181,14 +198,55 @@ def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: 
     return op, spec, det
 
 
+def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings, thresholds,
+                      scenes, det: Detections) -> Detections:
+    """The physics that finishes a learned method's detections (traced; `settings.learned`):
+
+    1. `ml_polish` on the measurements: the joint off-grid ML refinement of the detected sources
+       (a few Levenberg-Marquardt steps of the concentrated likelihood, which reach the CRB from a
+       start in its basin) and the F-test re-test, the same K-free significance test as the
+       compressive methods (it is what rejects the network's answer on noise-only data);
+    2. `residual_passes` times: the backbone over the residual of that fit (the measurements minus
+       the fitted sources, at unit RMS): its slots whose existence probability reaches
+       `exist_threshold` fill the free places (`add_candidates`), and all sources are polished
+       again. A source the first pass missed (masked by a stronger neighbour, or below the
+       detector's threshold) stands out in the residual. No dictionary is searched.
+
+    Scores are `10 log10` of each source's F statistic; `polish=False` returns `det` unchanged.
+    """
+    ls = settings.learned
+    if not ls.polish:
+        return det
+    polish = lambda d: polish_batch(scenes.y, scenes.H, scenes.codes, thresholds, geometry, settings,  # noqa: E731
+                                    d.phi, d.theta, d.r, d.valid)
+    res, resid = polish(det)
+    live = _measured(scenes)
+    for _ in range(int(ls.residual_passes)):
+        rest = dataclasses.replace(scenes, y=unit_rms(resid)[0])
+        samp = als_samp_factor(rest) if model.backbone_cfg.beta > 0 else None
+        out = model.backbone_def.apply(model.backbone_params, rest.y, rest.H, rest.codes, samp)
+        cand = (jax.nn.sigmoid(out.logit) >= ls.exist_threshold) & live[:, None]
+        start = jax.vmap(lambda *a: add_candidates(*a, settings.detector.gates))(
+            res.phi, res.theta, res.r, res.valid, out.phi, out.theta, out.r, cand)
+        res, resid = polish(Detections(*start[:3], jnp.zeros_like(start[0]), start[3]))
+    return Detections(res.phi, res.theta, res.r, res.score_db, res.valid)
+
+
+def _thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, model: LearnedModel):
+    cfg = model.backbone_cfg
+    return polish_thresholds(settings, geometry, cfg.n_measurements, cfg.n_snapshots)
+
+
 def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
     """A jitted `(backbone_params, scenes) -> (Detections, Spectrum25D)`: MVDR on R_blend through
-    the shared spectrum and detector."""
+    the shared spectrum and detector, finished on the measurements (`finish_detections`)."""
     grid = settings.grid(geometry.linear)
+    thresholds = _thresholds(settings, geometry, model)
 
     def run(bparams, scenes):
-        _, spec, det = _learned_detections(model._replace(backbone_params=bparams), geometry, settings, grid, scenes)
-        return det, spec
+        m = model._replace(backbone_params=bparams)
+        _, spec, det = _learned_detections(m, geometry, settings, grid, scenes)
+        return finish_detections(m, geometry, settings, thresholds, scenes, det), spec
 
     return jax.jit(run)
 
@@ -201,13 +259,14 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
     det_cfg = settings.detector
     prec = settings.precision
     guard = settings.learned.refiner_guard
+    thresholds = _thresholds(settings, geometry, model)
 
     def run(bparams, rparams, scenes):
         m = model._replace(backbone_params=bparams, refiner_params=rparams)
         _, spec, base = _learned_detections(m, geometry, settings, grid, scenes)
         b = spec.power.shape[0]
         if not model.has_refiner:
-            return base, spec, jnp.full((b,), True)
+            return finish_detections(m, geometry, settings, thresholds, scenes, base), spec, jnp.full((b,), True)
         rcfg = model.refiner_cfg
         rgrid = refiner_grid(model.backbone_cfg, rcfg)
         a_r = grid_steering(geometry, rgrid, model=settings.steering_model, dtype=scenes.y.dtype)
@@ -225,7 +284,7 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
                                                      model=settings.steering_model, precision=prec))(prob, op)
         pick = lambda a, c: jnp.where(ok.reshape((b,) + (1,) * (a.ndim - 1)), a, c)  # noqa: E731
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))
-        return out, spec, ~ok & live
+        return finish_detections(m, geometry, settings, thresholds, scenes, out), spec, ~ok & live
 
     return jax.jit(run)
 

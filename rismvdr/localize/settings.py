@@ -99,6 +99,18 @@ class LearnedSettings:
 
     exist_threshold: float = 0.5  # slots below this existence probability are dropped
     refiner_guard: RefinerGuard = RefinerGuard()  # learned-refiner: when to fall back to MVDR peaks
+    # The physics that finishes the network's answer (`rismvdr.localize.learned`): the joint ML
+    # refinement of the detections on the measurements and the F-test re-test (`ml_polish`), then
+    # `residual_passes` passes of the backbone over the residual of that fit, whose slots fill free
+    # places and are polished in turn. polish=False: the detector's peaks on the MVDR map as they are.
+    polish: bool = True
+    residual_passes: int = 1
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.exist_threshold) <= 1.0:
+            raise ValueError(f"learned.exist_threshold: must lie in [0, 1], got {self.exist_threshold!r}")
+        if int(self.residual_passes) != self.residual_passes or self.residual_passes < 0:
+            raise ValueError(f"learned.residual_passes: must be an integer >= 0, got {self.residual_passes!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,7 @@ __all__ = [
     "somp_ml",
     "ml_refine",
     "ml_from_start",
+    "ml_polish",
     "range_scan",
     "order_retest",
     "source_fstats",
@@ -436,12 +437,44 @@ def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, mod
     return jax.vmap(one)(jnp.arange(k_all))
 
 
+def ml_polish(y, E, geometry: ArrayGeometry, grid: Grid, phi0, theta0, r0, mask0, thresholds,
+              cfg: CompressiveConfig, *, model: str = "exact"):
+    """Finish given detections of one scene on its measurements: the joint off-grid ML refinement
+    (`ml_refine`) of the sources, then the F-test order re-test (`order_retest`, when
+    `cfg.retest`). No dictionary: a fixed, small amount of work (`cfg.ml_iters` Levenberg-Marquardt
+    steps of `3 K` parameters and `K` least-squares re-fits), which is what makes it the last stage
+    of a learned localizer (and the first of `ml_from_start`).
+
+    Args:
+      y: `[L, M]`; E: `[L|1, M, N]` from `scene_operators`.
+      grid: sets the ML's scaling (grid steps) and box (grid extents), as in `ml_refine`.
+      phi0, theta0, r0, mask0: `[K]` starting detections (radians, metres, bool); they are
+        re-ordered, valid ones first.
+      thresholds: `[K]` from `f_thresholds`.
+
+    Returns:
+      (phi, theta, r, mask) `[K]`, each source's F statistic `[K]` in the final fit (`inf` outside
+      `mask`), residual `[L, M]` of the final least-squares fit.
+    """
+    order = jnp.argsort(~mask0)  # valid starting points first
+    phi, theta, r, mask = phi0[order], theta0[order], r0[order], mask0[order]
+    phi, theta, r, _ = ml_refine(y, E, geometry, grid, phi, theta, r, mask, cfg, model=model)
+    B = apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
+    if cfg.retest:
+        mask, f = order_retest(y, B, mask, jnp.asarray(thresholds), cfg)
+        f = jnp.where(mask, f, jnp.inf)
+    else:
+        f, _ = source_fstats(y, B, mask)
+    _, e = ls_fit(B, y, mask)
+    return phi, theta, r, mask, f, e
+
+
 def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
                   phi0, theta0, r0, mask0, cfg: CompressiveConfig, *, model: str = "exact"):
     """ML localization of one scene started from given detections (e.g. a learned method's).
 
-    1. Joint off-grid ML refinement of the starting sources (`ml_refine`).
-    2. F-test order re-test: the least significant source is dropped while it fails.
+    1. Joint off-grid ML refinement of the starting sources and 2. F-test order re-test: the
+       least significant source is dropped while it fails (`ml_polish`).
     3. Greedy continuation as in `somp_ml`: while slots are free, the dictionary atom that best
        explains the residual is added, all sources are refined jointly, and the addition is kept
        only if its F statistic passes the threshold for the new order (else the search stops).
@@ -458,15 +491,11 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
     real = jnp.real(y).dtype
     thresholds = jnp.asarray(thresholds)
     gphi, gth, gr = grid_coords
-    order = jnp.argsort(~mask0)  # valid starting points first
-    phi, theta, r, mask = phi0[order], theta0[order], r0[order], mask0[order]
-    phi, theta, r, _ = ml_refine(y, E, geometry, grid, phi, theta, r, mask, cfg, model=model)
+    phi, theta, r, mask, _, _ = ml_polish(y, E, geometry, grid, phi0, theta0, r0, mask0, thresholds, cfg,
+                                          model=model)
 
     def cols(phi, theta, r):
         return apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
-
-    if cfg.retest:
-        mask, _ = order_retest(y, cols(phi, theta, r), mask, thresholds, cfg)
 
     def rss_of(phi, theta, r, mask):
         _, e = ls_fit(cols(phi, theta, r), y, mask)
