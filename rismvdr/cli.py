@@ -64,7 +64,8 @@ from rismvdr.localize.weights import load_learned
 from rismvdr.physics.scenarios import DEFAULT_GATES, Gates, get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from rismvdr.train.config import REFINER_PHASES, TrainConfig, apply_overrides
-from rismvdr.train.distributed import ProcessLostError, exit_now, initialize as initialize_distributed, is_main
+from rismvdr.train.distributed import (ProcessLostError, exit_now, initialize as initialize_distributed, is_main,
+                                       lost_process_guard)
 
 __all__ = ["main", "build_parser"]
 
@@ -110,7 +111,7 @@ def _settings(args, sf):
     base = settings_for_scenario(cfg) if cfg is not None else LocalizerSettings()
     det_kw = {k: v for k, v in dict(
         threshold_mode=args.threshold_mode, threshold_db=args.threshold_db, mad_z=args.mad_z,
-        k_max=args.k_max, refine=None if not args.no_refine else False,
+        k_max=args.k_max, refine=None if not args.no_refine else False, significance=args.significance,
     ).items() if v is not None}
     grid_kw = {k: v for k, v in dict(
         phi_deg=args.phi_range_deg and tuple(args.phi_range_deg),
@@ -157,6 +158,10 @@ def _add_localizer_flags(p):
     g.add_argument("--mad-z", type=float, help="z for mode 'mad' (default 5)")
     g.add_argument("--k-max", type=int, help="at most this many detections per scene (default 5)")
     g.add_argument("--no-refine", action="store_true", help="skip the continuous 3-D refinement of grid peaks")
+    g.add_argument("--significance", choices=("f-test", "none"), help="'f-test' (default): keep a detection of a "
+                   "spectrum method (MVDR, MUSIC, Bartlett) only if it passes the compressive methods' F test on the "
+                   "measurements (per-scene false-alarm bound 1 %%, dimensionless); 'none': every peak the threshold "
+                   "passes (up to --k-max even on pure noise)")
     g.add_argument("--steering-model", choices=("exact", "fresnel", "far"), help="steering model of the search (default: the scenario's, else exact)")
     g.add_argument("--precision", choices=("highest", "fast"), help="matmul precision: 'highest' (default) or 'fast' (TF32 on recent GPUs)")
     g.add_argument("--batch-size", type=int, help="scenes per jitted call (default 32)")
@@ -181,11 +186,19 @@ def cmd_localize(args) -> int:
     check_output_file(args.out, "--out")
     if args.maps_out:
         check_output_file(args.maps_out, "--maps-out")
+    _maybe_distributed(args)
     sf = load_scenes(args.scenes)
     settings = _settings(args, sf)
     scenes = scenes_from_file(sf, model=settings.steering_model)
-    res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet,
-                   model=_learned_model(args))
+    try:  # --distributed: each process runs its share of the batches, every process gets every result
+        with lost_process_guard(lambda: "localize", advice=_RERUN, keep=(ValueError,)):
+            res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet,
+                           model=_learned_model(args), distributed=args.distributed)
+    except ProcessLostError as e:
+        print(f"rismvdr {args.command}: error: {e}", file=sys.stderr, flush=True)
+        exit_now(1)
+    if not is_main():
+        return 0  # process 0 writes the outputs
     d = res.detections
     with replaced_together():  # the CSV and the maps of one run: both new, or both as they were
         write_detections_csv(args.out, d.phi, d.theta, d.r, d.score_db, d.valid)
@@ -306,11 +319,16 @@ def _stored_train_config(workdir):
         return TrainConfig.from_dict(c.read_config(intact[0])["train"])
 
 
+_RERUN = "run every process again"  # what a lost process of `localize --distributed` leaves to do
+
+
 def _maybe_distributed(args):
     if getattr(args, "distributed", False):  # coordinator, process count and id from the environment
         if args.distributed_timeout_s < 1:
             raise ValueError(f"--distributed-timeout-s: must be >= 1 s, got {args.distributed_timeout_s}")
-        initialize_distributed(timeout_s=args.distributed_timeout_s, command=f"rismvdr {args.command}")
+        advice = _RERUN if args.command == "localize" else "restart every process with --resume"
+        initialize_distributed(timeout_s=args.distributed_timeout_s, command=f"rismvdr {args.command}",
+                               advice=advice)
 
 
 def _fit(args, fit, *a, **kw) -> dict:
@@ -539,6 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--out", required=True, help="detections CSV: scene,phi_deg,theta_deg,r_m,x_m,y_m,z_m,score_db")
     loc.add_argument("--maps-out", help="optional .npz with the 2.5D maps (dB) for PSSR and plots")
     loc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    loc.add_argument("--distributed", action="store_true", help="several processes (hosts), each started with "
+                     "the same command: join the run described by JAX_COORDINATOR_ADDRESS (host:port of process 0), "
+                     "JAX_NUM_PROCESSES and JAX_PROCESS_ID, or detected by JAX (Slurm, Open MPI); each process "
+                     "localizes its share of the batches on its own devices, process 0 gathers them and writes "
+                     "--out and --maps-out, the same files as one process (README: Several machines)")
+    loc.add_argument("--distributed-timeout-s", type=int, default=100, help="--distributed: seconds to wait for "
+                     "every process to join, and seconds without a heartbeat after which a process counts as lost "
+                     "and the others stop with an error (default %(default)s)")
     _add_localizer_flags(loc)
     loc.set_defaults(func=cmd_localize)
 

@@ -13,9 +13,12 @@ fixed-size and padded with a `valid` mask, so detection jits and vmaps over scen
 of sources is the number of valid entries.
 
 The `db` and `mad` thresholds are relative to the map itself, so a map of pure noise still has
-peaks that pass them (a method with this detector reports up to `k_max` sources on a
-noise-only scene); false-alarm control on noise needs an absolute test such as the compressive
-methods' F test or MUSIC's order estimate.
+peaks that pass them: on its own this detector reports up to `k_max` sources on a noise-only
+scene. The false-alarm control is the next stage, on the measurements rather than the map:
+`rismvdr.localize.localize` hands the detections of every method not already F-tested to
+`rismvdr.localize.significance`, which keeps a detection only while its F statistic in the
+joint least-squares fit of `y` passes the compressive methods' Bonferroni threshold (per-scene
+false-alarm bound 1 %; `DetectorConfig.significance`, default "f-test", "none" turns it off).
 
 Refinement works in scaled coordinates `z = (phi / dphi, theta / dtheta, (1/r) / du)` (grid
 steps), where the spectrum's curvature is O(1). For a linear array theta is fixed.
@@ -55,6 +58,10 @@ class DetectorConfig:
     max_step_cells: float = 0.5  # per-iteration step bound, in grid cells
     curvature_floor: float = 0.1  # eigenvalue floor of -Hessian (saddle-free Newton)
     flat_db: float = 1e-3  # a map whose max - min (dB) is at most this has no peaks (e.g. all-zero data)
+    # "f-test": `rismvdr.localize.localize` tests each detection on the measurements and drops the
+    # insignificant ones (`rismvdr.localize.significance`; `detect` alone has no measurements);
+    # "none": the detector's peaks as they are.
+    significance: Literal["f-test", "none"] = "f-test"
 
     def validate(self) -> None:
         for name in ("threshold_db", "mad_z", "flat_db", "max_step_cells", "curvature_floor"):
@@ -62,6 +69,8 @@ class DetectorConfig:
                 raise ValueError(f"{name}: must be finite, got {getattr(self, name)!r}")
         if self.threshold_mode not in ("db", "mad", "none"):
             raise ValueError(f"threshold_mode: expected 'db', 'mad' or 'none', got {self.threshold_mode!r}")
+        if self.significance not in ("f-test", "none"):
+            raise ValueError(f"significance: expected 'f-test' or 'none', got {self.significance!r}")
         if self.k_max < 1:
             raise ValueError(f"k_max: must be >= 1, got {self.k_max}")
         if self.n_candidates < self.k_max:

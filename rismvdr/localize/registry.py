@@ -4,20 +4,21 @@ its gate NMS), so comparisons between methods are fair.
 
 A registered `Method` gives `make(scenes, geometry, settings, model) -> Runner`
 (`rismvdr.localize.runner`): `Runner.run(batch) -> (Detections, Spectrum25D, extras)`. `localize`
-is the batching loop around it. The families: `rismvdr.localize.classical` (spectrum methods:
-operator per scene -> `spectrum_25d` -> `detect`), `rismvdr.localize.compressive`,
-`rismvdr.localize.learned`.
+is the batching loop around it, which ends every method not already F-tested with the shared
+significance stage (`rismvdr.localize.significance`; "F test" below). The families:
+`rismvdr.localize.classical` (spectrum methods: operator per scene -> `spectrum_25d` ->
+`detect`), `rismvdr.localize.compressive`, `rismvdr.localize.learned`.
 
 | method | covariance / operator | count |
 |---|---|---|
 | `mvdr-oracle` | R_true from the stored truth (Woodbury on `A diag(sqrt p)`) | detector |
-| `mvdr-als` | ALS low-rank R_samp (Woodbury on its factor) | detector |
-| `mvdr-ridge` | ridge-LS back-projection covariance | detector |
-| `mvdr-mf` | matched-filter covariance | detector |
-| `mvdr-sample` | sample covariance (full-array mode only) | detector |
-| `music-mdl`, `music-aic` | MUSIC on the default covariance (ALS in RIS mode, sample in full mode) | MDL / AIC order |
+| `mvdr-als` | ALS low-rank R_samp (Woodbury on its factor) | detector + F test |
+| `mvdr-ridge` | ridge-LS back-projection covariance | detector + F test |
+| `mvdr-mf` | matched-filter covariance | detector + F test |
+| `mvdr-sample` | sample covariance (full-array mode only) | detector + F test |
+| `music-mdl`, `music-aic` | MUSIC on the default covariance (ALS in RIS mode, sample in full mode) | MDL / AIC order + F test |
 | `music-oracle-k` | same MUSIC, true K given (the seed's "oracle" benchmark) | true K |
-| `bartlett` | Bartlett on the default covariance (factor form when it has one) | detector |
+| `bartlett` | Bartlett on the default covariance (factor form when it has one) | detector + F test |
 | `somp`, `somp-ml` | compressive: SOMP on the measurements (+ off-grid ML), `physics.compressive` | F test |
 | `ml-oracle` | bound: the same ML refinement started at the truth (the limit every table compares with) | true K |
 | `somp-ml-oracle-k` | bound: `somp-ml` with its order forced to the true K | true K |
@@ -34,6 +35,7 @@ import time
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
@@ -43,6 +45,7 @@ from rismvdr.localize.compressive import bound_method, compressive_method
 from rismvdr.localize.detect import Detections
 from rismvdr.localize.learned import learned_method, learned_ml_method, refiner_method
 from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
+from rismvdr.localize.significance import with_significance
 from rismvdr.physics.covariance import unit_rms
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
@@ -80,13 +83,20 @@ class Method(NamedTuple):
     ris_only: bool = False
     learned: bool = False  # needs a trained model (`localize(..., model=)`, default: shipped weights)
     maps_grid: str = "search"  # the grid of its maps: "search" (LocalizerSettings.grid) or "dictionary"
+    # True: `localize` does not pass its detections through the shared significance stage
+    # (`rismvdr.localize.significance`): they pass an F test on the measurements in its own code
+    # (compressive, learned), or it is a truth-reading reference whose count comes from the truth
+    # (`mvdr-oracle`, `music-oracle-k`, the bounds; measured, 300 seed scenes: the stage would
+    # cut `mvdr-oracle`'s recall 0.980 -> 0.837 at precision 1.000, and turn `music-oracle-k`
+    # into a method that no longer has the true K)
+    significance_tested: bool = False
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("mvdr-oracle", "MVDR on R_true built from the stored truth (upper reference)",
-               spectrum_method(oracle_builder), needs_truth=True),
+               spectrum_method(oracle_builder), needs_truth=True, significance_tested=True),
         Method("mvdr-als", "MVDR on the ALS low-rank sample covariance (the seed's R_samp)",
                spectrum_method(mvdr_builder("als"))),
         Method("mvdr-ridge", "MVDR on the ridge-LS back-projection covariance",
@@ -98,23 +108,24 @@ METHODS: dict[str, Method] = {
         Method("music-mdl", "MUSIC, order from MDL with L snapshots", spectrum_method(music_builder("mdl"))),
         Method("music-aic", "MUSIC, order from AIC with L snapshots", spectrum_method(music_builder("aic"))),
         Method("music-oracle-k", "MUSIC with the true K given (the seed's oracle benchmark)",
-               spectrum_method(music_builder("oracle")), needs_truth=True),
+               spectrum_method(music_builder("oracle")), needs_truth=True, significance_tested=True),
         Method("bartlett", "Bartlett beamformer on the default covariance", spectrum_method(bartlett_builder)),
         Method("somp", "simultaneous OMP on the measurements, K-free F-test stopping (grid positions)",
-               compressive_method(ml=False), maps_grid="dictionary"),
+               compressive_method(ml=False), maps_grid="dictionary", significance_tested=True),
         Method("somp-ml", "SOMP + off-grid variable-projection ML (Levenberg-Marquardt) + order re-test",
-               compressive_method(ml=True), maps_grid="dictionary"),
+               compressive_method(ml=True), maps_grid="dictionary", significance_tested=True),
         Method("ml-oracle", "bound: the compressive ML refinement started at the true positions with the true K "
                "(no order test): the estimation limit of the measurements under the gates",
-               bound_method("ml"), needs_truth=True, maps_grid="dictionary"),
+               bound_method("ml"), needs_truth=True, maps_grid="dictionary", significance_tested=True),
         Method("somp-ml-oracle-k", "bound: somp-ml with the order forced to the true K (no F test)",
-               bound_method("somp-k"), needs_truth=True, maps_grid="dictionary"),
+               bound_method("somp-k"), needs_truth=True, maps_grid="dictionary", significance_tested=True),
         Method("learned", "MVDR on the learned backbone's R_blend (shipped weights unless --checkpoint)",
-               learned_method, learned=True),
+               learned_method, learned=True, significance_tested=True),
         Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
-               "refinement, with guardrails and MVDR fallback", refiner_method, learned=True),
+               "refinement, with guardrails and MVDR fallback", refiner_method, learned=True,
+               significance_tested=True),
         Method("learned-ml", "learned detections as the start of the compressive ML refinement and F-test "
-               "order search", learned_ml_method, learned=True),
+               "order search", learned_ml_method, learned=True, significance_tested=True),
     )
 }
 
@@ -164,46 +175,103 @@ def _pad_batch(scenes: Scene, lo: int, hi: int, size: int) -> Scene:
 
 
 def _batch_sharding(devices) -> jax.sharding.Sharding | None:
-    """The scene batch's leading axis split over `devices` (None: one device, left as it is).
+    """The scene batch's leading axis split over `devices`, this process's own (None: the default
+    device, the batch left as it is).
 
     The default: every local accelerator; on the CPU one device (simulated CPU devices share the
-    same cores, and XLA's CPU runtime was seen to stall running a localizer on 8 of them).
+    same cores: several of them cannot make a batch faster, see `_per_device`).
     """
     if devices is None:
         devices = jax.local_devices()[:1] if jax.default_backend() == "cpu" else jax.local_devices()
     devices = list(devices)
     if not devices:
         raise ValueError("devices: empty")
-    if len(devices) == 1:
+    foreign = [d for d in devices if d.process_index != jax.process_index()]
+    if foreign:
+        raise ValueError(f"devices: {foreign[0]} belongs to process {foreign[0].process_index}; give this "
+                         "process's own devices (jax.local_devices()); several processes: distributed=True")
+    if devices == jax.local_devices()[:1]:
         return None
+    if len(devices) == 1:
+        return jax.sharding.SingleDeviceSharding(devices[0])
     return jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ("scenes",)),
                                       jax.sharding.PartitionSpec("scenes"))
 
 
+def _on_cpu(sharding: jax.sharding.Sharding | None) -> bool:
+    return isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.devices.flat[0].platform == "cpu"
+
+
 def _shard_batch(batch: Scene, sharding: jax.sharding.Sharding | None) -> Scene:
-    """`batch` laid out by `sharding`; every process passes the same batch and places its own rows."""
+    """`batch` laid out by `sharding` (this process's devices; CPU devices: on the first, see
+    `_per_device`)."""
     if sharding is None:
         return batch
-    if sharding.is_fully_addressable:
-        return jax.device_put(batch, sharding)
-    return jax.tree_util.tree_map(
-        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx, a=np.asarray(a): a[idx]), batch)
+    if _on_cpu(sharding):
+        return jax.device_put(batch, sharding.mesh.devices.flat[0])
+    return jax.device_put(batch, sharding)
+
+
+def _in_turn(run: Callable, n_blocks: int) -> Callable:
+    """`run` over a batch of `n_blocks` equal blocks of rows, one block after another (each call
+    the one-device program on one device's rows), the outputs concatenated."""
+    def blocks(batch):
+        rows = jax.tree_util.tree_leaves(batch)[0].shape[0] // n_blocks
+        outs = [run(jax.tree_util.tree_map(lambda a, i=i: a[i * rows:(i + 1) * rows], batch)) for i in range(n_blocks)]
+        return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+
+    return blocks
 
 
 def _per_device(run: Callable, sharding: jax.sharding.Sharding | None) -> Callable:
-    """`run` on each device's rows alone (`shard_map`): every device runs one device's program,
-    with no collective between devices (a batch-wide stopping test stays per device)."""
-    if sharding is None:
-        return run
+    """`run` on each device's rows alone: on accelerators every device runs one device's program
+    at the same time (`shard_map`, no collective between devices: a batch-wide stopping test
+    stays per device); on CPU devices the devices' rows run one block after another on the
+    first device (`_in_turn`).
+
+    Why not `shard_map` on CPU devices: jaxlib 0.10's CPU LAPACK kernels split a batched call
+    (`cholesky`, `triangular_solve`, ...) whose batch x cost reaches 2e5 FLOP into pieces on
+    XLA's intra-op thread pool and block their pool thread until the pieces ran. That pool has
+    max(cores, devices) threads and is shared by every simulated CPU device; 8 devices running
+    the same program reach the same split call together, all 8 threads wait and nothing runs the
+    pieces (seen: `mvdr-als` and `learned` on 8 devices of the 2-core machine, 0 % CPU, every
+    pool thread in `lapack_cpotrf_ffi` -> `ParallelBatchMap` -> `BlockingCounter::Wait`). No
+    setting avoids it: `--xla_cpu_multi_thread_eigen=false` and `PJRT_NPROC` were tried, XLA
+    decides alone which operations run on the pool, and one scene per device call still left
+    `learned` a split call of its own (3840 5 x 5 Cholesky factorizations per scene); jax >=
+    0.11 has no parallel path. Simulated CPU devices share the cores, so running their rows in
+    turn costs no speed, and it needs no program per device (XLA compiles one per device).
+    """
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return run  # one device: the inputs are committed to it
+    if _on_cpu(sharding):
+        return _in_turn(run, sharding.mesh.size)
     return jax.jit(jax.shard_map(run, mesh=sharding.mesh, in_specs=(sharding.spec,), out_specs=sharding.spec,
                               **_SHARD_MAP_UNCHECKED))
 
 
-def _to_host(tree):
-    """NumPy copies of a result tree; a batch split over several processes is gathered to each."""
-    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree_util.tree_leaves(tree)):
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+def _check_same_plan(n_scenes: int, bs: int) -> None:
+    """Every process of a `distributed` call batches the same scenes the same way (a small
+    collective: every process calls it at the same point)."""
+    plans = np.asarray(multihost_utils.process_allgather(np.asarray([n_scenes, bs], np.int32)))
+    if not (plans == plans[0]).all():
+        raise ValueError("distributed: every process must localize the same scenes with the same number of local "
+                         "devices; (scenes, rows per call) by process: "
+                         + ", ".join(f"{p}: ({a}, {b})" for p, (a, b) in enumerate(plans.tolist())))
+
+
+def _gather_batches(mine: list, n_batches: int) -> list:
+    """Every process's batch results to every process, in batch order. Process p ran batches
+    p, p + P, p + 2P, ... (P processes); `mine` is its list of result trees (each `[rows, ...]`
+    NumPy arrays, the same shapes in every batch), at least one long (a process without a batch
+    of its own passes a spare one, dropped here)."""
+    n_proc, me = jax.process_count(), jax.process_index()
+    per = -(-n_batches // n_proc)
+    own = len(range(me, n_batches, n_proc))
+    blank = jax.tree_util.tree_map(np.zeros_like, mine[0])
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *(mine[:own] + [blank] * (per - own)))
+    every = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(stacked, tiled=False))
+    return [jax.tree_util.tree_map(lambda a, k=k: a[k % n_proc, k // n_proc], every) for k in range(n_batches)]
 
 
 def _no_data_no_detections(det: Detections, live: np.ndarray) -> Detections:
@@ -232,13 +300,17 @@ def localize(
     keep_maps: bool = True,
     model=None,
     devices=None,
+    distributed: bool = False,
 ) -> LocalizationResult:
     """Localize every scene with a registered method, in padded batches of `settings.batch_size`.
 
     Each scene's `y` is scaled to unit RMS before the method sees it
     (`rismvdr.physics.covariance.unit_rms`), so the detections do not depend on the units of `y`
     (tested over 1e-30 .. 1e30 in complex64); a scene whose `y` is all zero has no detections,
-    whatever the method (also those that read the truth).
+    whatever the method (also those that read the truth). The detections of a method whose
+    `Method.significance_tested` is False pass the shared F test on the measurements
+    (`rismvdr.localize.significance`) when `settings.detector.significance == "f-test"` (the
+    default), so no method reports the peaks of a noise-only scene.
 
     Args:
       method: a name from `METHODS`.
@@ -249,17 +321,23 @@ def localize(
       progress: show a tqdm bar over batches (auto-off when not a terminal).
       keep_maps: return the 2.5D maps (S x T x P floats) as well.
       model: learned methods: a `rismvdr.localize.weights.LearnedModel` (default: the shipped weights).
-      devices: the devices each batch is split over, along its scene axis, `settings.batch_size`
-        scenes per device (fewer when there are fewer scenes; the last batch is padded with its
-        last scene): default this process's accelerators (`jax.local_devices()`; on the CPU one
-        device);
-        `jax.devices()` under several processes (`rismvdr.train.distributed`), where every
-        process calls with the same scenes and gets every result (not yet run on several
-        processes). Each device runs its rows alone (`shard_map`): detections agree with one
-        device's to float32 rounding (`tests/test_distributed.py`, slow).
+      devices: this process's devices each batch is split over, along its scene axis,
+        `settings.batch_size` scenes per device (fewer when there are fewer scenes; the last
+        batch is padded with its last scene): default this process's accelerators
+        (`jax.local_devices()`; on the CPU one device). Each device's rows run alone: at once on
+        accelerators (`shard_map`), detections agreeing with one device's to float32 rounding;
+        one block after another on CPU devices (jaxlib 0.10 deadlocks otherwise, `_per_device`),
+        the detections of one device exactly (`tests/test_distributed.py`, slow).
+      distributed: under several processes (`jax.process_count() > 1`,
+        `rismvdr.train.distributed.initialize`), every process calls with the same scenes and
+        `devices` of the same count; process p runs batches p, p + P, ... (P processes) on its
+        own devices and every process gets every result (gathered once at the end), the same
+        batches, hence the same detections, as one process with as many devices. One process:
+        no effect.
 
     Raises:
-      ValueError: unknown method, or a method that does not apply to these scenes.
+      ValueError: unknown method, a method that does not apply to these scenes, devices not of
+        this process, or (distributed) processes with different scenes or device counts.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
@@ -268,41 +346,54 @@ def localize(
     t0 = time.perf_counter()
     n_scenes = int(scenes.y.shape[0])
     sharding = _batch_sharding(devices)
-    n_dev = 1 if sharding is None else sharding.mesh.size
+    n_dev = 1 if sharding is None else len(sharding.device_set)
     # settings.batch_size scenes per device and call: each device runs one device's program
     bs = max(1, min(settings.batch_size, -(-n_scenes // n_dev))) * n_dev
+    starts = range(0, n_scenes, bs)
+    n_proc = jax.process_count() if distributed else 1
+    if n_proc > 1:
+        _check_same_plan(n_scenes, bs)
+    mine = starts[jax.process_index()::n_proc] if n_proc > 1 else starts
     runner = m.make(scenes, geometry, settings, model)
+    if settings.detector.significance == "f-test" and not m.significance_tested:
+        runner = with_significance(runner, scenes, geometry, settings)
     run = _per_device(runner.run, sharding)
     log_every = settings.learned.refiner_guard.log_every
-    parts, maps, planes, extras = [], [], [], {}
-    fallbacks = 0
-    bar = tqdm(total=n_scenes, desc=method, unit="scene", disable=None if progress else True, leave=False)
-    for lo in range(0, n_scenes, bs):
+    done, fallbacks = [], 0
+    bar = tqdm(total=sum(min(bs, n_scenes - lo) for lo in mine), desc=method, unit="scene",
+               disable=None if progress else True, leave=False)
+    for lo in mine or starts[:1]:  # a process without a batch of its own runs a spare one (see _gather_batches)
         hi = min(lo + bs, n_scenes)
-        n = hi - lo
         batch = _shard_batch(_pad_batch(scenes, lo, hi, bs), sharding)
         y, scale = unit_rms(batch.y)  # units of y never matter; float32 squares stay in range
-        det, spec, extra, scale = _to_host((*run(dataclasses.replace(batch, y=y)), scale))
-        det = _no_data_no_detections(det, scale > 0)
-        parts.append(Detections(*(np.asarray(x)[:n] for x in det)))
+        det, spec, extra, scale = jax.device_get((*run(dataclasses.replace(batch, y=y)), scale))
+        out = dict(det=Detections(*(np.asarray(x) for x in _no_data_no_detections(det, scale > 0))),
+                   extra={k: np.asarray(v) for k, v in extra.items()})
         if keep_maps:
-            maps.append(10.0 * np.log10(np.maximum(np.asarray(spec.power[:n]), 1e-30)).astype(np.float32))
-            planes.append(np.asarray(spec.plane[:n]))
-        for key, value in extra.items():
-            extras.setdefault(key, []).append(np.asarray(value)[:n])
-        if "fallback" in extra:
-            new = int(np.sum(extras["fallback"][-1]))
+            out["power_db"] = 10.0 * np.log10(np.maximum(np.asarray(spec.power), 1e-30)).astype(np.float32)
+            out["plane"] = np.asarray(spec.plane)
+        done.append(out)
+        if "fallback" in extra and lo in mine:
+            new = int(np.sum(out["extra"]["fallback"][: hi - lo]))
             if new and (fallbacks // log_every != (fallbacks + new) // log_every or fallbacks == 0):
                 log.warning("%s: refiner map rejected, MVDR fallback used (%d scenes so far)", method,
                             fallbacks + new)
             fallbacks += new
-        bar.update(n)
+        bar.update(hi - lo if lo in mine else 0)
     bar.close()
-    extras = {k: np.concatenate(v) for k, v in extras.items()}
+    if n_proc > 1:
+        done = _gather_batches(done, len(starts))
+    rows = [min(bs, n_scenes - lo) for lo in starts]  # the real scenes of each batch
+
+    def cat(get):
+        return np.concatenate([get(o)[:n] for o, n in zip(done, rows)])
+
+    detections = Detections(*(cat(lambda o, i=i: o["det"][i]) for i in range(len(Detections._fields))))
+    extras = {k: cat(lambda o, k=k: o["extra"][k]) for k in done[0]["extra"]}
     return LocalizationResult(
-        detections=Detections(*(np.concatenate(x) for x in zip(*parts))),
-        power_db=np.concatenate(maps) if keep_maps else None,
-        plane=np.concatenate(planes) if keep_maps else None,
+        detections=detections,
+        power_db=cat(lambda o: o["power_db"]) if keep_maps else None,
+        plane=cat(lambda o: o["plane"]) if keep_maps else None,
         order=extras.get("order"),
         grid=runner.grid,
         seconds=time.perf_counter() - t0,

@@ -125,7 +125,8 @@ def _settings_from_env() -> tuple[str | None, int | None, int | None]:
     return address, n, pid
 
 
-def initialize(*, timeout_s: int = 100, command: str = "rismvdr") -> None:
+def initialize(*, timeout_s: int = 100, command: str = "rismvdr",
+               advice: str = "restart every process with --resume") -> None:
     """Join the multi-process run described by the environment (see the module docstring).
 
     Call it before anything touches a device (first thing in a command).
@@ -134,6 +135,7 @@ def initialize(*, timeout_s: int = 100, command: str = "rismvdr") -> None:
       timeout_s: seconds process 0 waits for every process to connect, and seconds without a
         heartbeat after which a process counts as lost (the others then stop).
       command: how the one-line error of an aborted process starts (e.g. "rismvdr train").
+      advice: what that line tells the user to do.
 
     Raises:
       ValueError: a malformed or partial `JAX_*` environment, or no cluster found.
@@ -148,8 +150,7 @@ def initialize(*, timeout_s: int = 100, command: str = "rismvdr") -> None:
     kwargs = {k: v for k, v in wanted.items() if k in accepted}
     who = "process" if pid is None else f"process {pid} of {n}"
     _start_watcher(f"{command}: error: {who} was terminated by JAX's distributed runtime (or killed): a "
-                   f"process of the run was lost or did not join within {timeout_s} s; restart every process "
-                   "with --resume")
+                   f"process of the run was lost or did not join within {timeout_s} s; {advice}")
     try:
         jax.distributed.initialize(address, n, pid, **kwargs)
     except ValueError as err:  # JAX's "Number of processes must be defined." and the like
@@ -178,13 +179,15 @@ def process_summary() -> str:
 
 
 @contextlib.contextmanager
-def lost_process_guard(where: Callable[[], str]) -> Iterator[None]:
+def lost_process_guard(where: Callable[[], str], *, advice: str = "restart every process with --resume",
+                       keep: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """In a multi-process run, any error inside the block (a collective with a dead peer, a
-    failed barrier) becomes a `ProcessLostError` whose one line names `where()` (e.g. the step)
-    and the original error's first line. A single process is left alone."""
+    failed barrier) becomes a `ProcessLostError` whose one line names `where()` (e.g. the step),
+    the original error's first line and `advice`; errors of the types in `keep` (e.g. a bad
+    input every process sees alike) pass unchanged. A single process is left alone."""
     try:
         yield
-    except (KeyboardInterrupt, ProcessLostError):
+    except (KeyboardInterrupt, ProcessLostError, *keep):
         raise
     except Exception as err:
         if jax.process_count() == 1:
@@ -192,4 +195,4 @@ def lost_process_guard(where: Callable[[], str]) -> Iterator[None]:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ProcessLostError(
             f"{process_summary()}: the run broke off at {where()} ({first[:300]}); another process was "
-            "probably lost: restart every process with --resume") from err
+            f"probably lost: {advice}") from err
