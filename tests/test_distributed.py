@@ -183,9 +183,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _popen(line: str, *, port: int, workdir: Path, log: Path) -> subprocess.Popen:
-    """Start a README command line: the address -> 127.0.0.1:port, the work directory -> `workdir`,
-    `rismvdr` -> this environment's; one CPU device unless the line sets XLA_FLAGS; output to `log`.*"""
+def _command(line: str, port: int) -> tuple[list[str], dict]:
+    """(argv, environment) of a README command line: the address -> 127.0.0.1:port, `rismvdr` ->
+    this environment's, one CPU device unless the line sets XLA_FLAGS."""
     words = line.replace("10.0.0.1:23456", f"127.0.0.1:{port}").split()
     env = dict(os.environ, JAX_PLATFORMS="cpu", RISMVDR_COMPILE_CACHE="0",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -193,7 +193,13 @@ def _popen(line: str, *, port: int, workdir: Path, log: Path) -> subprocess.Pope
         k, v = words.pop(0).split("=", 1)
         env[k] = v
     assert words[0] == "rismvdr", line
-    argv = [str(RISMVDR)] + words[1:]
+    return [str(RISMVDR)] + words[1:], env
+
+
+def _popen(line: str, *, port: int, workdir: Path, log: Path) -> subprocess.Popen:
+    """Start a README command line: the address -> 127.0.0.1:port, the work directory -> `workdir`,
+    `rismvdr` -> this environment's; one CPU device unless the line sets XLA_FLAGS; output to `log`.*"""
+    argv, env = _command(line, port)
     i = argv.index("--workdir")
     argv[i + 1] = str(workdir)
     return subprocess.Popen(argv + ["-q"], env=env, stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"))
@@ -267,14 +273,8 @@ def test_a_lost_process_stops_the_other_and_resume_finishes(tmp_path):
 def _run_in(line: str, *, port: int, cwd: Path, log: Path) -> subprocess.Popen:
     """Start a README command line in `cwd` (its file names are relative): the address ->
     127.0.0.1:port, `rismvdr` -> this environment's, one CPU device; output to `log`.*"""
-    words = line.replace("10.0.0.1:23456", f"127.0.0.1:{port}").split()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", RISMVDR_COMPILE_CACHE="0",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    while "=" in words[0]:
-        k, v = words.pop(0).split("=", 1)
-        env[k] = v
-    assert words[0] == "rismvdr", line
-    argv = [str(RISMVDR)] + words[1:] + (["-q"] if words[1] == "localize" else [])
+    argv, env = _command(line, port)
+    argv += ["-q"] if argv[1] == "localize" else []
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"))
 
 
