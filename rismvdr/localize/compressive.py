@@ -9,6 +9,7 @@ method's detections as the start.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -221,7 +222,7 @@ def polish_thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, n_me
 
 
 def polish_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: LocalizerSettings, phi0, theta0, r0,
-                 mask0):
+                 mask0, *, ml_iters: int | None = None):
     """`ml_polish` for a batch: ML refinement + F-test re-test of given detections, then the gate NMS.
 
     Args:
@@ -229,13 +230,18 @@ def polish_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: Loc
         codes: `[S, L, N]` or None.
       thresholds: `[k_max]` from `polish_thresholds`.
       phi0, theta0, r0, mask0: `[S, k_max]` starting detections.
+      ml_iters: Levenberg-Marquardt iterations (default: the compressive config's).
 
     Returns:
       (`CompressiveResult` with `[S, k_max]` arrays, score = 10 log10 F; residual `[S, L, M]` of
       the final fit, for a further detection pass on what the sources leave unexplained).
     """
+    cfg = settings.compressive_config()
+    if ml_iters is not None:
+        cfg = dataclasses.replace(cfg, ml_iters=int(ml_iters))
+    cfg.validate()
     return _polish_batch(y, H, codes, jnp.asarray(thresholds), geometry, phi0, theta0, r0, mask0,
-                         grid=settings.dictionary_grid(geometry.linear), cfg=settings.compressive_config(),
+                         grid=settings.dictionary_grid(geometry.linear), cfg=cfg,
                          gates=settings.detector.gates, model=settings.steering_model)
 
 

@@ -212,18 +212,22 @@ def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: Lo
        again. A source the first pass missed (masked by a stronger neighbour, or below the
        detector's threshold) stands out in the residual. No dictionary is searched.
 
-    Scores are `10 log10` of each source's F statistic; `polish=False` returns `det` unchanged.
+    Scores are `10 log10` of each source's F statistic; `polish=False` returns `det` unchanged;
+    `polish_iters` sets the Levenberg-Marquardt iterations of each polish.
     """
     ls = settings.learned
     if not ls.polish:
         return det
     polish = lambda d: polish_batch(scenes.y, scenes.H, scenes.codes, thresholds, geometry, settings,  # noqa: E731
-                                    d.phi, d.theta, d.r, d.valid)
+                                    d.phi, d.theta, d.r, d.valid, ml_iters=ls.polish_iters)
     res, resid = polish(det)
     live = _measured(scenes)
     for _ in range(int(ls.residual_passes)):
         rest = dataclasses.replace(scenes, y=unit_rms(resid)[0])
         samp = als_samp_factor(rest) if model.backbone_cfg.beta > 0 else None
+        # The new slots' ranges are scanned as in the first pass (`BackboneConfig.range_scan`); the polish
+        # that follows fits them anyway (validation, seed 1, 500 scenes: F1 0.806 without the scan, 0.805
+        # with it; kept until its cost is measured on a quiet machine).
         out = model.backbone_def.apply(model.backbone_params, rest.y, rest.H, rest.codes, samp)
         cand = (jax.nn.sigmoid(out.logit) >= ls.exist_threshold) & live[:, None]
         start = jax.vmap(lambda *a: add_candidates(*a, settings.detector.gates))(

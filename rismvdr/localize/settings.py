@@ -105,12 +105,15 @@ class LearnedSettings:
     # places and are polished in turn. polish=False: the detector's peaks on the MVDR map as they are.
     polish: bool = True
     residual_passes: int = 1
+    polish_iters: int = 10  # Levenberg-Marquardt iterations of each polish
 
     def __post_init__(self):
         if not 0.0 <= float(self.exist_threshold) <= 1.0:
             raise ValueError(f"learned.exist_threshold: must lie in [0, 1], got {self.exist_threshold!r}")
         if int(self.residual_passes) != self.residual_passes or self.residual_passes < 0:
             raise ValueError(f"learned.residual_passes: must be an integer >= 0, got {self.residual_passes!r}")
+        if int(self.polish_iters) != self.polish_iters or self.polish_iters < 0:
+            raise ValueError(f"learned.polish_iters: must be an integer >= 0, got {self.polish_iters!r}")
 
 
 @dataclasses.dataclass(frozen=True)
