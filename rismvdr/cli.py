@@ -124,7 +124,13 @@ def _settings(args, sf):
     ).items() if v is not None}
     det = dataclasses.replace(base.detector, **det_kw)
     det.validate()
-    return base.with_grid(**grid_kw).replace(detector=det, **kw)
+    if args.residual_passes is not None and args.residual_passes < 0:
+        raise ValueError(f"--residual-passes: must be an integer >= 0, got {args.residual_passes}")
+    learned_kw = {k: v for k, v in dict(
+        polish=None if not args.no_polish else False, residual_passes=args.residual_passes,
+    ).items() if v is not None}
+    learned = dataclasses.replace(base.learned, **learned_kw)
+    return base.with_grid(**grid_kw).replace(detector=det, learned=learned, **kw)
 
 
 def _learned_model(args):
@@ -162,6 +168,11 @@ def _add_localizer_flags(p):
                    "spectrum method (MVDR, MUSIC, Bartlett) only if it passes the compressive methods' F test on the "
                    "measurements (per-scene false-alarm bound 1 %%, dimensionless); 'none': every peak the threshold "
                    "passes (up to --k-max even on pure noise)")
+    g.add_argument("--no-polish", action="store_true", help="learned methods: report the detector's peaks on the "
+                   "MVDR map as they are, without the ML refinement on the measurements, the F test and the residual "
+                   "pass (the pre-2026-12 behaviour, for comparison)")
+    g.add_argument("--residual-passes", type=int, help="learned methods: passes of the backbone over the residual of "
+                   "the polished fit, each adding the sources it finds (count, default 1; 0: polish only)")
     g.add_argument("--steering-model", choices=("exact", "fresnel", "far"), help="steering model of the search (default: the scenario's, else exact)")
     g.add_argument("--precision", choices=("highest", "fast"), help="matmul precision: 'highest' (default) or 'fast' (TF32 on recent GPUs)")
     g.add_argument("--batch-size", type=int, help="scenes per jitted call (default 32)")

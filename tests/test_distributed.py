@@ -11,7 +11,9 @@
   tiny` log the loss curve of one process with two simulated devices and leave a checkpoint one
   process restores; killing one process makes the other exit non-zero within a bounded time
   with a one-line error, and `--resume` with two processes reaches the final step. Two processes of
-  `rismvdr localize --distributed` write the CSV and maps of one process, byte for byte. The
+  `rismvdr localize --distributed` write the CSV and maps of one process, byte for byte. Two
+  processes of `rismvdr train-refiner --distributed` on a tiny backbone log the refiner loss of
+  one process (one device) and leave a checkpoint one process loads. The
   commands are the README's (section "Several machines"), with only the port changed.
 """
 import json
@@ -302,3 +304,61 @@ def test_two_processes_localize_like_one_process(tmp_path):
         assert sorted(m2.files) == sorted(m1.files)
         for key in m1.files:
             np.testing.assert_array_equal(m2[key], m1[key], err_msg=key)
+
+
+def _readme_refiner_commands() -> dict[str, list[str]]:
+    """The third block of the README's "Several machines" section, by role: `backbone` (one
+    process of `rismvdr train`), `start` (2 processes of `train-refiner --distributed`), `one`
+    (one process of `train-refiner`, one device)."""
+    text = README.read_text().split("## Several machines", 1)[1]
+    block = text.split("```bash", 3)[3].split("```", 1)[0]
+    lines = [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    out: dict[str, list[str]] = {"backbone": [], "start": [], "one": []}
+    for ln in lines:
+        out["backbone" if " train " in ln else "start" if "--distributed" in ln else "one"].append(ln)
+    assert [len(out[k]) for k in ("backbone", "start", "one")] == [1, 2, 1], out
+    assert all(" train-refiner " in ln for ln in out["start"] + out["one"]), out
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_train_refiner_like_one_process(tmp_path):
+    """The README's refiner commands: a tiny backbone (one process), then two processes of
+    `rismvdr train-refiner --distributed` on it (one CPU device each) and one process with one
+    device and the same global batch (two simulated CPU devices in one process stall in jaxlib
+    0.10's LAPACK kernels, README "Several machines"): both exit 0, every step's refiner loss equals the one-process run's (1e-4
+    relative), process 0 alone wrote the metrics, and the refiner checkpoint loads in this one
+    process (`load_learned`, the loader of `localize --checkpoint`) with the one-process run's
+    parameters."""
+    from rismvdr.localize.weights import load_learned
+
+    cmds, port = _readme_refiner_commands(), _free_port()
+    bb = tmp_path / "bb"
+    # the backbone directory -> this test's (`_popen` sets --workdir)
+    line = lambda ln: ln.replace("--backbone /shared/runs/tiny-bb ", f"--backbone {bb} ")  # noqa: E731
+    assert all(line(ln) != ln for ln in cmds["start"] + cmds["one"]), cmds
+    steps = int(next(w for w in cmds["one"][0].split() if w.startswith("steps=")).split("=")[1])
+    back = _popen(cmds["backbone"][0], port=port, workdir=bb, log=tmp_path / "bb")
+    assert back.wait(timeout=900) == 0, (tmp_path / "bb.err").read_text()[-3000:]
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    procs = [_popen(line(ln), port=port, workdir=two, log=tmp_path / f"p{i}") for i, ln in enumerate(cmds["start"])]
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=900) == 0, (tmp_path / f"p{i}.err").read_text()[-3000:]
+    ref = _popen(line(cmds["one"][0]), port=port, workdir=one, log=tmp_path / "one")
+    assert ref.wait(timeout=900) == 0, (tmp_path / "one.err").read_text()[-3000:]
+
+    a, b = _losses(two), _losses(one)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))  # once each: process 1 wrote no rows
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-4 * abs(b[step]), (step, a[step], b[step])
+    assert f"done: {steps} steps" in (tmp_path / "p0.out").read_text()
+    assert "done" not in (tmp_path / "p1.out").read_text()  # the summary is process 0's
+
+    m2, m1 = load_learned(two, step="latest"), load_learned(one, step="latest")
+    assert m2.has_refiner and m2.info["stage"] == "refiner" and m2.refiner_cfg == m1.refiner_cfg
+    for x, y in zip(jax.tree_util.tree_leaves(m2.refiner_params), jax.tree_util.tree_leaves(m1.refiner_params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    frozen = load_learned(bb).backbone_params
+    for x, y in zip(jax.tree_util.tree_leaves(m2.backbone_params), jax.tree_util.tree_leaves(frozen)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # the backbone stayed frozen

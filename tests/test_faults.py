@@ -131,6 +131,8 @@ BAD_INPUTS = {
                      ["--gate-r-m", "metres"]),
     "--mad-z nan": (["localize", "{scenes}", "--out", "{out}", "--threshold-mode", "mad", "--mad-z", "nan"],
                     ["--mad-z", "finite"]),
+    "--residual-passes -1": (["localize", "{scenes}", "--out", "{out}", "--method", "learned", "--residual-passes", "-1"],
+                             ["--residual-passes", ">= 0, got -1"]),
     "--threshold-db inf": (["localize", "{scenes}", "--out", "{out}", "--threshold-db", "inf"],
                            ["--threshold-db", "finite"]),
     "--r-range-m nan": (["localize", "{scenes}", "--out", "{out}", "--r-range-m", "0.5", "nan"],
