@@ -49,6 +49,7 @@ __all__ = [
     "add_candidates",
     "polish_batch",
     "polish_thresholds",
+    "scene_group_size",
     "bound_method",
     "compressive_context",
     "compressive_method",
@@ -174,7 +175,7 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
         return res, _plane_max(first, grid)
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=_group(y.shape[0], y.shape[1], cfg.k_max))
+                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max))
 
 
 def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
@@ -209,7 +210,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
                                  jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=_group(y.shape[0], y.shape[1], cfg.k_max))
+                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max))
 
 
 def polish_thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, n_meas: int, n_snap: int) -> np.ndarray:
@@ -262,7 +263,7 @@ def _polish_batch(y, H, codes, thresholds, geometry, phi0, theta0, r0, mask0, *,
         return res, e
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=_group(y.shape[0], l, cfg.k_max))
+                       batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
 
 
 def add_candidates(phi, theta, r, mask, cphi, ctheta, cr, cmask, gates: Gates):
@@ -349,8 +350,8 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
         res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid, order, rss)
         return res, _plane_max(first, grid)
 
-    # Scenes in vmapped groups (`_group`), sequentially.
-    return jax.lax.map(lambda args: one(*args), (y, H, codes), batch_size=_group(y.shape[0], l, cfg.k_max))
+    # Scenes in vmapped groups (`scene_group_size`), sequentially.
+    return jax.lax.map(lambda args: one(*args), (y, H, codes), batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
 
 
 #: jaxlib 0.10 on the CPU splits a batched LAPACK call over XLA's thread pool when batch x cost
@@ -362,7 +363,7 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
 _LAPACK_SPLIT_FLOP = 2e5
 
 
-def _group(n_scenes: int, n_snap: int, k_max: int) -> int:
+def scene_group_size(n_scenes: int, n_snap: int, k_max: int) -> int:
     """Scenes per vmapped group of the compressive drivers: at most 4 (on the CPU, XLA was measured
     to slow down by >50x when this loop nest was vmapped over 12 or more scenes at once), and few
     enough that the batched LAPACK calls run inline (`_LAPACK_SPLIT_FLOP`)."""

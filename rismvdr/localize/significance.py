@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rismvdr.localize.compressive import _group, polish_thresholds
+from rismvdr.localize.compressive import polish_thresholds, scene_group_size
 from rismvdr.localize.detect import Detections
 from rismvdr.localize.runner import Runner
 from rismvdr.localize.settings import LocalizerSettings
@@ -84,8 +84,8 @@ def _significance_batch(y, H, codes, det: Detections, thresholds, geometry, *, c
         return Detections(d1.phi[order], d1.theta[order], d1.r[order], score, keep)
 
     # Scenes in vmapped groups, as in the compressive drivers (jaxlib 0.10's batched LAPACK calls
-    # stay inline; `rismvdr.localize.compressive._group`).
-    return jax.lax.map(lambda args: one(*args), (y, H, codes, det), batch_size=_group(y.shape[0], l, k))
+    # stay inline; `rismvdr.localize.compressive.scene_group_size`).
+    return jax.lax.map(lambda args: one(*args), (y, H, codes, det), batch_size=scene_group_size(y.shape[0], l, k))
 
 
 def with_significance(runner: Runner, scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings) -> Runner:
