@@ -357,9 +357,10 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
 #: jaxlib 0.10 on the CPU splits a batched LAPACK call over XLA's thread pool when batch x cost
 #: reaches 2e5 FLOP and blocks until the pieces finish, which deadlocks when as many such calls
 #: run at once as the pool has threads (seen: `somp-ml` at L = 64 stopped at 0 % CPU inside
-#: `lapack_ctrsm_ffi`). The largest batched LAPACK call here is `ml_refine`'s Jacobian of the
-#: `ls_fit` solve: 3 k_max tangents x L snapshots x the scenes of one vmapped group, each a
-#: triangular solve of about 3 k_max^2 FLOP; the group is kept under the split threshold.
+#: `lapack_ctrsm_ffi`). The largest batched LAPACK call here is `ml_refine`'s Jacobian solve
+#: (`vp_residual_jacobian`): 3 k_max right-hand sides x L snapshots x the scenes of one vmapped
+#: group, each a pair of triangular solves of at most 3 k_max^2 FLOP; the group is kept under
+#: the split threshold.
 _LAPACK_SPLIT_FLOP = 2e5
 
 
