@@ -6,7 +6,8 @@
 - batching gives the same results as one scene at a time;
 - the F-test thresholds against SciPy;
 - the ML's closed-form variable-projection Jacobian against central differences of a NumPy
-  float64 least-squares residual.
+  float64 least-squares residual;
+- the least-squares range scan against a NumPy float64 brute force (one joint fit per candidate).
 """
 import dataclasses
 
@@ -17,7 +18,13 @@ from scipy import stats
 
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
 from rismvdr.localize.registry import localize, settings_for_scenario
-from rismvdr.physics.compressive import CompressiveConfig, f_thresholds, scene_operators, vp_residual_jacobian
+from rismvdr.physics.compressive import (
+    CompressiveConfig,
+    f_thresholds,
+    range_scan,
+    scene_operators,
+    vp_residual_jacobian,
+)
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from test_steering import ref_steering  # the float64 NumPy steering reference
@@ -178,15 +185,11 @@ def _np_vp_residual(y, G, positions, wavelength, z, steps, mask):
     return np.concatenate([e.real.ravel(), e.imag.ravel()])
 
 
-@pytest.mark.parametrize("full_array", [False, True])
-@pytest.mark.parametrize("dtype, rtol", [("complex128", 1e-5), ("complex64", 2e-3)])
-def test_vp_jacobian_matches_central_differences(full_array, dtype, rtol):
-    cfg = get_scenario("seed")
-    geometry = scenario_geometry(cfg)
-    grid = settings_for_scenario(cfg).dictionary_grid(geometry.linear)
-    steps = grid.scaling()[0]
-    rng = np.random.default_rng(4)
-    n, l, m = geometry.positions.shape[0], 6, 12
+def _random_scene(full_array, seed=4, l=6, m=12):
+    """A random RIS-mode (or full-array) scene of the seed surface: geometry, y, H, codes, G_l."""
+    geometry = scenario_geometry(get_scenario("seed"))
+    rng = np.random.default_rng(seed)
+    n = geometry.positions.shape[0]
     if full_array:
         H = codes = None
         G = np.eye(n)[None]
@@ -196,6 +199,17 @@ def test_vp_jacobian_matches_central_differences(full_array, dtype, rtol):
         codes = np.exp(1j * np.pi * rng.integers(0, 2, size=(l, n)))
         G = H[None] * codes[:, None, :]
     y = rng.normal(size=(l, m)) + 1j * rng.normal(size=(l, m))
+    return geometry, y, H, codes, G
+
+
+@pytest.mark.parametrize("full_array", [False, True])
+@pytest.mark.parametrize("dtype, rtol", [("complex128", 1e-5), ("complex64", 2e-3)])
+def test_vp_jacobian_matches_central_differences(full_array, dtype, rtol):
+    cfg = get_scenario("seed")
+    grid = settings_for_scenario(cfg).dictionary_grid(False)
+    steps = grid.scaling()[0]
+    geometry, y, H, codes, G = _random_scene(full_array)
+    l, n = y.shape[0], geometry.positions.shape[0]
     x = np.array([[np.deg2rad(-20.0), np.deg2rad(5.0), 1 / 2.5], [np.deg2rad(10.0), np.deg2rad(-8.0), 1 / 6.0],
                   [np.deg2rad(30.0), np.deg2rad(12.0), 1 / 4.0]])
     z = x / steps[None, :]
@@ -217,3 +231,42 @@ def test_vp_jacobian_matches_central_differences(full_array, dtype, rtol):
     np.testing.assert_allclose(np.asarray(resid), ref_r, atol=rtol * np.max(np.abs(ref_r)))
     np.testing.assert_allclose(np.asarray(jac), ref_j, atol=rtol * np.max(np.abs(ref_j)))
     assert np.all(np.asarray(jac)[:, 6:] == 0)  # the masked source's columns
+
+
+@pytest.mark.parametrize("full_array", [False, True])
+def test_range_scan_matches_brute_force(full_array):
+    geometry, y, H, codes, G = _random_scene(full_array, seed=7, l=8, m=16)
+    l, n = y.shape[0], geometry.positions.shape[0]
+    pos, wl = np.asarray(geometry.positions), geometry.wavelength
+    phi = np.deg2rad([-25.0, 8.0, 33.0])
+    theta = np.deg2rad([4.0, -10.0, 15.0])
+    r = np.array([1.5, 4.0, 7.0])
+    mask = np.array([True, True, False])
+    truth_u = 1 / 2.2  # source 0 really sits at 2.2 m: the data hold it plus noise
+    a0 = ref_steering(pos, phi[0], theta[0], 1 / truth_u, wavelength=wl)
+    y = y * 0.05 + np.stack([G[i % G.shape[0]] @ a0 for i in range(l)]) * (1.0 + 0.5j)
+    inv_r = np.linspace(1 / 10.0, 1 / 0.5, 40)
+    E = scene_operators(None if H is None else jnp.asarray(H), None if codes is None else jnp.asarray(codes), l, n,
+                        jnp.complex128)
+    got = np.asarray(range_scan(jnp.asarray(y), E, geometry, jnp.asarray(phi), jnp.asarray(theta), jnp.asarray(r),
+                                jnp.asarray(mask), jnp.asarray(inv_r)))
+    a = ref_steering(pos, phi, theta, r, wavelength=wl)  # [K, N]
+    for k in range(3):
+        cost = []
+        for u in inv_r:
+            cols = [a[j] for j in range(3) if mask[j] and j != k] + [ref_steering(pos, phi[k], theta[k], 1 / u,
+                                                                                   wavelength=wl)]
+            rss = 0.0
+            for i in range(l):
+                B = G[i % G.shape[0]] @ np.stack(cols, -1)
+                s_, *_ = np.linalg.lstsq(B, y[i], rcond=None)
+                rss += np.sum(np.abs(y[i] - B @ s_) ** 2)
+            cost.append(rss)
+        cost = np.asarray(cost)
+        j = int(np.clip(np.argmin(cost), 1, len(inv_r) - 2))
+        c0, c1, c2 = cost[j - 1: j + 2]
+        curv = c0 - 2 * c1 + c2
+        off = 0.5 * (c0 - c2) / curv if curv > 0 else 0.0
+        u_ref = inv_r[j] + np.clip(off, -1, 1) * (inv_r[1] - inv_r[0]) if np.argmin(cost) == j else inv_r[np.argmin(cost)]
+        assert 1 / got[k] == pytest.approx(u_ref, rel=1e-6), k
+    assert abs(1 / got[0] - truth_u) < inv_r[1] - inv_r[0]  # and the scan finds the source's range

@@ -446,7 +446,11 @@ def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, mod
 
     For source k and each candidate `u_j = 1/r` of `inv_r`, the measurements are fitted jointly
     with the other sources (`mask`) and source k at `(phi_k, theta_k, 1/u_j)`; the candidate with
-    the smallest residual wins, refined by a parabola through its neighbours in `u`. This is one
+    the smallest residual wins, refined by a parabola through its neighbours in `u`. The joint
+    fit's residual energy comes from one fit of the other sources per source k: with `e` their
+    residual and `g~ = P_perp g_j` the candidate's column projected off them,
+    `RSS_j = sum_l ||e_l||^2 - |g~_l^H e_l|^2 / ||g~_l||^2` (one Cholesky factor per source for
+    all candidates, instead of one joint fit per candidate). This is one
     coordinate step of the ML of `ml_refine`, over the whole range box: near-field range lives in
     the phase curvature over the aperture, which a coarse set of range planes samples poorly.
 
@@ -459,22 +463,22 @@ def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, mod
       `[K]` ranges (metres); entries outside `mask` are scanned as well (against the masked
       sources), so a caller may decide on them afterwards.
     """
-    k_all = phi.shape[0]
+    l, k_all = y.shape[0], phi.shape[0]
     a = steering(geometry, phi, theta, r, model=model, dtype=y.dtype)  # [K, N]
     B = apply_operators(E, a.T)  # [L|1, M, K]
     u = inv_r.astype(phi.dtype)
 
     def one(k):
+        others = mask & (jnp.arange(k_all) != k)
+        Bo, chol, _, e = _ls_factor(B, y, others)  # e = P_perp(others) y
         a_u = steering(geometry, phi[k], theta[k], 1.0 / u, model=model, dtype=y.dtype)  # [U, N]
-        g = apply_operators(E, a_u.T)  # [L|1, M, U]
-        m_k = mask.at[k].set(True)
-
-        def rss(j):
-            Bj = B.at[:, :, k].set(g[:, :, j])
-            _, e = ls_fit(Bj, y, m_k)
-            return jnp.sum(abs2(e))
-
-        cost = jax.vmap(rss)(jnp.arange(u.shape[0]))  # [U]
+        g = jnp.broadcast_to(apply_operators(E, a_u.T), (l,) + (y.shape[1], u.shape[0]))  # [L, M, U]
+        coef = jax.scipy.linalg.cho_solve((chol, True), jnp.einsum("lmk,lmu->lku", jnp.conj(Bo), g, precision=_HI))
+        gp = g - jnp.einsum("lmk,lku->lmu", Bo, coef, precision=_HI)  # P_perp(others) g
+        gn = jnp.sum(abs2(gp), axis=1)  # [L, U]
+        explained = abs2(jnp.einsum("lmu,lm->lu", jnp.conj(gp), e, precision=_HI))
+        floor = 1e-9 * jnp.sum(abs2(g), axis=1)  # a candidate inside the others' span explains nothing
+        cost = jnp.sum(abs2(e)) - jnp.sum(jnp.where(gn > floor, explained / jnp.maximum(gn, floor), 0.0), axis=0)
         j = jnp.clip(jnp.argmin(cost), 1, u.shape[0] - 2)
         c0, c1, c2 = cost[j - 1], cost[j], cost[j + 1]
         curv = c0 - 2.0 * c1 + c2
