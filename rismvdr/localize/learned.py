@@ -5,8 +5,8 @@ through Orbax, the shipped weights) without the trainer; `LearnedModel`, `load_l
 `default_weights_dir` are re-exported here.
 
 Methods (registered in `rismvdr.localize.registry`):
-- `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector,
-  then `finish_detections`: the joint ML refinement of the detections on the measurements with the
+- `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector
+  (every local maximum up to k_max: `learned_detector`), then `finish_detections`: the joint ML refinement of the detections on the measurements with the
   F-test re-test (`ml_polish`), and one pass of the backbone over the residual of that fit, whose
   slots fill free places and are polished in turn. The network finds the sources; a few
   Levenberg-Marquardt steps of the likelihood make their positions as accurate as the measurements
@@ -17,18 +17,21 @@ Methods (registered in `rismvdr.localize.registry`):
   same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
   non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
   flag each fallback.
-- `learned-ml`: the `learned` detections as the starting point of the compressive
-  maximum-likelihood refinement and F-test order re-test, continued greedily over the dictionary
-  (`rismvdr.localize.compressive.localize_from_start`).
+- `learned-ml`: the `learned` detections (already polished by `finish_detections`) continued
+  greedily over the compressive dictionary (`rismvdr.localize.compressive.localize_from_start`,
+  without its first polish; with `polish=False` it polishes the raw detections itself).
 
 Every method ends in the same gate NMS; the maps are the MVDR spectra on R_blend.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rismvdr.localize.compressive import (
     add_candidates,
@@ -37,7 +40,7 @@ from rismvdr.localize.compressive import (
     polish_batch,
     polish_thresholds,
 )
-from rismvdr.localize.detect import Detections, RefinerGuard, detect, gate_nms, refine_peaks
+from rismvdr.localize.detect import Detections, DetectorConfig, RefinerGuard, detect, gate_nms, refine_peaks
 from rismvdr.localize.runner import Runner
 from rismvdr.localize.settings import LocalizerSettings
 from rismvdr.localize.weights import LearnedModel, default_weights_dir, load_learned
@@ -68,6 +71,7 @@ __all__ = [
     "refiner_map_ok",
     "make_learned_runner",
     "finish_detections",
+    "learned_detector",
     "make_refiner_runner",
     "learned_method",
     "refiner_method",
@@ -194,8 +198,19 @@ def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: 
                           exist_threshold=settings.learned.exist_threshold)
     a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
     spec = spectrum_25d(op, a_grid, precision=prec, max_chunk_mb=settings.max_chunk_mb)
-    det = detect(op, spec, geometry, grid, settings.detector, model=settings.steering_model, precision=prec)
+    det = detect(op, spec, geometry, grid, learned_detector(settings), model=settings.steering_model,
+                 precision=prec)
     return op, spec, det
+
+
+def learned_detector(settings: LocalizerSettings) -> DetectorConfig:
+    """The shared detector's settings for a learned MVDR map: with the finishing stage on and
+    `LearnedSettings.map_threshold` off, every local maximum (up to k_max) is kept, since the F test
+    on the measurements decides what is a source; otherwise `settings.detector` as it is."""
+    ls = settings.learned
+    if ls.polish and not ls.map_threshold:
+        return dataclasses.replace(settings.detector, threshold_mode="none")
+    return settings.detector
 
 
 def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings, thresholds,
@@ -241,6 +256,31 @@ def _thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, model: Lea
     return polish_thresholds(settings, geometry, cfg.n_measurements, cfg.n_snapshots)
 
 
+#: The jitted runners of the last few (model architecture, geometry, settings): `localize` builds
+#: its runner on every call, and a new jitted closure is traced again (about 2 s for `learned` on
+#: the CPU, more than a batch of 32 scenes takes), so the runners are reused across calls. The
+#: parameters are arguments of the runners, so models of one architecture share them.
+_RUNNERS: collections.OrderedDict = collections.OrderedDict()
+_RUNNERS_KEPT = 8
+
+
+def _reused(make):
+    @functools.wraps(make)
+    def cached(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
+        pos = np.asarray(geometry.positions)
+        key = (make.__name__, model.backbone_cfg, model.backbone_def, model.refiner_cfg, model.refiner_def,
+               settings, pos.shape, pos.dtype.str, pos.tobytes(), float(geometry.wavelength))
+        if key not in _RUNNERS:
+            _RUNNERS[key] = make(model, geometry, settings)
+            while len(_RUNNERS) > _RUNNERS_KEPT:
+                _RUNNERS.popitem(last=False)
+        _RUNNERS.move_to_end(key)
+        return _RUNNERS[key]
+
+    return cached
+
+
+@_reused
 def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
     """A jitted `(backbone_params, scenes) -> (Detections, Spectrum25D)`: MVDR on R_blend through
     the shared spectrum and detector, finished on the measurements (`finish_detections`)."""
@@ -255,6 +295,7 @@ def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
     return jax.jit(run)
 
 
+@_reused
 def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
     """A jitted `(backbone_params, refiner_params, scenes) -> (Detections, Spectrum25D, fallback)`
     of `learned-refiner` (fallback `[B]` bool: the refiner map was rejected by the guardrails or
@@ -337,9 +378,10 @@ def learned_ml_method(scenes: Scene, geometry: ArrayGeometry, settings: Localize
 
     def run(batch: Scene):
         det, spec, _ = learned.run(batch)
+        # `learned`'s detections are polished already (`finish_detections`): not a second time
         res = localize_from_start(batch.y, batch.H, batch.codes, ctx.a_flat, ctx.thresholds, geometry, ctx.grid,
                                   ctx.cfg, det.phi, det.theta, det.r, det.valid, gates=settings.detector.gates,
-                                  model=settings.steering_model)
+                                  model=settings.steering_model, polish=not settings.learned.polish)
         return Detections(res.phi, res.theta, res.r, res.score_db, res.valid), spec, {}
 
     return Runner(run, learned.grid)
