@@ -100,6 +100,8 @@ def test_single_source_efficiency_10db():
     assert ev_near["rmse_over_sqrt_crb_r"] <= CRB_FACTOR
 
 
+@pytest.mark.slow  # 400 noise-only scenes: about 80 s on 2 cores (the default run keeps test_significance's
+# false-alarm test and test_degenerate's zero-detection test on noise-only scenes for every method)
 def test_false_alarm_rate_on_noise_only_scenes():
     # SNR -200 dB: the signal is 1e-20 of the noise, so the scenes are noise only.
     pfa = 0.01

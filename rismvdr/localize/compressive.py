@@ -180,18 +180,17 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
 
 def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
                         cfg: CompressiveConfig, phi0, theta0, r0, mask0, *, gates: Gates = DEFAULT_GATES,
-                        model: str = "exact", polish: bool = True) -> CompressiveResult:
+                        model: str = "exact") -> CompressiveResult:
     """`ml_from_start` for a batch (`[S, ...]` inputs as in `localize_compressive`; starting
-    detections `[S, K_max]`; `polish=False`: they come from `polish_batch` already and are not
-    polished again). Returns a `CompressiveResult` with `[S, K_max]` arrays."""
+    detections `[S, K_max]`). Returns a `CompressiveResult` with `[S, K_max]` arrays."""
     cfg.validate()
     return _from_start_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, phi0, theta0, r0, mask0,
-                             grid=grid, cfg=cfg, gates=gates, model=model, polish=bool(polish))
+                             grid=grid, cfg=cfg, gates=gates, model=model)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model", "polish"))
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
 def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates,
-                      model, polish):
+                      model):
     real = jnp.real(y).dtype
     coords = _flat_coords(grid, real)
     l, n = y.shape[1], a_flat.shape[-1]
@@ -203,7 +202,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
         norms = jnp.sum(abs2(D), axis=1)
         phi, theta, r, mask, f = ml_from_start(y1, E, D, norms, coords, thresholds, geo, grid,
                                                p0.astype(real), t0.astype(real), rr0.astype(real), m0, cfg,
-                                               model=model, polish=polish)
+                                               model=model)
         _, e = ls_fit(apply_operators(E, steering(geo, phi, theta, r, model=model, dtype=y1.dtype).T), y1, mask)
         score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
         phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)

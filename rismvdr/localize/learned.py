@@ -17,9 +17,9 @@ Methods (registered in `rismvdr.localize.registry`):
   same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
   non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
   flag each fallback.
-- `learned-ml`: the `learned` detections (already polished by `finish_detections`) continued
-  greedily over the compressive dictionary (`rismvdr.localize.compressive.localize_from_start`,
-  without its first polish; with `polish=False` it polishes the raw detections itself).
+- `learned-ml`: the `learned` detections (polished by `finish_detections`), polished once more and
+  continued greedily over the compressive dictionary
+  (`rismvdr.localize.compressive.localize_from_start`).
 
 Every method ends in the same gate NMS; the maps are the MVDR spectra on R_blend.
 """
@@ -378,10 +378,12 @@ def learned_ml_method(scenes: Scene, geometry: ArrayGeometry, settings: Localize
 
     def run(batch: Scene):
         det, spec, _ = learned.run(batch)
-        # `learned`'s detections are polished already (`finish_detections`): not a second time
+        # `learned`'s detections are polished already (`finish_detections`); `localize_from_start` polishes
+        # them once more before its greedy continuation: validation (seed 1, 500 scenes) F1 0.824 with
+        # that second polish, 0.819 without
         res = localize_from_start(batch.y, batch.H, batch.codes, ctx.a_flat, ctx.thresholds, geometry, ctx.grid,
                                   ctx.cfg, det.phi, det.theta, det.r, det.valid, gates=settings.detector.gates,
-                                  model=settings.steering_model, polish=not settings.learned.polish)
+                                  model=settings.steering_model)
         return Detections(res.phi, res.theta, res.r, res.score_db, res.valid), spec, {}
 
     return Runner(run, learned.grid)

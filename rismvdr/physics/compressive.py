@@ -524,12 +524,12 @@ def ml_polish(y, E, geometry: ArrayGeometry, grid: Grid, phi0, theta0, r0, mask0
 
 
 def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
-                  phi0, theta0, r0, mask0, cfg: CompressiveConfig, *, model: str = "exact", polish: bool = True):
+                  phi0, theta0, r0, mask0, cfg: CompressiveConfig, *, model: str = "exact"):
     """ML localization of one scene started from given detections (e.g. a learned method's).
 
     1. Joint off-grid ML refinement of the starting sources and 2. F-test order re-test: the
-       least significant source is dropped while it fails (`ml_polish`; `polish=False`: the start
-       is already the output of `ml_polish`, e.g. a finished learned method's, and is kept as is).
+       least significant source is dropped while it fails (`ml_polish`; also when the start is
+       already polished, as `learned-ml`'s is: 10 more steps from there were measured to help).
     3. Greedy continuation as in `somp_ml`: while slots are free, the dictionary atom that best
        explains the residual is added, all sources are refined jointly, and the addition is kept
        only if its F statistic passes the threshold for the new order (else the search stops).
@@ -546,12 +546,8 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
     real = jnp.real(y).dtype
     thresholds = jnp.asarray(thresholds)
     gphi, gth, gr = grid_coords
-    if polish:
-        phi, theta, r, mask, _, _ = ml_polish(y, E, geometry, grid, phi0, theta0, r0, mask0, thresholds, cfg,
-                                              model=model)
-    else:
-        order = jnp.argsort(~mask0)  # valid sources first, as `ml_polish` leaves them
-        phi, theta, r, mask = phi0[order], theta0[order], r0[order], mask0[order]
+    phi, theta, r, mask, _, _ = ml_polish(y, E, geometry, grid, phi0, theta0, r0, mask0, thresholds, cfg,
+                                          model=model)
 
     def cols(phi, theta, r):
         return apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
