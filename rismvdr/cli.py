@@ -128,7 +128,7 @@ def _settings(args, sf):
         raise ValueError(f"--residual-passes: must be an integer >= 0, got {args.residual_passes}")
     learned_kw = {k: v for k, v in dict(
         polish=None if not args.no_polish else False, residual_passes=args.residual_passes,
-        map_threshold=True if args.map_threshold else None,
+        map_threshold=False if args.no_map_threshold else None,
     ).items() if v is not None}
     learned = dataclasses.replace(base.learned, **learned_kw)
     return base.with_grid(**grid_kw).replace(detector=det, learned=learned, **kw)
@@ -172,9 +172,9 @@ def _add_localizer_flags(p):
     g.add_argument("--no-polish", action="store_true", help="learned methods: report the detector's peaks on the "
                    "MVDR map as they are, without the ML refinement on the measurements, the F test and the residual "
                    "pass (the pre-2026-12 behaviour, for comparison)")
-    g.add_argument("--map-threshold", action="store_true", help="learned methods: apply --threshold-mode to the "
-                   "MVDR map before the finishing stage (default: every local maximum up to --k-max goes to the ML "
-                   "polish, whose F test on the measurements decides; with --no-polish the threshold always applies)")
+    g.add_argument("--no-map-threshold", action="store_true", help="learned methods: send every local maximum of "
+                   "the MVDR map (up to --k-max) to the finishing stage, whose F test on the measurements alone decides "
+                   "(default: the peaks that pass --threshold-mode; ignored with --no-polish)")
     g.add_argument("--residual-passes", type=int, help="learned methods: passes of the backbone over the residual of "
                    "the polished fit, each adding the sources it finds (count, default 1; 0: polish only)")
     g.add_argument("--steering-model", choices=("exact", "fresnel", "far"), help="steering model of the search (default: the scenario's, else exact)")

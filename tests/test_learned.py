@@ -17,7 +17,7 @@ from rismvdr.localize.compressive import add_candidates
 from rismvdr.localize.detect import RefinerGuard
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.scenarios import Gates
-from rismvdr.localize.learned import default_weights_dir, load_learned, refiner_map_ok
+from rismvdr.localize.learned import default_weights_dir, learned_detector, load_learned, refiner_map_ok
 from rismvdr.models.refiner import RefinerConfig
 from rismvdr.physics.compressive import (
     CompressiveConfig,
@@ -71,8 +71,9 @@ def test_localize_learned_through_cli(run, method, ckpt, capsys):
 
 
 def test_finishing_flags_through_cli(run):
-    """`--no-polish` / `--residual-passes` reach `LearnedSettings`: the CLI's rows equal the library's
-    with the same settings (and `--no-polish` is the detector's output, not the polished one)."""
+    """`--no-polish` / `--residual-passes` / `--no-map-threshold` reach `LearnedSettings`: the CLI's
+    rows equal the library's with the same settings (and `--no-polish` is the detector's output, not
+    the polished one)."""
     sf = load_scenes(run / "s.npz")
     scenes = scenes_from_file(sf)
     model = load_learned(run / "bb")
@@ -80,7 +81,8 @@ def test_finishing_flags_through_cli(run):
     grid_flags = ["--phi-step-deg", "4", "--theta-step-deg", "4", "--planes", "4"]
     rows = {}
     for name, flags, learned in (("raw", ["--no-polish"], dict(polish=False)),
-                                 ("polish", ["--residual-passes", "0"], dict(residual_passes=0))):
+                                 ("polish", ["--residual-passes", "0"], dict(residual_passes=0)),
+                                 ("every-peak", ["--no-map-threshold"], dict(map_threshold=False))):
         out = run / f"finish-{name}.csv"
         assert main(["localize", str(run / "s.npz"), "--method", "learned", "--checkpoint", str(run / "bb"),
                      "--out", str(out), "-q", *grid_flags, *flags]) == 0
@@ -94,6 +96,17 @@ def test_finishing_flags_through_cli(run):
         assert np.allclose(np.sort(rows[name][:, 7]), np.sort(np.asarray(d.score_db)[v]), atol=1e-2), name
     # the scores differ in kind: the detector's map in dB against each source's F statistic in dB
     assert not (len(rows["raw"]) == len(rows["polish"]) and np.allclose(rows["raw"][:, 7], rows["polish"][:, 7]))
+
+
+def test_learned_detector_threshold_only_without_the_finishing_stage_or_when_asked():
+    base = settings_for_scenario(get_scenario("seed"))
+    assert base.learned.map_threshold and learned_detector(base) == base.detector
+    for polish, map_threshold, mode in ((True, False, "none"), (False, False, base.detector.threshold_mode),
+                                        (False, True, base.detector.threshold_mode)):
+        s = base.replace(learned=dataclasses.replace(base.learned, polish=polish, map_threshold=map_threshold))
+        det = learned_detector(s)
+        assert det.threshold_mode == mode
+        assert dataclasses.replace(det, threshold_mode=base.detector.threshold_mode) == base.detector
 
 
 def test_checkpoint_errors(run, tmp_path):
