@@ -492,7 +492,7 @@ def cmd_hpo_export(args) -> int:
     if args.storage is None and args.workdir is None:
         raise ValueError("--workdir or --storage: required (where the study lives)")
     storage = args.storage or hpo.default_storage(args.workdir)
-    rec = hpo.export_best(args.study, storage, args.out)
+    rec = hpo.export_best(args.study, storage, args.out, trial=args.trial)
     print(f"wrote {args.out}: study {rec['study']}, trial {rec['trial']}, value {rec['value']:.4g}; "
           f"train it with: rismvdr train --from-hpo {args.out} --workdir RUN_DIR")
     return 0
@@ -790,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--workdir", help="HPO directory whose hpo.journal holds the study")
     he.add_argument("--storage", help="journal file or SQLAlchemy URL (default <workdir>/hpo.journal)")
     he.add_argument("--out", required=True, help="output JSON: config, params, value, study, trial, user_attrs")
+    he.add_argument("--trial", type=int, help="export this COMPLETE trial (its number in the study) instead of "
+                                              "the best one, e.g. one chosen by a larger evaluation")
     hp.set_defaults(func=cmd_hpo, hpo_command=None)
 
     h2 = sub.add_parser("hpo2", help="two-stage search: many surrogate trials, then the top-k rerun end-to-end",

@@ -221,6 +221,18 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     from rismvdr.cli import _train_config
 
     assert _train_config(argparse.Namespace(from_hpo=str(best), config=None, set=[])) == cfg
+    # --trial N: a chosen COMPLETE trial, not the best one; a pruned or unknown number is refused
+    other = max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
+    chosen = tmp_path / "chosen.json"
+    assert main(["hpo", "export", "--study", "tiny", "--workdir", str(work), "--out", str(chosen),
+                 "--trial", str(other.number)]) == 0
+    rec = json.loads(chosen.read_text())
+    assert rec["trial"] == other.number and rec["params"] == other.params and rec["value"] == other.value
+    assert TrainConfig.from_dict(rec["config"]) == hpo.apply_params(_base(), other.params)
+    capsys.readouterr()
+    assert main(["hpo", "export", "--study", "tiny", "--workdir", str(work), "--out", str(chosen),
+                 "--trial", "99"]) == 2
+    assert "--trial: trial 99 of 'tiny' does not exist" in capsys.readouterr().err
     # a rerun with the cap reached does nothing; another space in the same study is refused
     assert main([str(a) for a in argv]) == 0
     assert len(study.get_trials()) == 4

@@ -409,23 +409,33 @@ def format_rerank(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def export_best(study_name: str, storage: str, out: str | Path) -> dict:
-    """Write the best COMPLETE trial of a study to `out` (JSON): `study`, `trial`, `value`,
+def export_best(study_name: str, storage: str, out: str | Path, *, trial: int | None = None) -> dict:
+    """Write the best COMPLETE trial of a study (or the COMPLETE trial number `trial`, one
+    chosen by a measurement outside the study) to `out` (JSON): `study`, `trial`, `value`,
     `params`, `user_attrs` and `config` (the full-training `TrainConfig.to_dict()` that
     `rismvdr train --from-hpo` reads; checked to round-trip through `TrainConfig.from_dict`).
 
     Raises:
-      FileNotFoundError: no journal file; ValueError: no such study or no complete trial.
+      FileNotFoundError: no journal file; ValueError: no such study, no complete trial, or
+      `trial` is not a COMPLETE trial of the study.
     """
     st = make_storage(storage, create=False)
     names = optuna.get_all_study_names(st)
     if study_name not in names:
         raise ValueError(f"--study: no study {study_name!r} in {storage} (studies: {', '.join(sorted(names)) or 'none'})")
     study = optuna.load_study(study_name=study_name, storage=st)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ValueError(f"--study: {study_name!r} has no complete trial yet") from None
+    if trial is not None:
+        chosen = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == trial]
+        if not chosen:
+            states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+            what = f"is {states[trial]}" if trial in states else "does not exist"
+            raise ValueError(f"--trial: trial {trial} of {study_name!r} {what} (only a COMPLETE trial is exported)")
+        best = chosen[0]
+    else:
+        try:
+            best = study.best_trial
+        except ValueError:
+            raise ValueError(f"--study: {study_name!r} has no complete trial yet") from None
     if "config" not in best.user_attrs:
         raise ValueError(f"--study: trial {best.number} of {study_name!r} has no 'config' attribute "
                          "(not made by rismvdr hpo)")
