@@ -81,6 +81,8 @@ HPO_SUBS = [
     ("--workers 2", "--workers 1"),
     ("--stage1-trials 60 --stage1-epochs 3 --stage2-topk 5 --stage2-epochs 8",
      "--stage1-trials 2 --stage1-epochs 1 --stage2-topk 1 --stage2-epochs 1 --e2e-scenes 2"),
+    # the separating validation budget of the README's hpo2 line (1000 scenes): FAST_HPO's instead
+    ("--set val_scenes=1000 --set val_peak_scenes=1000 --e2e-scenes 1000", ""),
     ("--study seed", "--study tiny"),
     ("postgresql+psycopg2://user@dbhost/rismvdr", "{postgres_url}"),
     ("/shared/hpo", "shared/hpo"),
