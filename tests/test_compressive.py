@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
+from rismvdr.eval.metrics import match_scene
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.compressive import (
     CompressiveConfig,
@@ -117,18 +118,29 @@ def test_false_alarm_rate_on_noise_only_scenes():
 
 
 def test_batching_matches_one_at_a_time():
+    """A batch of 4 gives the detections of 4 calls of one scene: the same sources, and positions
+    within 2 % of their CRB std. The ML refinement runs in float32, and a batch rounds its
+    reductions differently; on a flat direction of the likelihood (a far source's range) the
+    optimum moves by float32 rounding divided by the curvature. Measured on the 2-core CPU VM,
+    2026-12-02: at most 0.0065 sqrt(CRB) (3e-4 relative in range, 1.1e-5 rad in azimuth, which an
+    absolute float32 tolerance of 1e-5 rad had rejected), well below the estimator's own error."""
     cfg = get_scenario("seed", snr_db=(10.0, 10.0))
     scenes = simulate(cfg, 2, 4)
     geometry = scenario_geometry(cfg)
     st = settings_for_scenario(cfg)
     batch = localize("somp-ml", scenes, geometry, st.replace(batch_size=4), progress=False).detections
+    crb = truth_crb(scenes, geometry)
+    truth = [np.asarray(a) for a in (scenes.phi, scenes.theta, scenes.r, scenes.mask)]
     for i in range(4):
         one = localize("somp-ml", scenes[i:i + 1], geometry, st.replace(batch_size=1), progress=False).detections
         np.testing.assert_array_equal(one.valid[0], batch.valid[i])
-        v = one.valid[0]
-        np.testing.assert_allclose(one.phi[0][v], batch.phi[i][v], atol=1e-5)
-        np.testing.assert_allclose(one.theta[0][v], batch.theta[i][v], atol=1e-5)
-        np.testing.assert_allclose(one.r[0][v], batch.r[i][v], rtol=1e-4)
+        m = match_scene(batch.phi[i], batch.theta[i], batch.r[i], truth[0][i], truth[1][i], truth[2][i],
+                        est_valid=batch.valid[i], gt_mask=truth[3][i])
+        assert sorted(m.est_index.tolist()) == np.flatnonzero(batch.valid[i]).tolist()  # every detection paired
+        for name in ("phi", "theta", "r"):
+            d = np.abs(getattr(one, name)[0][m.est_index] - getattr(batch, name)[i][m.est_index])
+            scale = np.asarray(getattr(crb, name))[i, m.gt_index]
+            assert np.all(np.isfinite(scale)) and np.all(d <= 0.02 * scale), (name, i, d / scale)
 
 
 def test_config_validation():
