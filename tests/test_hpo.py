@@ -221,8 +221,9 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     from rismvdr.cli import _train_config
 
     assert _train_config(argparse.Namespace(from_hpo=str(best), config=None, set=[])) == cfg
-    # --trial N: a chosen COMPLETE trial, not the best one; a pruned or unknown number is refused
+    # --trial N: a chosen COMPLETE trial, not the best one; an unknown number is refused
     other = max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
+    assert other.number != study.best_trial.number  # the export below is not the default's
     chosen = tmp_path / "chosen.json"
     assert main(["hpo", "export", "--study", "tiny", "--workdir", str(work), "--out", str(chosen),
                  "--trial", str(other.number)]) == 0
