@@ -720,8 +720,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_flags(t, stage="backbone")
     t.set_defaults(func=cmd_train)
     tr = sub.add_parser("train-refiner", help="Stage 2: train the SpectrumRefiner on a frozen backbone's MVDR maps",
-                        description="Frozen backbone -> low-rank MVDR spectra on the coarse refiner grid -> "
-                                    "SpectrumRefiner, heat-map (focal) loss only.")
+                        description="Frozen backbone -> low-rank MVDR spectra on the coarse refiner grid (and, "
+                                    "with --set refiner.inputs=('blend','bartlett'), the measurements' Bartlett "
+                                    "map of the back-projected snapshots as a second channel) -> SpectrumRefiner, "
+                                    "heat-map (focal) loss only.")
     tr.add_argument("--backbone", required=True, help="backbone run directory (or exported model directory)")
     tr.add_argument("--backbone-step", default="best", help="'best', 'latest' or a step number (default best)")
     train_flags(tr, stage="refiner")

@@ -17,8 +17,16 @@ from rismvdr.localize.compressive import add_candidates
 from rismvdr.localize.detect import RefinerGuard
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.scenarios import Gates
-from rismvdr.localize.learned import default_weights_dir, learned_detector, load_learned, refiner_map_ok
-from rismvdr.models.refiner import RefinerConfig
+from rismvdr.localize.learned import (
+    backprojection,
+    default_weights_dir,
+    learned_detector,
+    load_learned,
+    refiner_grid,
+    refiner_inputs,
+    refiner_map_ok,
+)
+from rismvdr.models.refiner import REFINER_INPUTS, RefinerConfig
 from rismvdr.physics.compressive import (
     CompressiveConfig,
     dictionary,
@@ -142,10 +150,71 @@ def test_run_loader_matches_the_trainers_checkpointer(run, step):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_refiner_with_the_measurements_map_trains_exports_and_localizes(run, tmp_path):
+    """A refiner reading two maps (R_blend's MVDR and the measurements' Bartlett) goes through
+    training, checkpoint, export and `learned-refiner` like the one-map refiner."""
+    assert main(["train-refiner", "--backbone", str(run / "bb"), "--workdir", str(tmp_path / "rf2"), "-q",
+                 "--set", "steps=2", "--set", "refiner.inputs=('blend', 'bartlett')", "--devices", "1"]) == 0
+    m = load_learned(tmp_path / "rf2", step="latest")
+    assert m.refiner_cfg.inputs == ("blend", "bartlett")
+    export_model(m, tmp_path / "exp")
+    assert load_learned(tmp_path / "exp").refiner_cfg == m.refiner_cfg
+    out = tmp_path / "det.csv"
+    assert main(["localize", str(run / "s.npz"), "--method", "learned-refiner", "--checkpoint", str(tmp_path / "exp"),
+                 "--out", str(out), "-q", "--phi-step-deg", "4", "--theta-step-deg", "4", "--planes", "4"]) == 0
+    assert _csv_rows(out)[0].startswith("scene,phi_deg,theta_deg,r_m")
+
+
+def test_refiner_config_inputs():
+    assert RefinerConfig().inputs == ("blend",) and set(REFINER_INPUTS) == {"blend", "bartlett"}
+    cfg = RefinerConfig(inputs=["bartlett", "blend"])
+    assert cfg.inputs == ("bartlett", "blend") and RefinerConfig.from_dict(cfg.to_dict()) == cfg
+    assert RefinerConfig.from_dict({"widths": [8, 16]}).inputs == ("blend",)  # records before the field
+    for bad in ((), ("blend", "blend"), ("samp",), "music"):
+        with pytest.raises(ValueError, match="^refiner.inputs"):
+            RefinerConfig(inputs=bad)
+
+
+@pytest.fixture(scope="module")
+def small_batch():
+    """Three RIS-mode scenes and one full-array scene batch of the seed scenario (complex128)."""
+    ris = simulate(get_scenario("seed", dtype="complex128"), 11, 3)
+    full = simulate(get_scenario("full", dtype="complex128"), 12, 2)
+    return ris, full
+
+
+def test_backprojection_matches_numpy(small_batch):
+    ris, full = small_batch
+    y, H, c = (np.asarray(x) for x in (ris.y, ris.H, ris.codes))
+    want = np.stack([np.stack([np.conj(c[b, l]) * (H[b].conj().T @ y[b, l]) for l in range(y.shape[1])], axis=-1)
+                     for b in range(y.shape[0])])  # [B, N, L]
+    np.testing.assert_allclose(np.asarray(backprojection(ris)), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(backprojection(full)), np.swapaxes(np.asarray(full.y), -1, -2))
+
+
+def test_refiner_inputs_bartlett_channel_matches_numpy(small_batch):
+    """The "bartlett" channel: max over range planes of `10 log10(sum_l |a^H z_l|^2 / N)` on the
+    coarse grid (NumPy, float64); the "blend" channel is the map the one-map refiner reads."""
+    ris, _ = small_batch
+    model = load_learned()
+    rcfg = RefinerConfig(grid_phi=7, grid_theta=5, planes=3, inputs=("blend", "bartlett"))
+    db, op = refiner_inputs(model, rcfg, ris, delta_rel=1e-2)
+    assert db.shape == (3, 5, 7, 2) and db.dtype == jnp.float32
+    bcfg = model.backbone_cfg
+    a = np.asarray(grid_steering(bcfg.geometry(), refiner_grid(bcfg, rcfg), dtype=jnp.complex128))  # [T, P, R, N]
+    z = np.asarray(backprojection(ris))  # [B, N, L]
+    n = a.shape[-1]
+    want = np.max(np.sum(np.abs(np.einsum("tprn,bnl->btprl", a.conj(), z)) ** 2, axis=-1) / n, axis=-1)
+    np.testing.assert_allclose(np.asarray(db[..., 1]), 10 * np.log10(want), rtol=0, atol=1e-4)  # float32 dB
+    one, op1 = refiner_inputs(model, dataclasses.replace(rcfg, inputs=("blend",)), ris, delta_rel=1e-2)
+    np.testing.assert_array_equal(np.asarray(one[..., 0]), np.asarray(db[..., 0]))
+    np.testing.assert_array_equal(np.asarray(op1.W), np.asarray(op.W))
+
+
 def test_refiner_config_reads_the_shipped_record():
     record = json.loads((default_weights_dir() / "model.json").read_text())["refiner"]
     cfg = RefinerConfig.from_dict(record)
-    assert cfg.to_dict() == record
+    assert cfg.to_dict() == {"inputs": ["blend"], **record}  # a record without `inputs` reads the one map
     assert load_learned().refiner_cfg == cfg
     with pytest.raises(ValueError, match="unknown fields"):
         RefinerConfig.from_dict({**record, "width": 3})

@@ -265,6 +265,25 @@ def test_refiner_rejects_bad_arguments_and_inputs(refiner):
         model.unet(jnp.zeros((1, 4, 4, 2)))
 
 
+def test_multichannel_refiner_normalises_each_map_and_checks_channels():
+    """A two-map refiner: each channel is normalised to its own peak (shifting one map's level
+    changes nothing), and a one-map refiner reads `[B, H, W]` and `[B, H, W, 1]` alike."""
+    model = SpectrumRefiner(widths=(8, 16), groups=4, in_channels=2, rngs=_rngs(2))
+    x = jnp.stack([_spectrum_db(jax.random.key(8), 2, 9, 13, dtype=jnp.float64),
+                   _spectrum_db(jax.random.key(9), 2, 9, 13, dtype=jnp.float64)], axis=-1)
+    base = model(x)
+    assert base.shape == (2, 9, 13) and base.dtype == jnp.float32
+    shifted = model(x + jnp.asarray([12.5, -40.0])[None, None, None, :])
+    np.testing.assert_allclose(shifted, base, rtol=0, atol=LEVEL_ATOL[jnp.float64])
+    assert not np.allclose(model(x.at[..., 1].set(x[:, ::-1, :, 1])), base)  # the second map matters
+    with pytest.raises(ValueError, match="^power_db"):
+        model(x[..., 0])
+    with pytest.raises(ValueError, match="^in_channels"):
+        SpectrumRefiner(in_channels=0, rngs=nnx.Rngs(0))
+    one = SpectrumRefiner(widths=(8, 16), groups=4, rngs=_rngs(3))
+    np.testing.assert_array_equal(one(x[..., :1]), one(x[..., 0]))
+
+
 def test_docstring_examples():
     # The examples' keys on the cheaper-to-compile "rbg" PRNG (see `_rngs`); shapes don't care.
     with jax.default_prng_impl("rbg"):

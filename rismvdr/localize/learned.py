@@ -12,7 +12,8 @@ Methods (registered in `rismvdr.localize.registry`):
   Levenberg-Marquardt steps of the likelihood make their positions as accurate as the measurements
   allow, which the MVDR peaks of the network's own R_pred cannot (they only re-find its slots).
 - `learned-refiner`: the seed's Stage-2 path. Low-rank MVDR map on the coarse refiner grid
-  (range planes max-reduced) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
+  (range planes max-reduced; with `RefinerConfig.inputs` also the measurements' own Bartlett
+  map, `refiner_inputs`) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
   -> best range plane by MVDR -> 3-D refinement (the shared detector's `refine_peaks` on the
   same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
   non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
@@ -51,6 +52,7 @@ from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import (
     Grid,
+    bartlett_factor_operator,
     grid_steering,
     make_grid,
     mvdr_lowrank_operator,
@@ -68,6 +70,8 @@ __all__ = [
     "backbone_factor",
     "learned_operator",
     "refiner_grid",
+    "backprojection",
+    "refiner_inputs",
     "refiner_map_ok",
     "make_learned_runner",
     "finish_detections",
@@ -173,6 +177,42 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, thres
         valid = valid & jnp.isfinite(score)  # as in the shared detector
         phi, theta, r, score, valid = gate_nms(phi, theta, r, score, valid, det.gates, det.k_max)
     return phi, theta, r, jnp.where(valid, score, -jnp.inf), valid
+
+
+def backprojection(scenes):
+    """`[B, N, L]` back-projected snapshots `z_l = G_l^H y_l` of a batch (`G_l = H diag(c_l)`
+    in RIS mode; in full-array mode `z_l = y_l`): the columns of the factor whose Bartlett map
+    is the measurements' matched-filter beamspace map."""
+    if scenes.H is None:
+        return jnp.swapaxes(scenes.y, -1, -2)
+    hy = jnp.einsum("...mn,...lm->...ln", jnp.conj(scenes.H), scenes.y, precision=jax.lax.Precision.HIGHEST)
+    return jnp.swapaxes(jnp.conj(scenes.codes) * hy, -1, -2)
+
+
+def refiner_inputs(model: LearnedModel, rcfg: RefinerConfig, scenes, *, delta_rel: float, precision: str = "highest",
+                   steering_model: str = "exact", max_chunk_mb: float = 256.0):
+    """The refiner's input maps of a batch (traced): `rcfg.inputs` in order, each on the coarse
+    grid (`refiner_grid`) with its range planes max-reduced, in dB (`models.refiner.REFINER_INPUTS`).
+
+    Returns:
+      (`[B, T, P, C]` float32 dB maps, the batched MVDR operator on R_blend with the refiner's
+      slot threshold `rcfg.exist_threshold`, which picks each refiner peak's range plane).
+    """
+    bcfg = model.backbone_cfg
+    a_r = grid_steering(bcfg.geometry(), refiner_grid(bcfg, rcfg), model=steering_model, dtype=scenes.y.dtype)
+    op = learned_operator(model, scenes, delta_rel=delta_rel, precision=precision,
+                          exist_threshold=float(rcfg.exist_threshold))
+    maps = []
+    for name in rcfg.inputs:
+        if name == "blend":
+            chan = op
+        elif name == "bartlett":
+            chan = bartlett_factor_operator(backprojection(scenes))
+        else:
+            raise ValueError(f"refiner input: unknown map {name!r}")
+        power = spectrum_25d(chan, a_r, precision=precision, max_chunk_mb=max_chunk_mb).power
+        maps.append(10.0 * jnp.log10(jnp.maximum(power, 1e-30)).astype(jnp.float32))
+    return jnp.stack(maps, axis=-1), op
 
 
 def refiner_map_ok(prob, guard: RefinerGuard):
@@ -314,12 +354,9 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
             return finish_detections(m, geometry, settings, thresholds, scenes, base), spec, jnp.full((b,), True)
         rcfg = model.refiner_cfg
         rgrid = refiner_grid(model.backbone_cfg, rcfg)
-        a_r = grid_steering(geometry, rgrid, model=settings.steering_model, dtype=scenes.y.dtype)
-        # The refiner sees the map it was trained on: R_blend with its own slot threshold.
-        op = learned_operator(m, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
-                              exist_threshold=float(rcfg.exist_threshold))
-        coarse = spectrum_25d(op, a_r, precision=prec, max_chunk_mb=settings.max_chunk_mb)
-        db = 10.0 * jnp.log10(jnp.maximum(coarse.power, 1e-30)).astype(jnp.float32)
+        # The refiner sees the maps it was trained on (R_blend with its own slot threshold, ...).
+        db, op = refiner_inputs(m, rcfg, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
+                                steering_model=settings.steering_model, max_chunk_mb=settings.max_chunk_mb)
         prob = m.refiner_def.module(rparams).probabilities(db)  # [B, T, P]
         live = _measured(scenes)  # an all-zero scene: the refiner is not asked (no fallback either)
         ok = jax.vmap(lambda p: refiner_map_ok(p, guard))(prob) & live

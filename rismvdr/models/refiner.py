@@ -1,4 +1,4 @@
-"""The Stage-2 refiner's config: the `SpectrumRefiner`'s shape and the coarse MVDR map it reads.
+"""The Stage-2 refiner's config: the `SpectrumRefiner`'s shape and the coarse maps it reads.
 
 One type for training (`TrainConfig.refiner`), checkpoints and exported models (`model.json`'s
 "refiner" entry, through `to_dict`/`from_dict`) and inference (`LearnedModel.refiner_cfg`).
@@ -12,7 +12,16 @@ from flax import nnx
 
 from rismvdr.models.unet import SpectrumRefiner
 
-__all__ = ["RefinerConfig", "make_refiner"]
+__all__ = ["REFINER_INPUTS", "RefinerConfig", "make_refiner"]
+
+#: The maps a refiner can read, each on the coarse grid with its range planes max-reduced:
+#: - "blend": MVDR (Woodbury) of the backbone's R_blend (the seed's one input);
+#: - "bartlett": Bartlett of the back-projected snapshots `z_l = G_l^H y_l` (in full-array mode
+#:   the sample covariance's), the measurements' matched-filter beamspace map.
+#: "bartlett" carries what the measurements say independently of the network's slots. (The ALS
+#: R_samp's MVDR map was tried as a third: 30x the cost of the other two on the CPU, 6 dB of
+#: dynamic range on the seed scenario, so it is not offered.)
+REFINER_INPUTS = ("blend", "bartlett")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +36,19 @@ class RefinerConfig:
     planes: int = 8  # range planes, max-reduced into the 2-D map
     exist_threshold: float = 0.0  # slots kept in the map's R_blend (0: all, weighted by existence)
     peak_threshold: float = 0.5  # probability a refiner peak needs (calibrated on validation at export)
+    inputs: tuple[str, ...] = ("blend",)  # maps the refiner reads, one channel each (`REFINER_INPUTS`)
+
+    def __post_init__(self):
+        inputs = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs)
+        bad = [x for x in inputs if x not in REFINER_INPUTS]
+        if not inputs or bad or len(set(inputs)) != len(inputs):
+            raise ValueError(f"refiner.inputs: expected distinct names from {list(REFINER_INPUTS)}, got {self.inputs!r}")
+        object.__setattr__(self, "inputs", inputs)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists)."""
         d = dataclasses.asdict(self)
-        d["widths"], d["dilations"] = list(self.widths), list(self.dilations)
+        d["widths"], d["dilations"], d["inputs"] = list(self.widths), list(self.dilations), list(self.inputs)
         return d
 
     @classmethod
@@ -45,10 +62,12 @@ class RefinerConfig:
         for k in ("widths", "dilations"):
             if k in kw:
                 kw[k] = tuple(int(v) for v in kw[k])
+        if "inputs" in kw:
+            kw["inputs"] = tuple(str(v) for v in kw["inputs"])
         return cls(**kw)
 
 
 def make_refiner(cfg: RefinerConfig, rngs: nnx.Rngs) -> SpectrumRefiner:
     """The `SpectrumRefiner` a config describes."""
     return SpectrumRefiner(widths=tuple(cfg.widths), dilations=tuple(cfg.dilations), groups=int(cfg.groups),
-                           rngs=rngs)
+                           in_channels=len(cfg.inputs), rngs=rngs)

@@ -22,9 +22,9 @@ is then a pure function of its `nnx.Param`s: the same output in training and inf
 any batch size (including 1), and usable inside a functional jitted train step via
 ``nnx.split`` / ``nnx.merge`` without threading mutable state.
 
-`SpectrumRefiner` wraps a one-channel-in, one-channel-out `UNet` (default widths 32, 64, 128;
-dilations 2, 4): it normalises a spectrum in dB to its own peak (level invariant, -40 dB
-floor) and returns logits of a per-cell source probability map.
+`SpectrumRefiner` wraps a `UNet` with `in_channels` maps in (one by default) and one channel out
+(default widths 32, 64, 128; dilations 2, 4): it normalises each spectrum in dB to its own peak
+(level invariant, -40 dB floor) and returns logits of a per-cell source probability map.
 
 All parameters and activations are float32, whatever the input dtype (tests enable x64).
 
@@ -260,16 +260,18 @@ class UNet(nnx.Module):
 
 
 class SpectrumRefiner(nnx.Module):
-    """Spectrum refiner: a one-channel U-Net from a spectrum in dB to source-probability logits.
+    """Spectrum refiner: a U-Net from spectra in dB to source-probability logits.
 
     The seed system's refiner (U-Net 1 -> 32 -> 64 -> 128 channels, dilated bottleneck
     d = 2, 4, decoder with skip connections, sigmoid output), with GroupNorm for BatchNorm.
+    With ``in_channels > 1`` it reads several maps of the same grid at once (e.g. the learned
+    covariance's MVDR map beside spectra of the measurements themselves).
 
-    The input is normalised inside the model, per map::
+    The input is normalised inside the model, per map and channel::
 
         x = clip((power_db - max_{H, W} power_db) / 10, -4, 0)
 
-    so the output does not depend on the map's absolute level (a constant added in dB cancels)
+    so the output does not depend on a map's absolute level (a constant added in dB cancels)
     and everything 40 dB or more below the peak is flattened to the -4 floor. Non-finite
     entries (e.g. ``10 log10(0) = -inf``) are set to the floor and ignored by the maximum.
 
@@ -281,10 +283,11 @@ class SpectrumRefiner(nnx.Module):
       widths: U-Net stage widths, finest first.
       dilations: bottleneck kernel dilations.
       groups: GroupNorm groups; must divide every width.
+      in_channels: input maps per scene (>= 1).
       rngs: parameter initialisation keys.
 
     Raises:
-      ValueError: as `UNet`.
+      ValueError: as `UNet`, or `in_channels < 1`.
     """
 
     def __init__(
@@ -293,23 +296,31 @@ class SpectrumRefiner(nnx.Module):
         widths: tuple[int, ...] = (32, 64, 128),
         dilations: tuple[int, ...] = (2, 4),
         groups: int = 8,
+        in_channels: int = 1,
         rngs: nnx.Rngs,
     ):
-        self.unet = UNet(1, 1, widths=widths, dilations=dilations, groups=groups, rngs=rngs)
+        if int(in_channels) != in_channels or in_channels < 1:
+            raise ValueError(f"in_channels: must be an integer >= 1, got {in_channels!r}")
+        self.in_channels = int(in_channels)
+        self.unet = UNet(self.in_channels, 1, widths=widths, dilations=dilations, groups=groups, rngs=rngs)
         self.unet.head.bias[...] = jnp.full(self.unet.head.bias.shape, _PRIOR_LOGIT, _DTYPE)
 
     def __call__(self, power_db: jax.Array) -> jax.Array:
         """Logits of the source-probability map.
 
         Args:
-          power_db: ``[B, H, W]`` spectrum in dB (any absolute level; any float dtype).
+          power_db: ``[B, H, W]`` spectrum in dB (one channel), or ``[B, H, W, C]`` with
+            ``C = in_channels`` maps (any absolute level per map; any float dtype).
 
         Returns:
           ``[B, H, W]`` float32 logits.
         """
-        if jnp.ndim(power_db) != 3:
-            raise ValueError(f"power_db: expected shape [B, H, W], got {jnp.shape(power_db)}")
         power_db = jnp.asarray(power_db)
+        if jnp.ndim(power_db) == 3 and self.in_channels == 1:
+            power_db = power_db[..., None]
+        if jnp.ndim(power_db) != 4 or power_db.shape[-1] != self.in_channels:
+            want = "[B, H, W] or [B, H, W, 1]" if self.in_channels == 1 else f"[B, H, W, {self.in_channels}]"
+            raise ValueError(f"power_db: expected shape {want}, got {jnp.shape(power_db)}")
         if not jnp.issubdtype(power_db.dtype, jnp.floating):
             power_db = power_db.astype(_DTYPE)
         finite = jnp.isfinite(power_db)
@@ -317,7 +328,7 @@ class SpectrumRefiner(nnx.Module):
         # Subtract the peak in the input's precision, then drop to float32.
         relative = jnp.where(finite, power_db - peak, 0.0)
         x = jnp.where(finite, jnp.clip(relative / _DB_SCALE, _FLOOR, 0.0), _FLOOR).astype(_DTYPE)
-        return self.unet(x[..., None])[..., 0]
+        return self.unet(x)[..., 0]
 
     def probabilities(self, power_db: jax.Array) -> jax.Array:
         """Source-probability map ``sigmoid(self(power_db))``: ``[B, H, W]`` in (0, 1), float32."""

@@ -46,14 +46,13 @@ from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db
 from rismvdr.eval.objective import e2e_objective
 from rismvdr.eval.plots import plot_training_curves
 from rismvdr.files import atomic_write
-from rismvdr.localize.learned import als_samp_factor, backbone_factor, refiner_grid
+from rismvdr.localize.learned import als_samp_factor, refiner_grid, refiner_inputs
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.localize.weights import BEST_METRIC, LearnedModel
 from rismvdr.models.backbone import Backbone, BackboneConfig
 from rismvdr.models.params import ModelDef, split_model
 from rismvdr.models.refiner import make_refiner
 from rismvdr.physics.simulate import Scene, simulate, simulate_scene
-from rismvdr.physics.spectra import grid_steering, mvdr_lowrank_operator, spectrum_25d
 from rismvdr.train import losses
 from rismvdr.train.checkpoint import Checkpointer
 from rismvdr.train.config import TrainConfig, weights_at
@@ -175,13 +174,11 @@ class RefinerStage:
         self.rgrid = refiner_grid(self.bcfg, cfg.refiner)
 
     def _inputs(self, scenes: Scene):
-        """The frozen backbone's low-rank MVDR map on the coarse grid, in dB."""
-        f, _ = backbone_factor(self.backbone, scenes, exist_threshold=self.cfg.refiner.exist_threshold)
-        op = jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=self.cfg.loss.delta_rel))(f)
-        a = grid_steering(self.bcfg.geometry(), self.rgrid, model=self.bcfg.steering_model, dtype=scenes.y.dtype)
-        spec = spectrum_25d(op, a)
-        db = 10.0 * jnp.log10(jnp.maximum(spec.power, 1e-30))
-        return jax.lax.stop_gradient(db.astype(jnp.float32))
+        """The refiner's input maps (`refiner_inputs`: the frozen backbone's low-rank MVDR map on
+        the coarse grid, and the measurements' maps `cfg.refiner.inputs` names), in dB."""
+        db, _ = refiner_inputs(self.backbone, self.cfg.refiner, scenes, delta_rel=self.cfg.loss.delta_rel,
+                               steering_model=self.bcfg.steering_model)
+        return jax.lax.stop_gradient(db)
 
     def loss_terms(self, params, scenes: Scene, active: tuple[str, ...]) -> dict[str, jax.Array]:
         """The heat-map term (the stage's only one, whatever `active` asks)."""
