@@ -126,8 +126,11 @@ def _settings(args, sf):
     det.validate()
     if args.residual_passes is not None and args.residual_passes < 0:
         raise ValueError(f"--residual-passes: must be an integer >= 0, got {args.residual_passes}")
+    if args.range_rescan is not None and (args.range_rescan < 0 or 0 < args.range_rescan < 3):
+        raise ValueError(f"--range-rescan: must be 0 (off) or an integer >= 3, got {args.range_rescan}")
     learned_kw = {k: v for k, v in dict(
         polish=None if not args.no_polish else False, residual_passes=args.residual_passes,
+        range_rescan=args.range_rescan,
         map_threshold=False if args.no_map_threshold else None,
     ).items() if v is not None}
     learned = dataclasses.replace(base.learned, **learned_kw)
@@ -177,6 +180,10 @@ def _add_localizer_flags(p):
                    "(default: the peaks that pass --threshold-mode; ignored with --no-polish)")
     g.add_argument("--residual-passes", type=int, help="learned methods: passes of the backbone over the residual of "
                    "the polished fit, each adding the sources it finds (count, default 1; 0: polish only)")
+    g.add_argument("--range-rescan", type=int, help="learned methods: last, search each source's range over this many "
+                   "values of 1/r across the range box at its fitted angles, refine from there and keep that fit when "
+                   "it explains more of the measurements (count of candidates, evenly spaced in 1/r, >= 3; default 48, "
+                   "LearnedSettings.range_rescan; 0: off)")
     g.add_argument("--steering-model", choices=("exact", "fresnel", "far"), help="steering model of the search (default: the scenario's, else exact)")
     g.add_argument("--precision", choices=("highest", "fast"), help="matmul precision: 'highest' (default) or 'fast' (TF32 on recent GPUs)")
     g.add_argument("--batch-size", type=int, help="scenes per jitted call (default 32)")

@@ -13,7 +13,7 @@ import pytest
 from rismvdr.cli import main
 from rismvdr.files import load_scenes, scenes_from_file
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
-from rismvdr.localize.compressive import add_candidates
+from rismvdr.localize.compressive import add_candidates, polish_batch, polish_thresholds, rescan_batch
 from rismvdr.localize.detect import RefinerGuard
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.scenarios import Gates
@@ -29,16 +29,20 @@ from rismvdr.localize.learned import (
 from rismvdr.models.refiner import REFINER_INPUTS, RefinerConfig
 from rismvdr.physics.compressive import (
     CompressiveConfig,
+    apply_operators,
     dictionary,
     f_thresholds,
+    ls_fit,
     ml_from_start,
     ml_polish,
+    ml_rescan,
     range_scan,
     scene_operators,
 )
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from rismvdr.physics.spectra import make_grid, grid_steering
+from rismvdr.physics.steering import steering
 from rismvdr.train.checkpoint import restore_run
 from rismvdr.train.export import export_model
 
@@ -79,7 +83,7 @@ def test_localize_learned_through_cli(run, method, ckpt, capsys):
 
 
 def test_finishing_flags_through_cli(run):
-    """`--no-polish` / `--residual-passes` / `--no-map-threshold` reach `LearnedSettings`: the CLI's
+    """`--no-polish` / `--residual-passes` / `--no-map-threshold` / `--range-rescan` reach `LearnedSettings`: the CLI's
     rows equal the library's with the same settings (and `--no-polish` is the detector's output, not
     the polished one)."""
     sf = load_scenes(run / "s.npz")
@@ -90,7 +94,8 @@ def test_finishing_flags_through_cli(run):
     rows = {}
     for name, flags, learned in (("raw", ["--no-polish"], dict(polish=False)),
                                  ("polish", ["--residual-passes", "0"], dict(residual_passes=0)),
-                                 ("every-peak", ["--no-map-threshold"], dict(map_threshold=False))):
+                                 ("every-peak", ["--no-map-threshold"], dict(map_threshold=False)),
+                                 ("rescan", ["--range-rescan", "24"], dict(range_rescan=24))):
         out = run / f"finish-{name}.csv"
         assert main(["localize", str(run / "s.npz"), "--method", "learned", "--checkpoint", str(run / "bb"),
                      "--out", str(out), "-q", *grid_flags, *flags]) == 0
@@ -311,6 +316,57 @@ def test_ml_polish_refines_the_sources_and_drops_a_spurious_start():
         assert abs(float(r[j]) - float(sc.r[k])) < POLISH_RANGE_M
     # the residual is the measurements minus the fit: at 60 dB about 1e-6 of their energy
     assert float(jnp.sum(jnp.abs(e) ** 2)) < 1e-5 * float(jnp.sum(jnp.abs(sc.y) ** 2))
+
+
+def test_ml_rescan_leaves_a_wrong_range_basin():
+    """Directions right, one range far off (60 dB): the range search and the polish from it land
+    on the optimum the ML started at the truth reaches, and the new fit is kept."""
+    cfg, sc, geo, E = _noise_free(2, 5)
+    grid = make_grid(cfg.phi_deg, cfg.theta_deg, cfg.r_m, phi_step_deg=2.0, theta_step_deg=2.0, n_planes=8)
+    ccfg = CompressiveConfig(k_max=5, ml_iters=30)
+    thr = f_thresholds(cfg.n_bs, cfg.n_snapshots, 5, int(np.prod(grid.shape)), ccfg)
+    mask = jnp.asarray([True, True, False, False, False])
+    pad = lambda x, fill: jnp.concatenate([x[:2], jnp.full((3,), fill, x.dtype)])  # noqa: E731
+    phi0, th0 = pad(sc.phi, 0.0), pad(sc.theta, 0.0)
+    r_true = np.asarray(sc.r[:2])
+    r0 = pad(jnp.asarray(np.r_[9.5 if r_true[0] < 5 else 1.0, r_true[1]]), 1.0)
+    _, e0 = ls_fit(apply_operators(E, steering(geo, phi0, th0, r0, dtype=sc.y.dtype).T), sc.y, mask)
+    inv_r = jnp.linspace(1.0 / 10.0, 1.0 / 0.5, 96)
+    phi, theta, r, m, f, e, kept = ml_rescan(sc.y, E, geo, grid, phi0, th0, r0, mask, e0, thr, ccfg, inv_r)
+    assert bool(kept) and int(jnp.sum(m)) == 2
+    pt, tt, rt, _, _, et = ml_polish(sc.y, E, geo, grid, phi0, th0, pad(sc.r, 1.0), mask, thr, ccfg)
+    for k in range(2):
+        j = int(np.argmin(np.where(np.asarray(m), np.abs(np.asarray(phi) - float(sc.phi[k])), np.inf)))
+        assert abs(float(r[j]) - float(rt[k])) < 1e-5, (np.asarray(r), np.asarray(rt))  # the same optimum
+        assert abs(float(phi[j]) - float(pt[k])) < 1e-7 and abs(float(theta[j]) - float(tt[k])) < 1e-7
+        assert abs(float(r[j]) - r_true[k]) < 3 * POLISH_RANGE_M  # and it is the truth's (60 dB)
+    np.testing.assert_allclose(float(jnp.sum(jnp.abs(e) ** 2)), float(jnp.sum(jnp.abs(et) ** 2)), rtol=1e-6)
+    assert float(jnp.sum(jnp.abs(e) ** 2)) < 1e-5 * float(jnp.sum(jnp.abs(sc.y) ** 2))
+
+
+def test_rescan_batch_never_explains_less_and_keeps_the_sources():
+    """On noisy scenes started near the truth (directions 0.5 deg off, ranges 30 % off), the kept
+    fit per scene has no more residual energy and no fewer sources than the given one; and
+    `points` below 3 is refused."""
+    cfg = get_scenario("seed", k_min=2, k_max=3)
+    sc = simulate(cfg, 21, 6)
+    geo = scenario_geometry(cfg)
+    settings = settings_for_scenario(cfg)
+    thr = polish_thresholds(settings, geo, cfg.n_bs, cfg.n_snapshots)
+    k = settings.detector.k_max
+    pad = lambda x, fill: jnp.concatenate([x, jnp.full(x.shape[:1] + (k - x.shape[1],), fill, x.dtype)], 1)  # noqa: E731
+    d = np.deg2rad(0.5)
+    phi0, th0 = pad(jnp.where(sc.mask, sc.phi + d, 0.0), 0.0), pad(jnp.where(sc.mask, sc.theta - d, 0.0), 0.0)
+    r0, m0 = pad(jnp.where(sc.mask, sc.r * 1.3, 1.0), 1.0), pad(sc.mask, False)
+    res, resid = polish_batch(sc.y, sc.H, sc.codes, thr, geo, settings, phi0, th0, r0, m0)  # the start: a polished fit
+    out, e, kept = rescan_batch(sc.y, sc.H, sc.codes, thr, geo, settings, res, resid, points=48)
+    rss0, rss1 = (np.sum(np.abs(np.asarray(x)) ** 2, axis=(1, 2)) for x in (resid, e))
+    assert np.all(rss1 <= rss0 * (1 + 1e-6)) and np.all(np.asarray(out.valid).sum(1) >= np.asarray(res.valid).sum(1))
+    np.testing.assert_allclose(np.asarray(out.rss), rss1, rtol=1e-4)
+    same = ~np.asarray(kept)
+    np.testing.assert_array_equal(np.asarray(out.phi)[same], np.asarray(res.phi)[same])
+    with pytest.raises(ValueError, match="^points"):
+        rescan_batch(sc.y, sc.H, sc.codes, thr, geo, settings, res, resid, points=2)
 
 
 def test_add_candidates_fills_free_slots_in_order_and_skips_known_sources():

@@ -10,7 +10,9 @@ def get_config() -> TrainConfig:
         name="seed_refiner",
         stage="refiner",
         phases=REFINER_PHASES,
-        refiner=RefinerConfig(widths=(32, 64, 128), grid_phi=61, grid_theta=41, planes=8, exist_threshold=0.0),
+        # two maps: R_blend's MVDR and the measurements' own Bartlett map (`models.refiner.REFINER_INPUTS`)
+        refiner=RefinerConfig(widths=(32, 64, 128), grid_phi=61, grid_theta=41, planes=8, exist_threshold=0.0,
+                              inputs=("blend", "bartlett")),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         batch_size=32,
         steps=600,

@@ -31,6 +31,7 @@ from rismvdr.physics.compressive import (
     ml_from_start,
     ml_polish,
     ml_refine,
+    ml_rescan,
     order_retest,
     scene_operators,
     somp,
@@ -48,6 +49,7 @@ __all__ = [
     "CompressiveContext",
     "add_candidates",
     "polish_batch",
+    "rescan_batch",
     "polish_thresholds",
     "scene_group_size",
     "bound_method",
@@ -263,6 +265,54 @@ def _polish_batch(y, H, codes, thresholds, geometry, phi0, theta0, r0, mask0, *,
         return res, e
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
+                       batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
+
+
+def rescan_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: LocalizerSettings,
+                 res: CompressiveResult, resid, *, points: int, ml_iters: int | None = None):
+    """`ml_rescan` for a batch of fitted scenes (e.g. `polish_batch`'s result and residual): each
+    source's range searched over `points` values of 1/r across the search box at its fitted
+    angles, the sources refined from there, and that fit kept per scene when it explains more of
+    `y` with no fewer sources; then the gate NMS.
+
+    Returns:
+      (`CompressiveResult` `[S, k_max]`, score = 10 log10 F; residual `[S, L, M]`; kept `[S]` bool).
+    """
+    if int(points) < 3:
+        raise ValueError(f"points: the range scan needs >= 3 candidates, got {points!r}")
+    cfg = settings.compressive_config()
+    if ml_iters is not None:
+        cfg = dataclasses.replace(cfg, ml_iters=int(ml_iters))
+    cfg.validate()
+    r_lo, r_hi = settings.search.r_m
+    real = jnp.real(y).dtype
+    inv_r = jnp.linspace(1.0 / r_hi, 1.0 / r_lo, int(points), dtype=real)
+    return _rescan_batch(y, H, codes, jnp.asarray(thresholds), geometry, res, resid, inv_r,
+                         grid=settings.dictionary_grid(geometry.linear), cfg=cfg, gates=settings.detector.gates,
+                         model=settings.steering_model)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+def _rescan_batch(y, H, codes, thresholds, geometry, res, resid, inv_r, *, grid, cfg, gates, model):
+    real = jnp.real(y).dtype
+    l, n = y.shape[1], geometry.positions.shape[0]
+    geo = geometry.astype(real)
+
+    def one(y1, h1, c1, old, e0):
+        E = scene_operators(h1, c1, l, n, y1.dtype)
+        # padding slots get a harmless in-box position (they stay masked in every fit)
+        p0, t0 = (jnp.where(old.valid, x, 0.0).astype(real) for x in (old.phi, old.theta))
+        r0 = jnp.where(old.valid, old.r, inv_r[-1] ** -1).astype(real)
+        phi, theta, r, mask, f, e, kept = ml_rescan(y1, E, geo, grid, p0, t0, r0, old.valid, e0, thresholds, cfg,
+                                                    inv_r, model=model)
+        score = 10.0 * jnp.log10(jnp.maximum(jnp.where(mask, f, 0.0), 1e-30))
+        phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)
+        new = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
+                                jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
+        out = jax.tree_util.tree_map(lambda a, b: jnp.where(kept, a, b.astype(a.dtype)), new, old)
+        return out, jnp.where(kept, e, e0), kept
+
+    return jax.lax.map(lambda args: one(*args), (y, H, codes, res, resid),
                        batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
 
 

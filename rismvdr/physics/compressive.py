@@ -67,6 +67,7 @@ __all__ = [
     "ml_from_start",
     "ml_polish",
     "range_scan",
+    "ml_rescan",
     "order_retest",
     "source_fstats",
     "apply_operators",
@@ -522,6 +523,34 @@ def ml_polish(y, E, geometry: ArrayGeometry, grid: Grid, phi0, theta0, r0, mask0
         f, _ = source_fstats(y, B, mask)
     _, e = ls_fit(B, y, mask)
     return phi, theta, r, mask, f, e
+
+
+def ml_rescan(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, resid, thresholds,
+              cfg: CompressiveConfig, inv_r, *, model: str = "exact"):
+    """Restart one scene's fitted sources from a global range search and keep the better fit.
+
+    Near-field range is the weakly determined coordinate: a Levenberg-Marquardt refinement started
+    at a wrong range stays in that range's basin with the direction right. Here each source's
+    range is searched over the whole box at its fitted angles, jointly with the other sources
+    (`range_scan`), the sources are refined from there (`ml_polish`, with its F-test re-test),
+    and that fit replaces the given one only when it leaves less residual energy with no fewer
+    sources. A fixed, small amount of work: `K` scans of `U` candidates and one polish.
+
+    Args:
+      y: `[L, M]`; E: `[L|1, M, N]` from `scene_operators`.
+      grid: sets the ML's scaling and box, as in `ml_refine`.
+      phi, theta, r, mask: `[K]` the current fit (e.g. `ml_polish`'s); resid: `[L, M]` its residual.
+      thresholds: `[K]` from `f_thresholds`; inv_r: `[U]` increasing, uniformly spaced 1/r candidates.
+
+    Returns:
+      (phi, theta, r, mask, F statistic `[K]` (`inf` outside `mask`) of the new fit, its residual
+      `[L, M]`, kept: bool, True when the new fit replaced the given one). When it is not kept the
+      first six are the new fit's all the same; the caller keeps its own.
+    """
+    r_scan = range_scan(y, E, geometry, phi, theta, r, mask, inv_r, model=model)
+    p1, t1, r1, m1, f1, e1 = ml_polish(y, E, geometry, grid, phi, theta, r_scan, mask, thresholds, cfg, model=model)
+    kept = (jnp.sum(abs2(e1)) < jnp.sum(abs2(resid))) & (jnp.sum(m1) >= jnp.sum(mask))
+    return p1, t1, r1, m1, f1, e1, kept
 
 
 def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
