@@ -197,11 +197,11 @@ def test_backprojection_matches_numpy(small_batch):
     np.testing.assert_array_equal(np.asarray(backprojection(full)), np.swapaxes(np.asarray(full.y), -1, -2))
 
 
-def test_refiner_inputs_bartlett_channel_matches_numpy(small_batch):
+def test_refiner_inputs_bartlett_channel_matches_numpy(run, small_batch):
     """The "bartlett" channel: max over range planes of `10 log10(sum_l |a^H z_l|^2 / N)` on the
     coarse grid (NumPy, float64); the "blend" channel is the map the one-map refiner reads."""
     ris, _ = small_batch
-    model = load_learned()
+    model = load_learned(run / "bb")  # the tiny backbone (seed geometry): cheap to apply
     rcfg = RefinerConfig(grid_phi=7, grid_theta=5, planes=3, inputs=("blend", "bartlett"))
     db, op = refiner_inputs(model, rcfg, ris, delta_rel=1e-2)
     assert db.shape == (3, 5, 7, 2) and db.dtype == jnp.float32
