@@ -191,16 +191,18 @@ def backprojection(scenes):
 
 
 def refiner_inputs(model: LearnedModel, rcfg: RefinerConfig, scenes, *, delta_rel: float, precision: str = "highest",
-                   steering_model: str = "exact", max_chunk_mb: float = 256.0):
+                   steering_model: str = "exact", max_chunk_mb: float = 256.0, geometry: ArrayGeometry | None = None):
     """The refiner's input maps of a batch (traced): `rcfg.inputs` in order, each on the coarse
     grid (`refiner_grid`) with its range planes max-reduced, in dB (`models.refiner.REFINER_INPUTS`).
+    `geometry`: the scenes' array (default: the model's).
 
     Returns:
       (`[B, T, P, C]` float32 dB maps, the batched MVDR operator on R_blend with the refiner's
       slot threshold `rcfg.exist_threshold`, which picks each refiner peak's range plane).
     """
     bcfg = model.backbone_cfg
-    a_r = grid_steering(bcfg.geometry(), refiner_grid(bcfg, rcfg), model=steering_model, dtype=scenes.y.dtype)
+    geometry = bcfg.geometry() if geometry is None else geometry
+    a_r = grid_steering(geometry, refiner_grid(bcfg, rcfg), model=steering_model, dtype=scenes.y.dtype)
     op = learned_operator(model, scenes, delta_rel=delta_rel, precision=precision,
                           exist_threshold=float(rcfg.exist_threshold))
     maps = []
@@ -366,7 +368,8 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         rgrid = refiner_grid(model.backbone_cfg, rcfg)
         # The refiner sees the maps it was trained on (R_blend with its own slot threshold, ...).
         db, op = refiner_inputs(m, rcfg, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
-                                steering_model=settings.steering_model, max_chunk_mb=settings.max_chunk_mb)
+                                steering_model=settings.steering_model, max_chunk_mb=settings.max_chunk_mb,
+                                geometry=geometry)
         prob = m.refiner_def.module(rparams).probabilities(db)  # [B, T, P]
         live = _measured(scenes)  # an all-zero scene: the refiner is not asked (no fallback either)
         ok = jax.vmap(lambda p: refiner_map_ok(p, guard))(prob) & live
