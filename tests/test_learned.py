@@ -18,10 +18,10 @@ from rismvdr.localize.detect import RefinerGuard
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.scenarios import Gates
 from rismvdr.localize.learned import (
-    backprojection,
     default_weights_dir,
     learned_detector,
     load_learned,
+    matched_filter_factor,
     refiner_grid,
     refiner_inputs,
     refiner_map_ok,
@@ -188,13 +188,22 @@ def small_batch():
     return ris, full
 
 
-def test_backprojection_matches_numpy(small_batch):
-    ris, full = small_batch
-    y, H, c = (np.asarray(x) for x in (ris.y, ris.H, ris.codes))
-    want = np.stack([np.stack([np.conj(c[b, l]) * (H[b].conj().T @ y[b, l]) for l in range(y.shape[1])], axis=-1)
-                     for b in range(y.shape[0])])  # [B, N, L]
-    np.testing.assert_allclose(np.asarray(backprojection(ris)), want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(np.asarray(backprojection(full)), np.swapaxes(np.asarray(full.y), -1, -2))
+def _backprojected_numpy(sc):
+    """`[B, N, L]` back-projected snapshots `G_l^H y_l` (NumPy), scaled to `sum |z|^2 = N`."""
+    y = np.asarray(sc.y)
+    if sc.H is None:
+        z = np.swapaxes(y, -1, -2)
+    else:
+        H, c = np.asarray(sc.H), np.asarray(sc.codes)
+        z = np.stack([np.stack([np.conj(c[b, l]) * (H[b].conj().T @ y[b, l]) for l in range(y.shape[1])], axis=-1)
+                      for b in range(y.shape[0])])
+    n = z.shape[1]
+    return z * np.sqrt(n / np.sum(np.abs(z) ** 2, axis=(1, 2), keepdims=True))
+
+
+def test_matched_filter_factor_is_the_backprojected_snapshots(small_batch):
+    for sc in small_batch:  # RIS mode and full-array mode
+        np.testing.assert_allclose(np.asarray(matched_filter_factor(sc)), _backprojected_numpy(sc), rtol=0, atol=1e-10)
 
 
 def test_refiner_inputs_bartlett_channel_matches_numpy(run, small_batch):
@@ -207,7 +216,7 @@ def test_refiner_inputs_bartlett_channel_matches_numpy(run, small_batch):
     assert db.shape == (3, 5, 7, 2) and db.dtype == jnp.float32
     bcfg = model.backbone_cfg
     a = np.asarray(grid_steering(bcfg.geometry(), refiner_grid(bcfg, rcfg), dtype=jnp.complex128))  # [T, P, R, N]
-    z = np.asarray(backprojection(ris))  # [B, N, L]
+    z = _backprojected_numpy(ris)  # [B, N, L]
     n = a.shape[-1]
     want = np.max(np.sum(np.abs(np.einsum("tprn,bnl->btprl", a.conj(), z)) ** 2, axis=-1) / n, axis=-1)
     np.testing.assert_allclose(np.asarray(db[..., 1]), 10 * np.log10(want), rtol=0, atol=1e-4)  # float32 dB

@@ -258,14 +258,19 @@ def _polish_batch(y, H, codes, thresholds, geometry, phi0, theta0, r0, mask0, *,
         E = scene_operators(h1, c1, l, n, y1.dtype)
         phi, theta, r, mask, f, e = ml_polish(y1, E, geo, grid, p0.astype(real), t0.astype(real), rr0.astype(real),
                                               m0, thresholds, cfg, model=model)
-        score = 10.0 * jnp.log10(jnp.maximum(jnp.where(mask, f, 0.0), 1e-30))
-        phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)
-        res = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
-                                jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
-        return res, e
+        return _fit_result(phi, theta, r, mask, f, e, gates, cfg.k_max), e
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
                        batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
+
+
+def _fit_result(phi, theta, r, mask, f, e, gates: Gates, k_max: int) -> CompressiveResult:
+    """One scene's fitted sources (F statistics `f`, residual `e`) as a `CompressiveResult`:
+    score = 10 log10 F, then the gate NMS."""
+    score = 10.0 * jnp.log10(jnp.maximum(jnp.where(mask, f, 0.0), 1e-30))
+    phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, k_max)
+    return CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
+                             jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
 
 
 def rescan_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: LocalizerSettings,
@@ -302,13 +307,10 @@ def _rescan_batch(y, H, codes, thresholds, geometry, res, resid, inv_r, *, grid,
         E = scene_operators(h1, c1, l, n, y1.dtype)
         # padding slots get a harmless in-box position (they stay masked in every fit)
         p0, t0 = (jnp.where(old.valid, x, 0.0).astype(real) for x in (old.phi, old.theta))
-        r0 = jnp.where(old.valid, old.r, inv_r[-1] ** -1).astype(real)
+        r0 = jnp.where(old.valid, old.r, 1.0 / inv_r[-1]).astype(real)
         phi, theta, r, mask, f, e, kept = ml_rescan(y1, E, geo, grid, p0, t0, r0, old.valid, e0, thresholds, cfg,
                                                     inv_r, model=model)
-        score = 10.0 * jnp.log10(jnp.maximum(jnp.where(mask, f, 0.0), 1e-30))
-        phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)
-        new = CompressiveResult(phi, theta, r, jnp.where(valid, score, -jnp.inf), valid,
-                                jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
+        new = _fit_result(phi, theta, r, mask, f, e, gates, cfg.k_max)
         out = jax.tree_util.tree_map(lambda a, b: jnp.where(kept, a, b.astype(a.dtype)), new, old)
         return out, jnp.where(kept, e, e0), kept
 

@@ -12,8 +12,8 @@ Methods (registered in `rismvdr.localize.registry`):
   Levenberg-Marquardt steps of the likelihood make their positions as accurate as the measurements
   allow, which the MVDR peaks of the network's own R_pred cannot (they only re-find its slots).
 - `learned-refiner`: the seed's Stage-2 path. Low-rank MVDR map on the coarse refiner grid
-  (range planes max-reduced; with `RefinerConfig.inputs` also the measurements' own Bartlett
-  map, `refiner_inputs`) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
+  (range planes max-reduced; with `RefinerConfig.inputs` also the Bartlett map of the
+  measurements' matched-filter covariance, `refiner_inputs`) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
   -> best range plane by MVDR -> 3-D refinement (the shared detector's `refine_peaks` on the
   same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
   non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
@@ -71,7 +71,7 @@ __all__ = [
     "backbone_factor",
     "learned_operator",
     "refiner_grid",
-    "backprojection",
+    "matched_filter_factor",
     "refiner_inputs",
     "refiner_map_ok",
     "make_learned_runner",
@@ -180,14 +180,12 @@ def _refiner_peaks(prob, op1, geometry, fine_grid: Grid, rgrid: Grid, det, thres
     return phi, theta, r, jnp.where(valid, score, -jnp.inf), valid
 
 
-def backprojection(scenes):
-    """`[B, N, L]` back-projected snapshots `z_l = G_l^H y_l` of a batch (`G_l = H diag(c_l)`
-    in RIS mode; in full-array mode `z_l = y_l`): the columns of the factor whose Bartlett map
-    is the measurements' matched-filter beamspace map."""
-    if scenes.H is None:
-        return jnp.swapaxes(scenes.y, -1, -2)
-    hy = jnp.einsum("...mn,...lm->...ln", jnp.conj(scenes.H), scenes.y, precision=jax.lax.Precision.HIGHEST)
-    return jnp.swapaxes(jnp.conj(scenes.codes) * hy, -1, -2)
+def matched_filter_factor(scenes):
+    """Factor `[B, N, L]` of the matched-filter covariance of a batch (`physics.covariance`,
+    the estimator of `mvdr-mf`): the back-projected snapshots `G_l^H y_l` (`y_l` in full-array
+    mode), scaled to trace N. Its Bartlett map is the measurements' own matched-filter map."""
+    return batched_covariance(scenes.y, scenes.H, scenes.codes, 0.0, method="matched_filter", rank=0, n_iter=0,
+                              f_solver="auto", precision=jax.lax.Precision.HIGHEST).factor
 
 
 def refiner_inputs(model: LearnedModel, rcfg: RefinerConfig, scenes, *, delta_rel: float, precision: str = "highest",
@@ -209,8 +207,8 @@ def refiner_inputs(model: LearnedModel, rcfg: RefinerConfig, scenes, *, delta_re
     for name in rcfg.inputs:
         if name == "blend":
             chan = op
-        elif name == "bartlett":
-            chan = bartlett_factor_operator(backprojection(scenes))
+        elif name == "bartlett":  # the matched-filter covariance's factor: the back-projected snapshots G_l^H y_l
+            chan = bartlett_factor_operator(matched_filter_factor(scenes))
         else:
             raise ValueError(f"refiner input: unknown map {name!r}")
         power = spectrum_25d(chan, a_r, precision=precision, max_chunk_mb=max_chunk_mb).power
