@@ -2,6 +2,7 @@
 the refiner stage, export/load, guardrails, and the physics steps the learned path uses
 (range scan, ML from a starting point)."""
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pytest
 from rismvdr.cli import main
 from rismvdr.files import load_scenes, scenes_from_file
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
-from rismvdr.localize.compressive import add_candidates, polish_batch, polish_thresholds, rescan_batch
+from rismvdr.localize.compressive import (
+    add_candidates,
+    compressive_context,
+    continue_batch,
+    localize_from_start,
+    polish_batch,
+    polish_thresholds,
+    rescan_batch,
+)
 from rismvdr.localize.detect import RefinerGuard
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.scenarios import Gates
@@ -30,6 +39,8 @@ from rismvdr.models.refiner import REFINER_INPUTS, RefinerConfig
 from rismvdr.physics.compressive import (
     CompressiveConfig,
     apply_operators,
+    atom_scores,
+    backprojected_scores,
     dictionary,
     f_thresholds,
     ls_fit,
@@ -270,7 +281,8 @@ def test_range_scan_recovers_range_noise_free():
     assert np.all(err_u < du), (np.asarray(r), np.asarray(sc.r))
 
 
-def test_ml_from_start_refines_and_adds_missing_source():
+@pytest.mark.parametrize("picks", ["dictionary", "backprojection"])
+def test_ml_from_start_refines_and_adds_missing_source(picks):
     cfg, sc, geo, E = _noise_free(3, 11)
     grid = make_grid(cfg.phi_deg, cfg.theta_deg, cfg.r_m, phi_step_deg=4.0, theta_step_deg=4.0, n_planes=6)
     a_flat = grid_steering(geo, grid, dtype=jnp.complex128).reshape(-1, cfg.n_elements)
@@ -289,8 +301,9 @@ def test_ml_from_start_refines_and_adds_missing_source():
     th0 = jnp.asarray(np.r_[np.asarray(sc.theta[:2]) - d, 0.0, 0.0, 0.0])
     r0 = jnp.asarray(np.r_[np.asarray(sc.r[:2]) * 1.05, 5.0, 5.0, 5.0])
     m0 = jnp.asarray([True, True, False, False, False])
-    phi, theta, r, mask, f = jax.jit(lambda *a: ml_from_start(sc.y, E, D, norms, coords, thr, geo, grid, *a, ccfg))(
-        phi0, th0, r0, m0)
+    scores = functools.partial(backprojected_scores, E, a_flat) if picks == "backprojection" else None
+    phi, theta, r, mask, f = jax.jit(lambda *a: ml_from_start(sc.y, E, D, norms, coords, thr, geo, grid, *a, ccfg,
+                                                              scores=scores))(phi0, th0, r0, m0)
     assert int(jnp.sum(mask)) == 3
     est = np.stack([np.asarray(phi)[np.asarray(mask)], np.asarray(theta)[np.asarray(mask)]], -1)
     for k in range(3):
@@ -376,6 +389,83 @@ def test_rescan_batch_never_explains_less_and_keeps_the_sources():
     np.testing.assert_array_equal(np.asarray(out.phi)[same], np.asarray(res.phi)[same])
     with pytest.raises(ValueError, match="^points"):
         rescan_batch(sc.y, sc.H, sc.codes, thr, geo, settings, res, resid, points=2)
+
+
+@pytest.mark.parametrize("full_array", [False, True])
+def test_backprojected_scores_match_numpy(full_array):
+    """`sum_l |a_g^H G_l^H r_l|^2` against a NumPy float64 double loop; in full-array mode (G = I,
+    every atom of norm N) it is N times the dictionary's normalised `atom_scores`."""
+    rng = np.random.default_rng(4)
+    l, m, n, g = 5, 6, 9, 13
+    cplx = lambda *shape: rng.standard_normal(shape) + 1j * rng.standard_normal(shape)  # noqa: E731
+    a = np.exp(1j * rng.uniform(-np.pi, np.pi, (g, n)))
+    if full_array:
+        E, m = np.eye(n, dtype=complex)[None], n
+    else:
+        E = cplx(m, n)[None] * np.exp(1j * rng.uniform(-np.pi, np.pi, (l, 1, n)))
+    resid = cplx(l, m)
+    ref = np.array([sum(abs(np.vdot(a[j], E[min(i, E.shape[0] - 1)].conj().T @ resid[i])) ** 2 for i in range(l))
+                    for j in range(g)])
+    got = np.asarray(backprojected_scores(jnp.asarray(E), jnp.asarray(a), jnp.asarray(resid)))
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    if full_array:
+        D = dictionary(jnp.asarray(E), jnp.asarray(a))
+        norms = jnp.sum(jnp.abs(D) ** 2, axis=1)
+        np.testing.assert_allclose(got, n * np.asarray(atom_scores(D, norms, jnp.asarray(resid))), rtol=1e-12)
+
+
+def test_continue_batch_adds_the_missing_source_and_stops():
+    """60 dB scenes of 3 sources, fitted with 2 (the third missing): the continuation adds the
+    third at the truth and nothing more; a complete fit comes back with the same sources; the
+    residual and `rss` are those of the returned fit."""
+    cfg = get_scenario("seed", k_min=3, k_max=3, snr_db=(60.0, 60.0))
+    sc = simulate(cfg, 13, 4)
+    geo = scenario_geometry(cfg)
+    settings = settings_for_scenario(cfg)
+    thr = polish_thresholds(settings, geo, cfg.n_bs, cfg.n_snapshots)
+    a_flat = compressive_context(settings, geo, sc).a_flat
+    k = settings.detector.k_max
+    pad = lambda x, fill: jnp.concatenate([x, jnp.full(x.shape[:1] + (k - x.shape[1],), fill, x.dtype)], 1)  # noqa: E731
+    two = jnp.arange(3) < 2
+    res, _ = polish_batch(sc.y, sc.H, sc.codes, thr, geo, settings, pad(sc.phi, 0.0), pad(sc.theta, 0.0),
+                          pad(sc.r, 1.0), pad(sc.mask & two[None], False))
+    assert np.all(np.asarray(res.valid).sum(1) == 2)
+    out, e = continue_batch(sc.y, sc.H, sc.codes, a_flat, thr, geo, settings, res)
+    assert np.all(np.asarray(out.valid).sum(1) == 3)
+    for s in range(sc.y.shape[0]):
+        v = np.asarray(out.valid[s])
+        for j in range(3):
+            d = np.abs(np.asarray(out.phi[s])[v] - float(sc.phi[s, j])) + np.abs(np.asarray(out.theta[s])[v]
+                                                                               - float(sc.theta[s, j]))
+            assert np.min(d) < np.deg2rad(0.05), (s, j)
+    np.testing.assert_allclose(np.asarray(out.rss), np.sum(np.abs(np.asarray(e)) ** 2, axis=(1, 2)), rtol=1e-4)
+    assert np.all(np.asarray(out.rss) < 1e-4 * np.sum(np.abs(np.asarray(sc.y)) ** 2, axis=(1, 2)))
+    again, _ = continue_batch(sc.y, sc.H, sc.codes, a_flat, thr, geo, settings, out)
+    np.testing.assert_array_equal(np.asarray(again.valid).sum(1), 3)
+    np.testing.assert_allclose(np.sort(np.asarray(again.phi)[np.asarray(again.valid)]),
+                               np.sort(np.asarray(out.phi)[np.asarray(out.valid)]), atol=1e-6)
+
+
+def test_learned_ml_is_learned_with_the_ml_continuation(run):
+    """`learned-ml` = `learned` with `LearnedSettings.continuation` "backprojection" (same
+    detections); the continuation's choices are checked; `localize_from_start` refuses an unknown
+    `picks`."""
+    scenes = scenes_from_file(load_scenes(run / "s.npz"))
+    model = load_learned(run / "bb")
+    geo = scenario_geometry(get_scenario("seed"))
+    base = settings_for_scenario(get_scenario("seed")).with_grid(phi_step_deg=4, theta_step_deg=4, n_planes=4)
+    ml = localize("learned-ml", scenes, geo, base, progress=False, model=model).detections
+    s = base.replace(learned=dataclasses.replace(base.learned, continuation="backprojection"))
+    ref = localize("learned", scenes, geo, s, progress=False, model=model).detections
+    for a, b in zip(ml, ref):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="continuation"):
+        dataclasses.replace(base.learned, continuation="dictionary")
+    ctx = compressive_context(base, geo, scenes)
+    z = jnp.zeros(scenes.y.shape[:1] + (5,))
+    with pytest.raises(ValueError, match="^picks"):
+        localize_from_start(scenes.y, scenes.H, scenes.codes, ctx.a_flat, ctx.thresholds, geo, ctx.grid, ctx.cfg,
+                            z, z, z + 1.0, z > 0, picks="somp")
 
 
 def test_add_candidates_fills_free_slots_in_order_and_skips_known_sources():

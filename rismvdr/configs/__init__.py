@@ -7,7 +7,7 @@ Training configs (each module defines `get_config() -> TrainConfig`):
 - `tiny`: a seconds-long run for CI and smoke tests.
 
 Search spaces (each module defines `get_space()`, see `rismvdr.hpo`): `hpo_space`, the default
-of `rismvdr hpo --space`.
+of `rismvdr hpo --space`, and `hpo_space_beta0`, the same without `model.beta`.
 
 `--config` and `--space` take one of these names or the path of a Python file defining the same
 function; the checkout's `configs/*.py` files re-export these modules, so
@@ -31,7 +31,7 @@ __all__ = ["CONFIGS", "SPACES", "DEFAULT_SPACE", "config_file", "space_file", "l
 #: Packaged training configs, by name (modules of this package defining `get_config()`).
 CONFIGS = ("seed", "seed_refiner", "tiny")
 #: Packaged search spaces, by name (modules of this package defining `get_space()`).
-SPACES = ("hpo_space",)
+SPACES = ("hpo_space", "hpo_space_beta0")
 #: The search space `rismvdr hpo` / `rismvdr hpo2` use when `--space` is not given.
 DEFAULT_SPACE = "hpo_space"
 

@@ -25,9 +25,11 @@ from rismvdr.physics.compressive import (
     CompressiveResult,
     apply_operators,
     atom_scores,
+    backprojected_scores,
     dictionary,
     f_thresholds,
     ls_fit,
+    ml_continue,
     ml_from_start,
     ml_polish,
     ml_refine,
@@ -50,6 +52,7 @@ __all__ = [
     "add_candidates",
     "polish_batch",
     "rescan_batch",
+    "continue_batch",
     "polish_thresholds",
     "scene_group_size",
     "bound_method",
@@ -57,6 +60,7 @@ __all__ = [
     "compressive_method",
     "localize_compressive",
     "localize_from_start",
+    "PICKS",
 ]
 
 
@@ -180,19 +184,28 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
                        batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max))
 
 
+#: `localize_from_start`'s criteria of the greedy picks: the dictionary's atom scores (`atom_scores`,
+#: as `somp-ml`) or the matched filter of the back-projected residual (`backprojected_scores`: no
+#: dictionary is built).
+PICKS = ("dictionary", "backprojection")
+
+
 def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, grid: Grid,
                         cfg: CompressiveConfig, phi0, theta0, r0, mask0, *, gates: Gates = DEFAULT_GATES,
-                        model: str = "exact") -> CompressiveResult:
+                        model: str = "exact", picks: str = "dictionary") -> CompressiveResult:
     """`ml_from_start` for a batch (`[S, ...]` inputs as in `localize_compressive`; starting
-    detections `[S, K_max]`). Returns a `CompressiveResult` with `[S, K_max]` arrays."""
+    detections `[S, K_max]`), its greedy picks by `picks` (one of `PICKS`). Returns a
+    `CompressiveResult` with `[S, K_max]` arrays."""
     cfg.validate()
+    if picks not in PICKS:
+        raise ValueError(f"picks: expected one of {PICKS}, got {picks!r}")
     return _from_start_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, phi0, theta0, r0, mask0,
-                             grid=grid, cfg=cfg, gates=gates, model=model)
+                             grid=grid, cfg=cfg, gates=gates, model=model, picks=picks)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model", "picks"))
 def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates,
-                      model):
+                      model, picks):
     real = jnp.real(y).dtype
     coords = _flat_coords(grid, real)
     l, n = y.shape[1], a_flat.shape[-1]
@@ -200,11 +213,14 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
 
     def one(y1, h1, c1, p0, t0, rr0, m0):
         E = scene_operators(h1, c1, l, n, y1.dtype)
-        D = dictionary(E, a_flat)
-        norms = jnp.sum(abs2(D), axis=1)
-        phi, theta, r, mask, f = ml_from_start(y1, E, D, norms, coords, thresholds, geo, grid,
+        if picks == "dictionary":
+            D = dictionary(E, a_flat)
+            scores = functools.partial(atom_scores, D, jnp.sum(abs2(D), axis=1))
+        else:
+            scores = functools.partial(backprojected_scores, E, a_flat)
+        phi, theta, r, mask, f = ml_from_start(y1, E, None, None, coords, thresholds, geo, grid,
                                                p0.astype(real), t0.astype(real), rr0.astype(real), m0, cfg,
-                                               model=model)
+                                               model=model, scores=scores)
         _, e = ls_fit(apply_operators(E, steering(geo, phi, theta, r, model=model, dtype=y1.dtype).T), y1, mask)
         score = 10.0 * jnp.log10(jnp.maximum(f, 1e-30))
         phi, theta, r, score, valid = gate_nms(phi, theta, r, score, mask, gates, cfg.k_max)
@@ -315,6 +331,50 @@ def _rescan_batch(y, H, codes, thresholds, geometry, res, resid, inv_r, *, grid,
         return out, jnp.where(kept, e, e0), kept
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, res, resid),
+                       batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
+
+
+def continue_batch(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, settings: LocalizerSettings,
+                   res: CompressiveResult, *, ml_iters: int | None = None):
+    """`ml_continue` for a batch of fitted scenes (e.g. `polish_batch`'s result), its picks by the
+    matched filter of the back-projected residual (`backprojected_scores`) over the dictionary
+    grid's points: no dictionary is built. Then the F-test order re-test and the gate NMS.
+
+    Args:
+      a_flat: `[G, N]` steering of the dictionary grid (`compressive_context(...).a_flat`).
+      res: the fit, `[S, k_max]` arrays; thresholds: `[k_max]` from `polish_thresholds`.
+      ml_iters: Levenberg-Marquardt iterations of each step's refinement (default: the compressive
+        config's).
+
+    Returns:
+      (`CompressiveResult` `[S, k_max]`, score = 10 log10 F; residual `[S, L, M]`).
+    """
+    cfg = settings.compressive_config()
+    if ml_iters is not None:
+        cfg = dataclasses.replace(cfg, ml_iters=int(ml_iters))
+    cfg.validate()
+    return _continue_batch(y, H, codes, a_flat, jnp.asarray(thresholds), geometry, res,
+                           grid=settings.dictionary_grid(geometry.linear), cfg=cfg, gates=settings.detector.gates,
+                           model=settings.steering_model)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+def _continue_batch(y, H, codes, a_flat, thresholds, geometry, res, *, grid, cfg, gates, model):
+    real = jnp.real(y).dtype
+    coords = _flat_coords(grid, real)
+    l, n = y.shape[1], a_flat.shape[-1]
+    geo = geometry.astype(real)
+
+    def one(y1, h1, c1, old):
+        E = scene_operators(h1, c1, l, n, y1.dtype)
+        # padding slots get a harmless in-box position (they stay masked until a pick fills them)
+        p0, t0 = (jnp.where(old.valid, x, 0.0).astype(real) for x in (old.phi, old.theta))
+        r0 = jnp.where(old.valid, old.r, coords[2][0]).astype(real)
+        phi, theta, r, mask, f, e = ml_continue(y1, E, functools.partial(backprojected_scores, E, a_flat), coords,
+                                                thresholds, geo, grid, p0, t0, r0, old.valid, cfg, model=model)
+        return _fit_result(phi, theta, r, mask, f, e, gates, cfg.k_max), e
+
+    return jax.lax.map(lambda args: one(*args), (y, H, codes, res),
                        batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
 
 

@@ -18,9 +18,11 @@ Methods (registered in `rismvdr.localize.registry`):
   same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
   non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
   flag each fallback.
-- `learned-ml`: the `learned` detections (polished by `finish_detections`), polished once more and
-  continued greedily over the compressive dictionary
-  (`rismvdr.localize.compressive.localize_from_start`).
+- `learned-ml`: `learned` whose finishing stage searches the residual with the compressive
+  methods' greedy ML continuation instead of the backbone (`LearnedSettings.continuation`
+  "backprojection", `rismvdr.localize.compressive.continue_batch`): its picks come from the matched
+  filter of the back-projected residual on the dictionary grid's points, so no dictionary
+  `[L, M, G]` is built (building it is most of `somp-ml`'s cost).
 
 Every method ends in the same gate NMS; the maps are the MVDR spectra on R_blend.
 """
@@ -36,8 +38,7 @@ import numpy as np
 
 from rismvdr.localize.compressive import (
     add_candidates,
-    compressive_context,
-    localize_from_start,
+    continue_batch,
     polish_batch,
     polish_thresholds,
     rescan_batch,
@@ -262,7 +263,11 @@ def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: Lo
        (a few Levenberg-Marquardt steps of the concentrated likelihood, which reach the CRB from a
        start in its basin) and the F-test re-test, the same K-free significance test as the
        compressive methods (it is what rejects the network's answer on noise-only data);
-    2. `residual_passes` times: the backbone over the residual of that fit (the measurements minus
+    2. the search of the residual for sources the first pass missed, by `continuation`:
+       "backprojection": the greedy ML continuation (`continue_batch`: the grid point of the
+       dictionary grid that the back-projected residual's matched filter ranks first joins, all
+       sources are refined, the addition is kept if its F test passes, until one fails), or
+       "backbone": `residual_passes` times, the backbone over the residual of that fit (the measurements minus
        the fitted sources, at unit RMS): its slots whose existence probability reaches
        `exist_threshold` fill the free places (`add_candidates`), and all sources are polished
        again. A source the first pass missed (masked by a stronger neighbour, or below the
@@ -283,8 +288,13 @@ def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: Lo
     polish = lambda d: polish_batch(scenes.y, scenes.H, scenes.codes, thresholds, geometry, settings,  # noqa: E731
                                     d.phi, d.theta, d.r, d.valid, ml_iters=ls.polish_iters)
     res, resid = polish(det)
+    if ls.continuation == "backprojection":
+        a_flat = grid_steering(geometry, settings.dictionary_grid(geometry.linear), model=settings.steering_model,
+                               dtype=scenes.y.dtype)
+        res, resid = continue_batch(scenes.y, scenes.H, scenes.codes, a_flat.reshape(-1, a_flat.shape[-1]),
+                                    thresholds, geometry, settings, res, ml_iters=ls.polish_iters)
     live = _measured(scenes)
-    for _ in range(int(ls.residual_passes)):
+    for _ in range(int(ls.residual_passes) if ls.continuation == "backbone" else 0):
         rest = dataclasses.replace(scenes, y=unit_rms(resid)[0])
         samp = als_samp_factor(rest) if model.backbone_cfg.beta > 0 else None
         # The new slots' ranges are scanned as in the first pass (`BackboneConfig.range_scan`); the polish
@@ -419,19 +429,9 @@ def refiner_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSe
 
 def learned_ml_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
                       model: LearnedModel | None = None) -> Runner:
-    """`learned-ml`: the `learned` runner, then the compressive ML from its detections; the
-    maps are `learned`'s; no extras."""
-    learned = learned_method(scenes, geometry, settings, model)
-    ctx = compressive_context(settings, geometry, scenes)
-
-    def run(batch: Scene):
-        det, spec, _ = learned.run(batch)
-        # `learned`'s detections are polished already (`finish_detections`); `localize_from_start` polishes
-        # them once more before its greedy continuation: validation (seed 1, 500 scenes) F1 0.824 with
-        # that second polish, 0.819 without
-        res = localize_from_start(batch.y, batch.H, batch.codes, ctx.a_flat, ctx.thresholds, geometry, ctx.grid,
-                                  ctx.cfg, det.phi, det.theta, det.r, det.valid, gates=settings.detector.gates,
-                                  model=settings.steering_model)
-        return Detections(res.phi, res.theta, res.r, res.score_db, res.valid), spec, {}
-
-    return Runner(run, learned.grid)
+    """`learned-ml`: `learned` with the ML continuation (`LearnedSettings.continuation`
+    "backprojection"): the network's MVDR detections polished, continued greedily by the
+    compressive methods' ML steps (picks by the back-projected residual's matched filter, no
+    dictionary), re-tested and range-rescanned; the maps are `learned`'s; no extras."""
+    ml = dataclasses.replace(settings, learned=dataclasses.replace(settings.learned, continuation="backprojection"))
+    return learned_method(scenes, geometry, ml, model)

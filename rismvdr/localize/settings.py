@@ -26,6 +26,7 @@ __all__ = [
     "EstimatorSettings",
     "CompressiveSettings",
     "LearnedSettings",
+    "CONTINUATIONS",
     "LocalizerSettings",
     "settings_for_scenario",
 ]
@@ -93,6 +94,10 @@ class CompressiveSettings:
     config: CompressiveConfig = CompressiveConfig()
 
 
+#: `LearnedSettings.continuation`'s choices.
+CONTINUATIONS = ("backbone", "backprojection")
+
+
 @dataclasses.dataclass(frozen=True)
 class LearnedSettings:
     """The learned methods' inference knobs."""
@@ -105,6 +110,11 @@ class LearnedSettings:
     # places and are polished in turn. polish=False: the detector's peaks on the MVDR map as they are.
     polish: bool = True
     residual_passes: int = 1
+    # What searches the residual of the first polish for sources the network missed: "backbone"
+    # (`residual_passes` passes of the network, `learned`) or "backprojection" (the greedy ML
+    # continuation of the compressive methods, its picks by the matched filter of the back-projected
+    # residual, no dictionary: `learned-ml`).
+    continuation: str = "backbone"
     polish_iters: int = 10  # Levenberg-Marquardt iterations of each polish
     # Last: each source's range searched over this many 1/r values across the box at its fitted angles
     # (`physics.compressive.ml_rescan`), refined from there, kept when the fit explains more (0: off).
@@ -124,6 +134,8 @@ class LearnedSettings:
             raise ValueError(f"learned.exist_threshold: must lie in [0, 1], got {self.exist_threshold!r}")
         if int(self.residual_passes) != self.residual_passes or self.residual_passes < 0:
             raise ValueError(f"learned.residual_passes: must be an integer >= 0, got {self.residual_passes!r}")
+        if self.continuation not in CONTINUATIONS:
+            raise ValueError(f"learned.continuation: expected one of {CONTINUATIONS}, got {self.continuation!r}")
         if int(self.range_rescan) != self.range_rescan or self.range_rescan < 0 or 0 < self.range_rescan < 3:
             raise ValueError(f"learned.range_rescan: must be 0 (off) or an integer >= 3, got {self.range_rescan!r}")
         if int(self.polish_iters) != self.polish_iters or self.polish_iters < 0:

@@ -43,6 +43,7 @@ all-zero `y` passes no F test (no sources).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -65,6 +66,8 @@ __all__ = [
     "somp_ml",
     "ml_refine",
     "ml_from_start",
+    "ml_continue",
+    "backprojected_scores",
     "ml_polish",
     "range_scan",
     "ml_rescan",
@@ -515,6 +518,13 @@ def ml_polish(y, E, geometry: ArrayGeometry, grid: Grid, phi0, theta0, r0, mask0
     order = jnp.argsort(~mask0)  # valid starting points first
     phi, theta, r, mask = phi0[order], theta0[order], r0[order], mask0[order]
     phi, theta, r, _ = ml_refine(y, E, geometry, grid, phi, theta, r, mask, cfg, model=model)
+    mask, f, e = _retest(y, E, geometry, phi, theta, r, mask, thresholds, cfg, model=model)
+    return phi, theta, r, mask, f, e
+
+
+def _retest(y, E, geometry: ArrayGeometry, phi, theta, r, mask, thresholds, cfg: CompressiveConfig, *, model):
+    """The F-test order re-test of a fit (`order_retest`; with `cfg.retest` off, each source's F
+    statistic as it is): (mask, F `[K]` (`inf` outside mask with the re-test), residual `[L, M]`)."""
     B = apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
     if cfg.retest:
         mask, f = order_retest(y, B, mask, jnp.asarray(thresholds), cfg)
@@ -522,7 +532,7 @@ def ml_polish(y, E, geometry: ArrayGeometry, grid: Grid, phi0, theta0, r0, mask0
     else:
         f, _ = source_fstats(y, B, mask)
     _, e = ls_fit(B, y, mask)
-    return phi, theta, r, mask, f, e
+    return mask, f, e
 
 
 def ml_rescan(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, resid, thresholds,
@@ -553,44 +563,62 @@ def ml_rescan(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, re
     return p1, t1, r1, m1, f1, e1, kept
 
 
-def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
-                  phi0, theta0, r0, mask0, cfg: CompressiveConfig, *, model: str = "exact"):
-    """ML localization of one scene started from given detections (e.g. a learned method's).
-
-    1. Joint off-grid ML refinement of the starting sources and 2. F-test order re-test: the
-       least significant source is dropped while it fails (`ml_polish`; also when the start is
-       already polished, as `learned-ml`'s is: 10 more steps from there were measured to help).
-    3. Greedy continuation as in `somp_ml`: while slots are free, the dictionary atom that best
-       explains the residual is added, all sources are refined jointly, and the addition is kept
-       only if its F statistic passes the threshold for the new order (else the search stops).
+def backprojected_scores(E, a_flat, resid):
+    """`[G]` residual energy at every grid point by the matched filter of the back-projected
+    residual, `sum_l |a_g^H G_l^H r_l|^2`: `atom_scores` without the atom norms `||G_l a_g||^2`,
+    hence without the dictionary `[L, M, G]` (`L N G` multiply-adds per call against the
+    dictionary's `L M N G` to build). For unit-modulus steering and RIS codes the norms vary
+    little over the grid, so it ranks the grid points nearly as `atom_scores` does; it picks the
+    start of a greedy step, which the ML refinement and the F test then judge on the measurements.
 
     Args:
-      y: `[L, M]`; E, D, norms, grid_coords, thresholds: as in `somp_ml`.
-      phi0, theta0, r0, mask0: `[K_max]` starting detections (radians, metres, bool).
+      E: `[L|1, M, N]` from `scene_operators`; a_flat: `[G, N]` grid steering; resid: `[L, M]`.
+    """
+    if E.shape[0] == 1:
+        b = jnp.matmul(resid, jnp.conj(E[0]), precision=_HI)  # [L, N]: G^H r_l (shared G)
+    else:
+        b = jnp.einsum("lmn,lm->ln", jnp.conj(E), resid, precision=_HI)
+    return jnp.sum(abs2(jnp.matmul(b, jnp.conj(a_flat).T, precision=_HI)), axis=0)
+
+
+def ml_continue(y, E, scores, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask,
+                cfg: CompressiveConfig, *, model: str = "exact"):
+    """Greedy continuation of one scene's fit, as the steps of `somp_ml`: while slots are free, the
+    grid point that `scores` ranks first in the current residual joins the sources, all of them
+    are refined jointly (`ml_refine`), and the addition is kept only if its F statistic passes the
+    threshold for the new order; the first rejection ends the search (a while loop: a fit that is
+    already complete costs one step).
+
+    Args:
+      y: `[L, M]`; E: `[L|1, M, N]`; scores: `resid [L, M] -> [G]` (`atom_scores` of a dictionary,
+        or `backprojected_scores`); grid_coords: (phi, theta, r) `[G]` each, the scored grid points;
+        thresholds: `[K_max]` from `f_thresholds`.
+      phi, theta, r, mask: `[K_max]` the current fit.
 
     Returns:
-      (phi, theta, r, mask) `[K_max]`, F statistic per source `[K_max]`.
+      (phi, theta, r, mask) `[K_max]` after the F-test order re-test of the final fit (as
+      `ml_polish`), each source's F statistic `[K_max]` (`inf` outside `mask`), residual `[L, M]`.
     """
     k_max = cfg.k_max
     l, m = y.shape
     real = jnp.real(y).dtype
     thresholds = jnp.asarray(thresholds)
     gphi, gth, gr = grid_coords
-    phi, theta, r, mask, _, _ = ml_polish(y, E, geometry, grid, phi0, theta0, r0, mask0, thresholds, cfg,
-                                          model=model)
-
-    def cols(phi, theta, r):
-        return apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
 
     def rss_of(phi, theta, r, mask):
-        _, e = ls_fit(cols(phi, theta, r), y, mask)
+        B = apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
+        _, e = ls_fit(B, y, mask)
         return jnp.sum(abs2(e)), e
 
-    def step(_, carry):
-        phi, theta, r, mask, stopped = carry
+    def more(carry):
+        *_, mask, stopped = carry
+        return ~stopped & (jnp.sum(mask) < k_max)
+
+    def step(carry):
+        phi, theta, r, mask, _ = carry
         count = jnp.sum(mask)
         rss, resid = rss_of(phi, theta, r, mask)
-        score = atom_scores(D, norms, resid)
+        score = scores(resid)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         slot = jnp.argmin(mask)  # first free slot
         cphi, cth, cr = phi.at[slot].set(gphi[g]), theta.at[slot].set(gth[g]), r.at[slot].set(gr[g])
@@ -599,14 +627,41 @@ def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeomet
         rss_new, _ = rss_of(cphi, cth, cr, cmask)
         dof = (m - (count + 1)) * l
         f = ((rss - rss_new) / l) / jnp.maximum(rss_new / jnp.maximum(dof, 1), 1e-30)
-        tau = thresholds[jnp.clip(count, 0, k_max - 1)].astype(real)
-        accept = (~stopped) & (count < k_max) & (f > tau)
+        accept = f > thresholds[jnp.clip(count, 0, k_max - 1)].astype(real)
         pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
-        return pick(cphi, phi), pick(cth, theta), pick(cr, r), pick(cmask, mask), stopped | ~accept
+        return pick(cphi, phi), pick(cth, theta), pick(cr, r), pick(cmask, mask), ~accept
 
-    phi, theta, r, mask, _ = jax.lax.fori_loop(0, k_max, step, (phi, theta, r, mask, jnp.asarray(False)))
-    if cfg.retest:
-        mask, f = order_retest(y, cols(phi, theta, r), mask, thresholds, cfg)
-    else:
-        f = jnp.where(mask, jnp.inf, 0.0)
+    phi, theta, r, mask, _ = jax.lax.while_loop(more, step, (phi, theta, r, mask, jnp.asarray(False)))
+    mask, f, e = _retest(y, E, geometry, phi, theta, r, mask, thresholds, cfg, model=model)
+    return phi, theta, r, mask, f, e
+
+
+def ml_from_start(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
+                  phi0, theta0, r0, mask0, cfg: CompressiveConfig, *, model: str = "exact", scores=None):
+    """ML localization of one scene started from given detections (e.g. a learned method's).
+
+    1. Joint off-grid ML refinement of the starting sources and 2. F-test order re-test: the
+       least significant source is dropped while it fails (`ml_polish`; also when the start is
+       already polished, as `learned-ml`'s is: 10 more steps from there were measured to help).
+    3. Greedy continuation as in `somp_ml` (`ml_continue`): while slots are free, the grid point
+       that best explains the residual is added, all sources are refined jointly, and the
+       addition is kept only if its F statistic passes the threshold for the new order (else the
+       search stops); then the order re-test of the final fit.
+
+    Args:
+      y: `[L, M]`; E, D, norms, grid_coords, thresholds: as in `somp_ml`.
+      phi0, theta0, r0, mask0: `[K_max]` starting detections (radians, metres, bool).
+      scores: optional `resid -> [G]` criterion of the continuation's picks (e.g.
+        `backprojected_scores`); default (None) `atom_scores(D, norms, resid)`, and `D`, `norms`
+        are then required (else they are not used and may be None).
+
+    Returns:
+      (phi, theta, r, mask) `[K_max]`, F statistic per source `[K_max]`.
+    """
+    if scores is None:
+        scores = functools.partial(atom_scores, D, norms)
+    phi, theta, r, mask, _, _ = ml_polish(y, E, geometry, grid, phi0, theta0, r0, mask0, thresholds, cfg,
+                                          model=model)
+    phi, theta, r, mask, f, _ = ml_continue(y, E, scores, grid_coords, thresholds, geometry, grid, phi, theta, r,
+                                            mask, cfg, model=model)
     return phi, theta, r, mask, f
