@@ -59,7 +59,7 @@ from rismvdr.files import (
     write_maps,
 )
 from rismvdr.localize.registry import METHODS, localize
-from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
+from rismvdr.localize.settings import CONTINUATIONS, LocalizerSettings, settings_for_scenario
 from rismvdr.localize.weights import load_learned
 from rismvdr.physics.scenarios import DEFAULT_GATES, Gates, get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -128,9 +128,12 @@ def _settings(args, sf):
         raise ValueError(f"--residual-passes: must be an integer >= 0, got {args.residual_passes}")
     if args.range_rescan is not None and (args.range_rescan < 0 or 0 < args.range_rescan < 3):
         raise ValueError(f"--range-rescan: must be 0 (off) or an integer >= 3, got {args.range_rescan}")
+    if args.continuation == "backbone" and getattr(args, "method", None) == "learned-ml":
+        raise ValueError("--continuation backbone: learned-ml is learned with the 'backprojection' continuation; "
+                         "use --method learned for the backbone's")
     learned_kw = {k: v for k, v in dict(
         polish=None if not args.no_polish else False, residual_passes=args.residual_passes,
-        range_rescan=args.range_rescan,
+        range_rescan=args.range_rescan, continuation=args.continuation,
         map_threshold=False if args.no_map_threshold else None,
     ).items() if v is not None}
     learned = dataclasses.replace(base.learned, **learned_kw)
@@ -180,6 +183,11 @@ def _add_localizer_flags(p):
                    "(default: the peaks that pass --threshold-mode; ignored with --no-polish)")
     g.add_argument("--residual-passes", type=int, help="learned methods: passes of the backbone over the residual of "
                    "the polished fit, each adding the sources it finds (count, default 1; 0: polish only)")
+    g.add_argument("--continuation", choices=CONTINUATIONS, help="learned methods: what searches the residual of "
+                   "the polished fit for missed sources: 'backbone' (--residual-passes passes of the network; default "
+                   "of learned and learned-refiner) or 'backprojection' (the greedy ML continuation of the compressive "
+                   "methods, picks by the matched filter of the back-projected residual, each F-tested; no dictionary). "
+                   "learned-ml always uses 'backprojection'")
     g.add_argument("--range-rescan", type=int, help="learned methods: last, search each source's range over this many "
                    "values of 1/r across the range box at its fitted angles, refine from there and keep that fit when "
                    "it explains more of the measurements (count of candidates, evenly spaced in 1/r, >= 3; default 48, "

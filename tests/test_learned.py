@@ -93,10 +93,11 @@ def test_localize_learned_through_cli(run, method, ckpt, capsys):
         assert "refiner map rejected in" in capsys.readouterr().out
 
 
-def test_finishing_flags_through_cli(run):
-    """`--no-polish` / `--residual-passes` / `--no-map-threshold` / `--range-rescan` reach `LearnedSettings`: the CLI's
-    rows equal the library's with the same settings (and `--no-polish` is the detector's output, not
-    the polished one)."""
+def test_finishing_flags_through_cli(run, capsys):
+    """`--no-polish` / `--residual-passes` / `--no-map-threshold` / `--range-rescan` / `--continuation`
+    reach `LearnedSettings`: the CLI's rows equal the library's with the same settings (and
+    `--no-polish` is the detector's output, not the polished one); `learned-ml` refuses
+    `--continuation backbone`."""
     sf = load_scenes(run / "s.npz")
     scenes = scenes_from_file(sf)
     model = load_learned(run / "bb")
@@ -106,7 +107,9 @@ def test_finishing_flags_through_cli(run):
     for name, flags, learned in (("raw", ["--no-polish"], dict(polish=False)),
                                  ("polish", ["--residual-passes", "0"], dict(residual_passes=0)),
                                  ("every-peak", ["--no-map-threshold"], dict(map_threshold=False)),
-                                 ("rescan", ["--range-rescan", "24"], dict(range_rescan=24))):
+                                 ("rescan", ["--range-rescan", "24"], dict(range_rescan=24)),
+                                 ("continuation", ["--continuation", "backprojection"],
+                                  dict(continuation="backprojection"))):
         out = run / f"finish-{name}.csv"
         assert main(["localize", str(run / "s.npz"), "--method", "learned", "--checkpoint", str(run / "bb"),
                      "--out", str(out), "-q", *grid_flags, *flags]) == 0
@@ -120,6 +123,11 @@ def test_finishing_flags_through_cli(run):
         assert np.allclose(np.sort(rows[name][:, 7]), np.sort(np.asarray(d.score_db)[v]), atol=1e-2), name
     # the scores differ in kind: the detector's map in dB against each source's F statistic in dB
     assert not (len(rows["raw"]) == len(rows["polish"]) and np.allclose(rows["raw"][:, 7], rows["polish"][:, 7]))
+    capsys.readouterr()
+    assert main(["localize", str(run / "s.npz"), "--method", "learned-ml", "--checkpoint", str(run / "bb"),
+                 "--out", str(run / "never.csv"), "-q", "--continuation", "backbone"]) == 2
+    assert "--continuation backbone: learned-ml is learned with" in capsys.readouterr().err
+    assert not (run / "never.csv").exists()
 
 
 def test_learned_detector_threshold_only_without_the_finishing_stage_or_when_asked():
