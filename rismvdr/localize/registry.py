@@ -24,7 +24,7 @@ significance stage (`rismvdr.localize.significance`; "F test" below). The famili
 | `somp-ml-oracle-k` | bound: `somp-ml` with its order forced to the true K | true K |
 | `learned` | MVDR (Woodbury) on the trained backbone's R_blend (`rismvdr.localize.learned`) | detector |
 | `learned-refiner` | low-rank MVDR map -> SpectrumRefiner -> peaks -> MVDR range plane -> 3-D refinement; guarded, falls back to `learned` | refiner map |
-| `learned-ml` | `learned` detections as the start of the compressive ML refinement + F-test order search | F test |
+| `learned-ml` | `learned` whose residual is searched by the compressive ML continuation (back-projected picks, no dictionary) | F test |
 """
 from __future__ import annotations
 
@@ -124,8 +124,9 @@ METHODS: dict[str, Method] = {
         Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
                "refinement, with guardrails and MVDR fallback", refiner_method, learned=True,
                significance_tested=True),
-        Method("learned-ml", "learned detections as the start of the compressive ML refinement and F-test "
-               "order search", learned_ml_method, learned=True, significance_tested=True),
+        Method("learned-ml", "learned with the compressive methods' greedy ML continuation (picks by the "
+               "back-projected residual, each F-tested; no dictionary) in place of the residual backbone pass",
+               learned_ml_method, learned=True, significance_tested=True),
     )
 }
 
