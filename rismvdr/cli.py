@@ -429,6 +429,8 @@ def cmd_hpo(args) -> int:
     """`rismvdr hpo`: one study (surrogate or end-to-end objective); `rismvdr hpo export`."""
     if args.hpo_command == "export":
         return cmd_hpo_export(args)
+    if args.hpo_command == "trials":
+        return cmd_hpo_trials(args)
     import rismvdr.hpo as hpo  # start-up time: only the hpo commands load optuna and the trainer
 
     for flag, value in (("--config", args.config), ("--workdir", args.workdir), ("--trials", args.trials)):
@@ -510,6 +512,22 @@ def cmd_hpo_export(args) -> int:
     rec = hpo.export_best(args.study, storage, args.out, trial=args.trial)
     print(f"wrote {args.out}: study {rec['study']}, trial {rec['trial']}, value {rec['value']:.4g}; "
           f"train it with: rismvdr train --from-hpo {args.out} --workdir RUN_DIR")
+    return 0
+
+
+def cmd_hpo_trials(args) -> int:
+    import rismvdr.hpo as hpo  # start-up time: only the hpo commands load optuna and the trainer
+
+    if args.storage is None and args.workdir is None:
+        raise ValueError("--workdir or --storage: required (where the study lives)")
+    storage = args.storage or hpo.default_storage(args.workdir)
+    rows = hpo.trials_table(args.study, storage)
+    hpo.write_trials_csv(rows, args.out)
+    states = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    print(f"wrote {args.out}: {len(rows)} trials of {args.study} ("
+          + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ")")
     return 0
 
 
@@ -800,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--pruner", choices=("median", "none"), default="median", help="median: from the 6th "
                     "trial on, a trial worse than the median of the others at the same epoch stops; none: no "
                     "pruning (default median)")
-    hsub = hp.add_subparsers(dest="hpo_command", metavar="{export}")
+    hsub = hp.add_subparsers(dest="hpo_command", metavar="{export,trials}")
     hsub.required = False
     he = hsub.add_parser("export", help="write the best trial of a study as best.json (for train --from-hpo)")
     he.add_argument("--study", required=True, help="study name (hpo2: <name>-s2 holds the reranked trials)")
@@ -809,6 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--out", required=True, help="output JSON: config, params, value, study, trial, user_attrs")
     he.add_argument("--trial", type=int, help="export this COMPLETE trial (its number in the study) instead of "
                                               "the best one, e.g. one chosen by a larger evaluation")
+    ht = hsub.add_parser("trials", help="write every trial of a study (state, value, value per validation period, "
+                         "duration, parameters) as a CSV table")
+    ht.add_argument("--study", required=True, help="study name (hpo2: <name>-s1 and <name>-s2)")
+    ht.add_argument("--workdir", help="HPO directory whose hpo.journal holds the study")
+    ht.add_argument("--storage", help="journal file or SQLAlchemy URL (default <workdir>/hpo.journal)")
+    ht.add_argument("--out", required=True, help="output CSV: trial, state, value, value_per_period (JSON), "
+                    "duration_s (seconds), start, complete (ISO times), status, param.<name> per parameter")
     hp.set_defaults(func=cmd_hpo, hpo_command=None)
 
     h2 = sub.add_parser("hpo2", help="two-stage search: many surrogate trials, then the top-k rerun end-to-end",

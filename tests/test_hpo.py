@@ -5,6 +5,7 @@ those enter the jitted step as traced scalars, so every trial compiles the same 
 with the persistent compilation cache these tests share, only the first one compiles. The
 cache is switched on for this module and off again after it.
 """
+import csv
 import json
 import os
 import pwd
@@ -234,6 +235,22 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     assert main(["hpo", "export", "--study", "tiny", "--workdir", str(work), "--out", str(chosen),
                  "--trial", "99"]) == 2
     assert "--trial: trial 99 of 'tiny' does not exist" in capsys.readouterr().err
+    # `hpo trials`: one CSV row per trial with its state, value, reports and parameters
+    table = tmp_path / "trials.csv"
+    assert main(["hpo", "trials", "--study", "tiny", "--workdir", str(work), "--out", str(table)]) == 0
+    assert "4 trials of tiny" in capsys.readouterr().out
+    with open(table, newline="") as fh:
+        rows = {int(r["trial"]): r for r in csv.DictReader(fh)}
+    assert list(next(iter(rows.values())))[: len(hpo.TRIAL_COLUMNS)] == list(hpo.TRIAL_COLUMNS)
+    for t in study.get_trials():
+        r = rows[t.number]
+        assert r["state"] == t.state.name and float(r["duration_s"]) > 0
+        assert json.loads(r["value_per_period"]) == {str(k): v for k, v in t.intermediate_values.items()}
+        assert (r["value"] == "") if t.value is None else float(r["value"]) == t.value
+        for k, v in t.params.items():
+            assert r[f"param.{k}"] == str(v)
+    assert main(["hpo", "trials", "--study", "nope", "--workdir", str(work), "--out", str(table)]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
     # a rerun with the cap reached does nothing; another space in the same study is refused
     assert main([str(a) for a in argv]) == 0
     assert len(study.get_trials()) == 4

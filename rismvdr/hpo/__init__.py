@@ -18,6 +18,7 @@ from rismvdr.hpo.storage import (
 )
 from rismvdr.hpo.study import (
     PRUNERS,
+    TRIAL_COLUMNS,
     export_best,
     fail_dead_trials,
     format_rerank,
@@ -26,6 +27,8 @@ from rismvdr.hpo.study import (
     rerank,
     run_hpo2,
     run_study,
+    trials_table,
+    write_trials_csv,
 )
 from rismvdr.hpo.trial import (
     WORKER_HOST,
@@ -51,4 +54,5 @@ __all__ = [
     "last_heartbeat",
     # studies
     "PRUNERS", "open_study", "fail_dead_trials", "run_study", "run_hpo2", "rerank", "format_rerank", "export_best", "print_trial",
+    "TRIAL_COLUMNS", "trials_table", "write_trials_csv",
 ]

@@ -22,6 +22,7 @@ epochs (study `<name>-s2`), reranked (`rerank`, `format_rerank`).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -50,7 +51,8 @@ from rismvdr.hpo.trial import (
 )
 from rismvdr.train.config import TrainConfig
 
-__all__ = ["PRUNERS", "open_study", "fail_dead_trials", "run_study", "run_hpo2", "rerank", "format_rerank", "export_best", "print_trial"]
+__all__ = ["PRUNERS", "TRIAL_COLUMNS", "open_study", "fail_dead_trials", "run_study", "run_hpo2", "rerank", "format_rerank",
+           "export_best", "trials_table", "write_trials_csv", "print_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -419,11 +421,7 @@ def export_best(study_name: str, storage: str, out: str | Path, *, trial: int | 
       FileNotFoundError: no journal file; ValueError: no such study, no complete trial, or
       `trial` is not a COMPLETE trial of the study.
     """
-    st = make_storage(storage, create=False)
-    names = optuna.get_all_study_names(st)
-    if study_name not in names:
-        raise ValueError(f"--study: no study {study_name!r} in {storage} (studies: {', '.join(sorted(names)) or 'none'})")
-    study = optuna.load_study(study_name=study_name, storage=st)
+    study = _load_existing(study_name, storage)
     if trial is not None:
         chosen = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == trial]
         if not chosen:
@@ -448,3 +446,54 @@ def export_best(study_name: str, storage: str, out: str | Path, *, trial: int | 
                   user_attrs={k: v for k, v in best.user_attrs.items() if k != "config"}, config=config)
     write_json(out, to_jsonable(record))
     return record
+
+
+def _load_existing(study_name: str, storage: str) -> optuna.Study:
+    """An existing study (read; never created). Raises FileNotFoundError (no journal file) or
+    ValueError (no such study, the studies there named)."""
+    st = make_storage(storage, create=False)
+    names = optuna.get_all_study_names(st)
+    if study_name not in names:
+        raise ValueError(f"--study: no study {study_name!r} in {storage} (studies: {', '.join(sorted(names)) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=st)
+
+
+#: The first columns of `trials_table`'s rows; then one `param.<name>` column per searched parameter.
+TRIAL_COLUMNS = ("trial", "state", "value", "value_per_period", "duration_s", "start", "complete", "status")
+
+
+def trials_table(study_name: str, storage: str) -> list[dict]:
+    """Every trial of a study as a flat row (for a CSV that loads in pandas): `TRIAL_COLUMNS`
+    (`value_per_period`: the reported values by validation period, JSON; `status`: why a trial was
+    pruned or failed), then `param.<name>` for each parameter any trial sampled (empty where a
+    trial has none). Running trials are included with their state.
+
+    Raises:
+      FileNotFoundError: no journal file; ValueError: no such study.
+    """
+    study = _load_existing(study_name, storage)
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    rows = []
+    for t in trials:
+        done = t.datetime_complete
+        rows.append({
+            "trial": t.number, "state": t.state.name, "value": t.value,
+            "value_per_period": json.dumps({str(k): v for k, v in sorted(t.intermediate_values.items())}),
+            "duration_s": (done - t.datetime_start).total_seconds() if done and t.datetime_start else None,
+            "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+            "complete": done.isoformat(timespec="seconds") if done else None,
+            "status": t.user_attrs.get("pruned_reason") or t.user_attrs.get("rismvdr_status"),
+            **{f"param.{k}": t.params.get(k) for k in names},
+        })
+    return rows
+
+
+def write_trials_csv(rows: list[dict], out: str | Path) -> None:
+    """`trials_table`'s rows as CSV (empty cells for None)."""
+    cols = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None else r[k] for k in cols})
