@@ -422,15 +422,16 @@ def test_backprojected_scores_match_numpy(full_array):
         np.testing.assert_allclose(got, n * np.asarray(atom_scores(D, norms, jnp.asarray(resid))), rtol=1e-12)
 
 
-def test_continue_batch_adds_the_missing_source_and_stops():
-    """60 dB scenes of 3 sources, fitted with 2 (the third missing): the continuation adds the
-    third at the truth and nothing more; a complete fit comes back with the same sources; the
-    residual and `rss` are those of the returned fit."""
-    cfg = get_scenario("seed", k_min=3, k_max=3, snr_db=(60.0, 60.0))
+@pytest.mark.parametrize("scenario", ["seed", "full"])
+def test_continue_batch_adds_the_missing_source_and_stops(scenario):
+    """60 dB scenes of 3 sources (RIS mode and full-array mode), fitted with 2 (the third missing):
+    the continuation adds the third at the truth and nothing more; a complete fit comes back with
+    the same sources; the residual and `rss` are those of the returned fit."""
+    cfg = get_scenario(scenario, k_min=3, k_max=3, snr_db=(60.0, 60.0))
     sc = simulate(cfg, 13, 4)
     geo = scenario_geometry(cfg)
     settings = settings_for_scenario(cfg)
-    thr = polish_thresholds(settings, geo, cfg.n_bs, cfg.n_snapshots)
+    thr = polish_thresholds(settings, geo, sc.y.shape[-1], sc.y.shape[-2])  # M measurements, L snapshots
     a_flat = compressive_context(settings, geo, sc).a_flat
     k = settings.detector.k_max
     pad = lambda x, fill: jnp.concatenate([x, jnp.full(x.shape[:1] + (k - x.shape[1],), fill, x.dtype)], 1)  # noqa: E731
