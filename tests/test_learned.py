@@ -309,7 +309,7 @@ def test_ml_from_start_refines_and_adds_missing_source(picks):
     th0 = jnp.asarray(np.r_[np.asarray(sc.theta[:2]) - d, 0.0, 0.0, 0.0])
     r0 = jnp.asarray(np.r_[np.asarray(sc.r[:2]) * 1.05, 5.0, 5.0, 5.0])
     m0 = jnp.asarray([True, True, False, False, False])
-    scores = functools.partial(backprojected_scores, E, a_flat) if picks == "backprojection" else None
+    scores = functools.partial(backprojected_scores, sc.H, sc.codes, a_flat) if picks == "backprojection" else None
     phi, theta, r, mask, f = jax.jit(lambda *a: ml_from_start(sc.y, E, D, norms, coords, thr, geo, grid, *a, ccfg,
                                                               scores=scores))(phi0, th0, r0, m0)
     assert int(jnp.sum(mask)) == 3
@@ -408,13 +408,16 @@ def test_backprojected_scores_match_numpy(full_array):
     cplx = lambda *shape: rng.standard_normal(shape) + 1j * rng.standard_normal(shape)  # noqa: E731
     a = np.exp(1j * rng.uniform(-np.pi, np.pi, (g, n)))
     if full_array:
+        H = codes = None
         E, m = np.eye(n, dtype=complex)[None], n
     else:
-        E = cplx(m, n)[None] * np.exp(1j * rng.uniform(-np.pi, np.pi, (l, 1, n)))
+        H, codes = cplx(m, n), np.exp(1j * rng.uniform(-np.pi, np.pi, (l, n)))
+        E = H[None] * codes[:, None, :]  # G_l = H diag(c_l)
     resid = cplx(l, m)
     ref = np.array([sum(abs(np.vdot(a[j], E[min(i, E.shape[0] - 1)].conj().T @ resid[i])) ** 2 for i in range(l))
                     for j in range(g)])
-    got = np.asarray(backprojected_scores(jnp.asarray(E), jnp.asarray(a), jnp.asarray(resid)))
+    jx = lambda x: None if x is None else jnp.asarray(x)  # noqa: E731
+    got = np.asarray(backprojected_scores(jx(H), jx(codes), jnp.asarray(a), jnp.asarray(resid)))
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     if full_array:
         D = dictionary(jnp.asarray(E), jnp.asarray(a))

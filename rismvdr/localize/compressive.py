@@ -217,7 +217,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
             D = dictionary(E, a_flat)
             scores = functools.partial(atom_scores, D, jnp.sum(abs2(D), axis=1))
         else:
-            scores = functools.partial(backprojected_scores, E, a_flat)
+            scores = functools.partial(backprojected_scores, h1, c1, a_flat)
         phi, theta, r, mask, f = ml_from_start(y1, E, None, None, coords, thresholds, geo, grid,
                                                p0.astype(real), t0.astype(real), rr0.astype(real), m0, cfg,
                                                model=model, scores=scores)
@@ -370,8 +370,9 @@ def _continue_batch(y, H, codes, a_flat, thresholds, geometry, res, *, grid, cfg
         # padding slots get a harmless in-box position (they stay masked until a pick fills them)
         p0, t0 = (jnp.where(old.valid, x, 0.0).astype(real) for x in (old.phi, old.theta))
         r0 = jnp.where(old.valid, old.r, coords[2][0]).astype(real)
-        phi, theta, r, mask, f, e = ml_continue(y1, E, functools.partial(backprojected_scores, E, a_flat), coords,
-                                                thresholds, geo, grid, p0, t0, r0, old.valid, cfg, model=model)
+        scores = functools.partial(backprojected_scores, h1, c1, a_flat)
+        phi, theta, r, mask, f, e = ml_continue(y1, E, scores, coords, thresholds, geo, grid, p0, t0, r0, old.valid,
+                                                cfg, model=model)
         return _fit_result(phi, theta, r, mask, f, e, gates, cfg.k_max), e
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, res),

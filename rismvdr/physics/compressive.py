@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from rismvdr.physics.covariance import adjoint_apply
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.spectra import Grid
 from rismvdr.physics.steering import steering
@@ -563,7 +564,7 @@ def ml_rescan(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, re
     return p1, t1, r1, m1, f1, e1, kept
 
 
-def backprojected_scores(E, a_flat, resid):
+def backprojected_scores(H, codes, a_flat, resid):
     """`[G]` residual energy at every grid point by the matched filter of the back-projected
     residual, `sum_l |a_g^H G_l^H r_l|^2`: `atom_scores` without the atom norms `||G_l a_g||^2`,
     hence without the dictionary `[L, M, G]` (`L N G` multiply-adds per call against the
@@ -572,12 +573,10 @@ def backprojected_scores(E, a_flat, resid):
     start of a greedy step, which the ML refinement and the F test then judge on the measurements.
 
     Args:
-      E: `[L|1, M, N]` from `scene_operators`; a_flat: `[G, N]` grid steering; resid: `[L, M]`.
+      H: `[M, N]` or None (full-array mode); codes: `[L, N]` or None; a_flat: `[G, N]` grid
+        steering; resid: `[L, M]`. The back-projection is `physics.covariance.adjoint_apply`.
     """
-    if E.shape[0] == 1:
-        b = jnp.matmul(resid, jnp.conj(E[0]), precision=_HI)  # [L, N]: G^H r_l (shared G)
-    else:
-        b = jnp.einsum("lmn,lm->ln", jnp.conj(E), resid, precision=_HI)
+    b = adjoint_apply(resid, H, codes, _HI)  # [L, N]: G_l^H r_l
     return jnp.sum(abs2(jnp.matmul(b, jnp.conj(a_flat).T, precision=_HI)), axis=0)
 
 
@@ -611,27 +610,28 @@ def ml_continue(y, E, scores, grid_coords, thresholds, geometry: ArrayGeometry, 
         return jnp.sum(abs2(e)), e
 
     def more(carry):
-        *_, mask, stopped = carry
+        mask, stopped = carry[3], carry[4]
         return ~stopped & (jnp.sum(mask) < k_max)
 
     def step(carry):
-        phi, theta, r, mask, _ = carry
+        phi, theta, r, mask, _, rss, resid = carry
         count = jnp.sum(mask)
-        rss, resid = rss_of(phi, theta, r, mask)
         score = scores(resid)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
         slot = jnp.argmin(mask)  # first free slot
         cphi, cth, cr = phi.at[slot].set(gphi[g]), theta.at[slot].set(gth[g]), r.at[slot].set(gr[g])
         cmask = mask.at[slot].set(True)
         cphi, cth, cr, _ = ml_refine(y, E, geometry, grid, cphi, cth, cr, cmask, cfg, model=model)
-        rss_new, _ = rss_of(cphi, cth, cr, cmask)
+        rss_new, resid_new = rss_of(cphi, cth, cr, cmask)
         dof = (m - (count + 1)) * l
         f = ((rss - rss_new) / l) / jnp.maximum(rss_new / jnp.maximum(dof, 1), 1e-30)
         accept = f > thresholds[jnp.clip(count, 0, k_max - 1)].astype(real)
         pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
-        return pick(cphi, phi), pick(cth, theta), pick(cr, r), pick(cmask, mask), ~accept
+        return (pick(cphi, phi), pick(cth, theta), pick(cr, r), pick(cmask, mask), ~accept, pick(rss_new, rss),
+                pick(resid_new, resid))
 
-    phi, theta, r, mask, _ = jax.lax.while_loop(more, step, (phi, theta, r, mask, jnp.asarray(False)))
+    rss0, resid0 = rss_of(phi, theta, r, mask)  # the current fit's, carried from step to step
+    phi, theta, r, mask, *_ = jax.lax.while_loop(more, step, (phi, theta, r, mask, jnp.asarray(False), rss0, resid0))
     mask, f, e = _retest(y, E, geometry, phi, theta, r, mask, thresholds, cfg, model=model)
     return phi, theta, r, mask, f, e
 

@@ -56,6 +56,7 @@ __all__ = [
     "unit_rms",
     "sample_covariance",
     "matched_filter_covariance",
+    "adjoint_apply",
     "ridge_ls_covariance",
     "als_fit",
     "als_covariance",
@@ -168,8 +169,9 @@ def _normalise_scene(y, h, codes):
     return y, h / g, codes, y_scale, mh * mc * g
 
 
-def _adjoint_apply(w, h, codes, precision):
-    """`G_l^H w_l` for every l: `[L, M] -> [L, N]` (identity in full-array mode)."""
+def adjoint_apply(w, h, codes, precision=_HI):
+    """The back-projection `G_l^H w_l` for every l: `[L, M] -> [L, N]` (identity in full-array
+    mode, `h` None); `G_l = H diag(c_l)`."""
     if h is None:
         return w
     return jnp.conj(codes) * jnp.matmul(w, jnp.conj(h), precision=precision)
@@ -334,7 +336,7 @@ def _sample_core(y, precision):
 
 def _matched_filter_core(y, h, codes, precision):
     y, h, codes, _, _ = _normalise_scene(y, h, codes)
-    xhat = _adjoint_apply(y, h, codes, precision)  # [L, N]
+    xhat = adjoint_apply(y, h, codes, precision)  # [L, N]
     l = y.shape[0]
     return _from_factor(xhat.T / jnp.sqrt(jnp.asarray(l, real_dtype(y))), precision)
 
@@ -354,7 +356,7 @@ def _ridge_ls_core(y, h, codes, lam, precision):
         mu = lam * jnp.real(jnp.trace(ggh, axis1=-2, axis2=-1)) / m  # [L], relative ridge
         a = ggh + mu[:, None, None].astype(h.dtype) * jnp.eye(m, dtype=h.dtype)[None, :, :]
         w = _chol_solve(a, y[:, :, None])[:, :, 0]  # (G_l G_l^H + mu_l I)^-1 y_l
-        xhat = _adjoint_apply(w, h, codes, precision)
+        xhat = adjoint_apply(w, h, codes, precision)
     return _from_factor(xhat.T / jnp.sqrt(jnp.asarray(l, real)), precision)
 
 
@@ -366,7 +368,7 @@ def _als_init(y, h, codes, rank, precision):
     through ALS, so the fit then has lower rank. No gradient flows through the
     initialisation (eigenvector derivatives are undefined for repeated eigenvalues).
     """
-    x = jax.lax.stop_gradient(_adjoint_apply(y, h, codes, precision)).T  # [N, L]
+    x = jax.lax.stop_gradient(adjoint_apply(y, h, codes, precision)).T  # [N, L]
     l = x.shape[1]
     k = min(rank, l)
     gram = hermitise(jnp.matmul(jnp.conj(x).T, x, precision=precision))  # [L, L]
@@ -404,7 +406,7 @@ def _als_core(y, h, codes, lam, rank, n_iter, f_solver, precision) -> AlsFit:
         )  # [L, M, L, M]
     elif solver == "primal":
         hh = jnp.matmul(jnp.conj(h).T, h, precision=precision)  # [N, N]
-        xmf = _adjoint_apply(y, h, codes, precision)  # [L, N] = G_l^H y_l
+        xmf = adjoint_apply(y, h, codes, precision)  # [L, N] = G_l^H y_l
 
     def z_step(f):
         if h is None:
@@ -429,7 +431,7 @@ def _als_core(y, h, codes, lam, rank, n_iter, f_solver, precision) -> AlsFit:
             k = (zz[:, None, :, None] * ggh).reshape(l * m, l * m)
             k = k + mu.astype(cdt) * jnp.eye(l * m, dtype=y.dtype)
             w = _chol_solve(k, y.reshape(l * m, 1)).reshape(l, m)
-            xw = _adjoint_apply(w, h, codes, precision)  # [L, N] = G_l^H w_l
+            xw = adjoint_apply(w, h, codes, precision)  # [L, N] = G_l^H w_l
             return jnp.matmul(xw.T, jnp.conj(z), precision=precision)
         # primal: sum_l kron(conj z_l z_l^T, G_l^H G_l) + mu I, an [rN, rN] solve.
         u = z[:, :, None] * codes[:, None, :]  # [L, r, N], u[l,a,n] = z_la c_ln
