@@ -134,7 +134,7 @@ def _settings(args, sf):
     learned_kw = {k: v for k, v in dict(
         polish=None if not args.no_polish else False, residual_passes=args.residual_passes,
         range_rescan=args.range_rescan, continuation=args.continuation,
-        map_threshold=False if args.no_map_threshold else None,
+        map_threshold=False if args.no_map_threshold else None, map_refine=True if args.map_refine else None,
     ).items() if v is not None}
     learned = dataclasses.replace(base.learned, **learned_kw)
     return base.with_grid(**grid_kw).replace(detector=det, learned=learned, **kw)
@@ -170,7 +170,8 @@ def _add_localizer_flags(p):
     g.add_argument("--threshold-db", type=float, help="dB below the map maximum for mode 'db' (default 12)")
     g.add_argument("--mad-z", type=float, help="z for mode 'mad' (default 5)")
     g.add_argument("--k-max", type=int, help="at most this many detections per scene (default 5)")
-    g.add_argument("--no-refine", action="store_true", help="skip the continuous 3-D refinement of grid peaks")
+    g.add_argument("--no-refine", action="store_true", help="skip the continuous 3-D refinement of grid peaks (learned methods "
+                   "with the ML polish skip it unless --map-refine)")
     g.add_argument("--significance", choices=("f-test", "none"), help="'f-test' (default): keep a detection of a "
                    "spectrum method (MVDR, MUSIC, Bartlett) only if it passes the compressive methods' F test on the "
                    "measurements (per-scene false-alarm bound 1 %%, dimensionless); 'none': every peak the threshold "
@@ -181,6 +182,9 @@ def _add_localizer_flags(p):
     g.add_argument("--no-map-threshold", action="store_true", help="learned methods: send every local maximum of "
                    "the MVDR map (up to --k-max) to the finishing stage, whose F test on the measurements alone decides "
                    "(default: the peaks that pass --threshold-mode; ignored with --no-polish)")
+    g.add_argument("--map-refine", action="store_true", help="learned methods: refine the MVDR map's peaks off "
+                   "the grid (the detector's 3-D refinement) before the ML polish (default off: the polish refines "
+                   "them on the measurements; ignored with --no-polish or --no-refine)")
     g.add_argument("--residual-passes", type=int, help="learned methods: passes of the backbone over the residual of "
                    "the polished fit, each adding the sources it finds (count, default 1; 0: polish only)")
     g.add_argument("--continuation", choices=CONTINUATIONS, help="learned methods: what searches the residual of "

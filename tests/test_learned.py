@@ -94,8 +94,8 @@ def test_localize_learned_through_cli(run, method, ckpt, capsys):
 
 
 def test_finishing_flags_through_cli(run, capsys):
-    """`--no-polish` / `--residual-passes` / `--no-map-threshold` / `--range-rescan` / `--continuation`
-    reach `LearnedSettings`: the CLI's rows equal the library's with the same settings (and
+    """`--no-polish` / `--residual-passes` / `--no-map-threshold` / `--range-rescan` / `--map-refine` /
+    `--continuation` reach `LearnedSettings`: the CLI's rows equal the library's with the same settings (and
     `--no-polish` is the detector's output, not the polished one); `learned-ml` refuses
     `--continuation backbone`."""
     sf = load_scenes(run / "s.npz")
@@ -108,6 +108,7 @@ def test_finishing_flags_through_cli(run, capsys):
                                  ("polish", ["--residual-passes", "0"], dict(residual_passes=0)),
                                  ("every-peak", ["--no-map-threshold"], dict(map_threshold=False)),
                                  ("rescan", ["--range-rescan", "24"], dict(range_rescan=24)),
+                                 ("map-refine", ["--map-refine"], dict(map_refine=True)),
                                  ("continuation", ["--continuation", "backprojection"],
                                   dict(continuation="backprojection"))):
         out = run / f"finish-{name}.csv"
@@ -132,13 +133,23 @@ def test_finishing_flags_through_cli(run, capsys):
 
 def test_learned_detector_threshold_only_without_the_finishing_stage_or_when_asked():
     base = settings_for_scenario(get_scenario("seed"))
-    assert base.learned.map_threshold and learned_detector(base) == base.detector
-    for polish, map_threshold, mode in ((True, False, "none"), (False, False, base.detector.threshold_mode),
-                                        (False, True, base.detector.threshold_mode)):
-        s = base.replace(learned=dataclasses.replace(base.learned, polish=polish, map_threshold=map_threshold))
+    assert base.learned.map_threshold and not base.learned.map_refine and base.detector.refine
+    # the default: the map's threshold, the grid peaks unrefined (the polish refines them)
+    assert learned_detector(base) == dataclasses.replace(base.detector, refine=False)
+    for polish, map_threshold, map_refine, mode, refine in (
+            (True, False, False, "none", False), (True, True, True, base.detector.threshold_mode, True),
+            (True, False, True, "none", True),
+            (False, False, False, base.detector.threshold_mode, True),
+            (False, True, False, base.detector.threshold_mode, True)):
+        s = base.replace(learned=dataclasses.replace(base.learned, polish=polish, map_threshold=map_threshold,
+                                                     map_refine=map_refine))
         det = learned_detector(s)
-        assert det.threshold_mode == mode
-        assert dataclasses.replace(det, threshold_mode=base.detector.threshold_mode) == base.detector
+        assert (det.threshold_mode, det.refine) == (mode, refine)
+        assert dataclasses.replace(det, threshold_mode=base.detector.threshold_mode, refine=True) == base.detector
+    # --no-refine (the detector's own switch) wins over map_refine
+    off = base.replace(detector=dataclasses.replace(base.detector, refine=False),
+                       learned=dataclasses.replace(base.learned, map_refine=True))
+    assert not learned_detector(off).refine
 
 
 def test_checkpoint_errors(run, tmp_path):

@@ -246,13 +246,20 @@ def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: 
 
 
 def learned_detector(settings: LocalizerSettings) -> DetectorConfig:
-    """The shared detector's settings for a learned MVDR map: with the finishing stage on and
-    `LearnedSettings.map_threshold` off, every local maximum (up to k_max) is kept, since the F test
-    on the measurements decides what is a source; otherwise `settings.detector` as it is."""
+    """The shared detector's settings for a learned MVDR map. With the finishing stage on:
+    `LearnedSettings.map_threshold` off keeps every local maximum (up to k_max), since the F test
+    on the measurements decides what is a source; `LearnedSettings.map_refine` off skips the
+    detector's 3-D refinement of the peaks, since the ML polish refines them on the measurements.
+    Without the finishing stage, `settings.detector` as it is."""
     ls = settings.learned
-    if ls.polish and not ls.map_threshold:
-        return dataclasses.replace(settings.detector, threshold_mode="none")
-    return settings.detector
+    if not ls.polish:
+        return settings.detector
+    kw = {}
+    if not ls.map_threshold:
+        kw["threshold_mode"] = "none"
+    if not ls.map_refine:
+        kw["refine"] = False
+    return dataclasses.replace(settings.detector, **kw)
 
 
 def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings, thresholds,

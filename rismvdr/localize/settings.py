@@ -128,6 +128,14 @@ class LearnedSettings:
     # polish=False the threshold always applies. Validation (seed 1, 1000 scenes / seed 2, 1000
     # scenes): F1 0.7997 / 0.8063 with it, 0.7992 / 0.8042 without, so the default keeps it.
     map_threshold: bool = True
+    # map_refine=True: the shared detector's continuous 3-D refinement (`DetectorConfig.refine`) moves
+    # the MVDR map's peaks off the grid before the finishing stage. False: the grid peaks go to the
+    # polish as they are, which refines them on the measurements anyway (with polish=False the
+    # detector's `refine` always applies). Validation, `learned` / `learned-ml` (seed 1, 1000 scenes;
+    # seed 2, 1000 scenes): F1 0.8022 / 0.8163 and 0.8127 / 0.8257 with it, 0.8033 / 0.8160 and
+    # 0.8117 / 0.8260 without; without it `learned-ml` ran a batch of 32 in 1320 ms instead of 1495
+    # (2-core CPU, 2026-12-02), so the default leaves it off.
+    map_refine: bool = False
 
     def __post_init__(self):
         if not 0.0 <= float(self.exist_threshold) <= 1.0:
