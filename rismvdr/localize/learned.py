@@ -6,7 +6,8 @@ through Orbax, the shipped weights) without the trainer; `LearnedModel`, `load_l
 
 Methods (registered in `rismvdr.localize.registry`):
 - `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector
-  (every local maximum up to k_max: `learned_detector`), then `finish_detections`: the joint ML
+  (`learned_detector`: its grid peaks, not refined off the grid unless `map_refine`), then
+  `finish_detections`: the joint ML
   refinement of the detections on the measurements with the F-test re-test (`ml_polish`), and one pass of the backbone over the residual of that fit, whose
   slots fill free places and are polished in turn. The network finds the sources; a few
   Levenberg-Marquardt steps of the likelihood make their positions as accurate as the measurements
@@ -14,8 +15,9 @@ Methods (registered in `rismvdr.localize.registry`):
 - `learned-refiner`: the seed's Stage-2 path. Low-rank MVDR map on the coarse refiner grid
   (range planes max-reduced; with `RefinerConfig.inputs` also the Bartlett map of the
   measurements' matched-filter covariance, `refiner_inputs`) -> SpectrumRefiner -> probability map -> 2-D NMS and threshold
-  -> best range plane by MVDR -> 3-D refinement (the shared detector's `refine_peaks` on the
-  same MVDR operator) -> `finish_detections`. Guardrails fall back to `learned` for a map that is
+  -> best range plane by MVDR -> (with `LearnedSettings.map_refine`, or without the finishing
+  stage: 3-D refinement, the shared detector's `refine_peaks` on the same MVDR operator) ->
+  `finish_detections`. Guardrails fall back to `learned` for a map that is
   non-finite, too flat, saturated or has too many local maxima (`RefinerGuard`); the run's extras
   flag each fallback.
 - `learned-ml`: `learned` whose finishing stage searches the residual with the compressive
@@ -368,7 +370,7 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
     of `learned-refiner` (fallback `[B]` bool: the refiner map was rejected by the guardrails or
     the model has no refiner, and the `learned` detections were used)."""
     grid = settings.grid(geometry.linear)
-    det_cfg = settings.detector
+    det_cfg = learned_detector(settings)  # its gates, k_max, candidates and 3-D refinement (map_refine)
     prec = settings.precision
     guard = settings.learned.refiner_guard
     thresholds = _thresholds(settings, geometry, model)
