@@ -7,8 +7,8 @@ through Orbax, the shipped weights) without the trainer; `LearnedModel`, `load_l
 Methods (registered in `rismvdr.localize.registry`):
 - `learned`: MVDR (Woodbury) on the backbone's R_blend factor -> shared 2.5D spectrum + detector
   (`learned_detector`: its grid peaks, not refined off the grid unless `map_refine`), then
-  `finish_detections`: the joint ML
-  refinement of the detections on the measurements with the F-test re-test (`ml_polish`), and one pass of the backbone over the residual of that fit, whose
+  `finish_detections`: the joint ML refinement of the detections on the measurements with the
+  F-test re-test (`ml_polish`), and one pass of the backbone over the residual of that fit, whose
   slots fill free places and are polished in turn. The network finds the sources; a few
   Levenberg-Marquardt steps of the likelihood make their positions as accurate as the measurements
   allow, which the MVDR peaks of the network's own R_pred cannot (they only re-find its slots).
