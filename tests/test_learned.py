@@ -131,7 +131,7 @@ def test_finishing_flags_through_cli(run, capsys):
     assert not (run / "never.csv").exists()
 
 
-def test_learned_detector_threshold_only_without_the_finishing_stage_or_when_asked():
+def test_learned_detector_threshold_and_refinement_follow_the_finishing_stage():
     base = settings_for_scenario(get_scenario("seed"))
     assert base.learned.map_threshold and not base.learned.map_refine and base.detector.refine
     # the default: the map's threshold, the grid peaks unrefined (the polish refines them)
