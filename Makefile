@@ -1,5 +1,7 @@
 # Two commands on a fresh machine: `make demo` (main job) and `make test` (tests).
-PYTHON ?= python3
+# The environment prefers Python 3.12 where it exists (newest jaxlib); Python 3.11 works too.
+PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3; do \
+            if $$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then echo $$p; break; fi; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -7,6 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: env demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
