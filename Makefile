@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test test-slow bench clean
+.PHONY: env demo test test-slow bench docs clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -30,5 +30,17 @@ bench: $(STAMP)
 	$(VENV)/bin/rismvdr bench accuracy --quick --out bench_report/accuracy
 	$(VENV)/bin/rismvdr bench speed --quick --out bench_report/speed
 
+# The documentation site: installs the `docs` extra into the environment once (its own stamp),
+# then a strict build into site/ (a broken link, a missing reference or a docstring that does not
+# render fails it).
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) demo_report bench_report .pytest_cache
+	rm -rf $(VENV) demo_report bench_report .pytest_cache site

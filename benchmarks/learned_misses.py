@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rismvdr.eval.metrics import match_scene
-from rismvdr.files import load_scenes, read_detections_csv
+from rismvdr.io import load_scenes, read_detections_csv
 from rismvdr.localize.registry import settings_for_scenario
 from rismvdr.physics.compressive import apply_operators, ls_fit, ml_refine, scene_operators
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 
+import matplotlib.colors as mcolors
 import pytest
 
 from rismvdr.bench import accuracy_report, sweeps
 from rismvdr.bench import plots as bench_plots
+from rismvdr.bench.accuracy import run_accuracy
 from rismvdr.bench.accuracy_report import RECORD_KEYS, attach_bound, write_report
 from rismvdr.bench.demo import run_demo
 from rismvdr.bench.report import fmt_number
@@ -202,7 +206,7 @@ def test_write_report_rebuilds_from_json(report):
     assert (report / "accuracy.md").read_text() == md
 
 
-# --- the bound (issue 14): ml-oracle's F1 beside every method's -----------------------------------
+# --- the bound: ml-oracle's F1 beside every method's ----------------------------------------------
 @pytest.fixture(scope="module")
 def bound_report(tmp_path_factory):
     """A 4-scene run of a blind method and the bound on the base set (SNR U[-5, 20] dB: several
@@ -324,7 +328,7 @@ def test_plot_f1_draws_the_bound(monkeypatch):
             for m, f in (("somp-ml", 0.5 + v / 40), ("ml-oracle", 0.7 + v / 40))]
     assert bench_plots.plot_f1("unused.png", recs, dict(snr_k1=("K = 1", "SNR (dB)")), bound="ml-oracle")
     (line,) = _bound_lines(figs[0])
-    assert line.get_linestyle() == "--" and line.get_color() in ("k", "black", (0.0, 0.0, 0.0, 1.0))
+    assert line.get_linestyle() == "--" and mcolors.to_rgba(line.get_color()) == (0.0, 0.0, 0.0, 1.0)
     assert list(line.get_ydata()) == [0.7, 0.95]
     assert [ln.get_label() for ln in figs[0].axes[0].get_lines()] == ["somp-ml", "bound (ml-oracle)"]
     assert bench_plots.plot_f1("unused.png", recs, dict(snr_k1=("K = 1", "SNR (dB)")))  # no bound: plain curves
@@ -353,7 +357,11 @@ def test_demo_reports_the_bound(tmp_path, capsys):
     for b, r in mf["f1_over_bound_per_snr_bin"].items():
         bf = bound["per_snr_bin"][b]["f1"]
         assert r == (pytest.approx(mf["per_snr_bin"][b]["f1"] / bf) if bf else None)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # stderr is not a terminal here: a line per method as it starts and finishes, the bound first
+    assert "[1/2] ml-oracle: localizing 4 scenes ..." in captured.err
+    assert "[2/2] mvdr-mf: 4 scenes in " in captured.err and "localizing" not in printed
     report = (tmp_path / "demo" / "report.md").read_text()
     saved = json.loads((tmp_path / "demo" / "metrics_mvdr-mf.json").read_text())
     assert saved["f1_over_bound"] == pytest.approx(mf["f1_over_bound"])
@@ -362,3 +370,27 @@ def test_demo_reports_the_bound(tmp_path, capsys):
         assert "| ml-oracle (bound) |" in text and "F1 per SNR bin" in text
         assert f"| mvdr-mf | {fmt_number(mf['precision'])} | {fmt_number(mf['recall'])} | {mf['f1']:.3f} | " \
                f"{fmt_number(mf['f1_over_bound'], '.2f')} |" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_only_off_a_terminal(monkeypatch, capsys):
+    accuracy_report.progress_line("somp: 3 scenes in 1.0 s")
+    assert capsys.readouterr().err == "somp: 3 scenes in 1.0 s\n"
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    accuracy_report.progress_line("somp: 3 scenes in 1.0 s")  # the tqdm bars show progress there
+    assert terminal.getvalue() == ""
+
+
+def test_accuracy_prints_a_line_per_method_off_a_terminal(tmp_path, capsys):
+    run_accuracy(tmp_path, n_scenes=1, methods=["mvdr-mf"], sweeps=("snr_k1",), snr_values_db=(25,))
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "mvdr-mf: " in ln][0].endswith("mvdr-mf: localizing 1 scenes ...")
+    assert any("mvdr-mf: 1 scenes in " in ln and ", F1 " in ln for ln in err)
+    run_accuracy(tmp_path / "quiet", n_scenes=1, methods=["mvdr-mf"], sweeps=("snr_k1",), snr_values_db=(25,),
+                 progress=False)
+    assert "localizing" not in capsys.readouterr().err

@@ -1,11 +1,17 @@
-"""End-to-end CLI: simulate -> localize -> evaluate -> plot on a small set, demo, errors."""
+"""End-to-end CLI: simulate -> localize -> evaluate -> plot on a small set, demo, errors, the
+command names, and a start-up that leaves JAX unloaded until a command runs."""
+import argparse
+import inspect
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from rismvdr.cli import main, parse_overrides
-from rismvdr.files import load_scenes, read_detections_csv
+from rismvdr.cli import build_parser, main
+from rismvdr.io import load_scenes, read_detections_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -105,14 +111,6 @@ def test_help_documents_flags(cmd, capsys):
         assert "degrees" in text and "metres" in text
 
 
-def test_parse_overrides():
-    assert parse_overrides(["k_min=3", "snr_db=10,10", "array=ula"]) == {
-        "k_min": 3, "snr_db": (10.0, 10.0), "array": "ula"}
-    assert parse_overrides(["snr_db=[5, 5]"]) == {"snr_db": (5, 5)}
-    with pytest.raises(ValueError, match="--set"):
-        parse_overrides(["k_min"])
-
-
 def test_bad_override_is_a_clean_error(tmp_path, capsys):
     rc, _, err = _run(["simulate", "--scenes", 2, "--out", tmp_path / "x.npz", "--set", "nope=1"], capsys)
     assert rc == 2 and "nope" in err
@@ -139,22 +137,21 @@ def test_named_configs_are_packaged_and_the_checkout_files_are_the_same():
 
 
 def test_train_config_by_name(tmp_path):
-    import argparse
-
-    from rismvdr.cli import _train_config
+    from rismvdr.cli.train import train_config
     from rismvdr.configs import load_named_config
 
-    cfg = _train_config(argparse.Namespace(from_hpo=None, config="tiny", set=["steps=2"]))
+    cfg = train_config(argparse.Namespace(from_hpo=None, config="tiny", set=["steps=2"]))
     assert cfg == load_named_config("tiny").replace(steps=2)
     rc = main(["train", "--config", "no-such-config", "--workdir", str(tmp_path / "run")])
     assert rc == 2 and not (tmp_path / "run").exists()
 
 
 def test_hpo_space_defaults_to_the_packaged_one():
-    from rismvdr.cli import build_parser
     from rismvdr.configs import DEFAULT_SPACE
 
-    for cmd in (["hpo"], ["hpo2", "--stage1-trials", "1", "--stage2-topk", "1"]):
+    search = ["--config", "tiny", "--workdir", "w"]
+    for cmd in (["hpo", "run", *search, "--trials", "1"],
+                ["hpo", "two-stage", *search, "--stage1-trials", "1", "--stage2-topk", "1"]):
         assert build_parser().parse_args(cmd).space == DEFAULT_SPACE
 
 
@@ -169,7 +166,7 @@ def test_evaluate_maps_file_missing_key_is_a_clean_error(scene_file, tmp_path, c
 
 
 def test_scenario_from_meta_round_trip(scene_file):
-    from rismvdr.files import scenario_from_meta
+    from rismvdr.io import scenario_from_meta
     from rismvdr.physics.scenarios import get_scenario
 
     sf = load_scenes(scene_file)
@@ -194,7 +191,7 @@ def jax_cache_settings():
 
 
 def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):
-    from rismvdr.files import compile_cache_dir
+    from rismvdr.io import compile_cache_dir
 
     monkeypatch.delenv("RISMVDR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -250,7 +247,8 @@ def test_unusable_output_path_is_a_one_line_error_before_any_work(command, where
     (["simulate", "--scenes", "2", "--set", "k_min=x"], "k_min: expected an integer"),
     (["simulate", "--scenes", "2", "--set", "k_min=2.5"], "k_min: expected an integer"),
     (["simulate", "--scenes", "2", "--set", "phi_deg=95,100"], "phi_deg: values must lie in (-90.0, 90.0)"),
-    (["simulate", "--scenes", "2", "--set", "snr_db=abc"], "snr_db: expected (min, max)"),
+    (["simulate", "--scenes", "2", "--set", "snr_db=abc"], "--set snr_db: expected 2 numbers"),
+    (["simulate", "--scenes", "2", "--set", "steering_model=near"], "steering_model: expected one of 'exact'"),
     (["localize", "SCENES", "--method", "mvdr-oracle", "--phi-range-deg", "-200", "200"],
      "phi_deg: the search box must lie in (-90, 90)"),
     (["localize", "SCENES", "--method", "mvdr-oracle", "--theta-range-deg", "-95", "95"],
@@ -262,3 +260,184 @@ def test_bad_scenario_values_and_search_boxes_are_one_line_errors(argv, message,
     rc, _, err = _run(argv, capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err
     assert not out.exists()
+
+
+def test_evaluate_files_is_what_evaluate_writes(scene_file, tmp_path, capsys):
+    """`rismvdr.eval.evaluate_files` (the notebook's call) gives the record `rismvdr evaluate` writes."""
+    from rismvdr.eval import evaluate_files
+    from rismvdr.io import to_jsonable
+
+    det, maps, out = tmp_path / "det.csv", tmp_path / "maps.npz", tmp_path / "m.json"
+    assert main(["localize", str(scene_file), "--method", "mvdr-oracle", "--out", str(det), "--maps-out", str(maps),
+                 "-q"]) == 0
+    assert main(["evaluate", str(scene_file), str(det), "--maps", str(maps), "--out", str(out)]) == 0
+    rec = evaluate_files(str(scene_file), det, maps_path=maps)
+    assert rec["method"] == "det" and rec["test_set"]["n_scenes"] == 4
+    assert json.loads(json.dumps(to_jsonable(rec))) == json.loads(out.read_text())
+
+
+# --- command names --------------------------------------------------------------------------
+def test_renamed_spellings_map_to_the_new_commands():
+    from rismvdr.cli import renamed
+
+    assert renamed(["-v", "hpo2", "--study", "s"])[0] == ["-v", "hpo", "two-stage", "--study", "s"]
+    assert renamed(["export", "run", "--out", "m"])[0] == ["export-model", "run", "--out", "m"]
+    assert renamed(["hpo", "--config", "tiny"])[0] == ["hpo", "run", "--config", "tiny"]
+    for argv in (["hpo", "export", "--study", "s"], ["hpo", "--help"], ["hpo"], ["export-model", "run"], []):
+        assert renamed(argv) == (argv, None)
+
+
+def test_old_spellings_still_work_and_print_a_note(tmp_path, capsys):
+    """`hpo` with flags and no subcommand (now `hpo run`), `hpo2` (`hpo two-stage`) and `export`
+    (`export-model`) are accepted for one release, with one line on stderr."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    rc, out, err = _run(["hpo", "--config", "tiny", "--workdir", a_file, "--trials", 1], capsys)
+    note, error = err.strip().splitlines()
+    assert rc == 2 and out == ""
+    assert note == ("WARNING rismvdr: `rismvdr hpo` without a subcommand is deprecated and will be removed in "
+                    "the next release; use `rismvdr hpo run`")
+    assert error.startswith("rismvdr hpo: error: --workdir") and "is a file" in error
+    for old, new in (["hpo2"], "hpo two-stage"), (["export"], "export-model"):
+        with pytest.raises(SystemExit) as e:
+            main(old + ["--help"])
+        captured = capsys.readouterr()
+        assert e.value.code == 0 and f"usage: rismvdr {new} " in captured.out
+        assert captured.err.strip() == (f"WARNING rismvdr: `rismvdr {old[0]}` is deprecated and will be removed in "
+                                        f"the next release; use `rismvdr {new}`")
+
+
+# --- help: every flag explained, no JAX ----------------------------------------------------
+def _commands(parser, prefix=()):
+    """Every command path of the parser: (), ("simulate",), ("plot", "scene"), ..."""
+    out = [list(prefix)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, prefix + (name,))
+    return out
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+UNITS = ("degrees", "metres", "dB", "seconds", "MiB", "dimensionless", "probability")
+
+
+def test_every_flag_has_help_and_every_number_flag_its_unit():
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and len(action.help) > 8, (parser.prog, action.dest)
+            if action.type is float:
+                assert any(u in action.help for u in UNITS), (parser.prog, action.dest, action.help)
+
+
+def _python(code: str, *argv) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", RISMVDR_COMPILE_CACHE="0")
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_help_of_every_command_leaves_jax_unloaded():
+    """`rismvdr --help` and every command's `--help` (old spellings too) never import JAX."""
+    commands = _commands(build_parser()) + [["hpo2"], ["export"]]
+    assert ["localize"] in commands and ["hpo", "run"] in commands and len(commands) > 15
+    code = ("import json, sys\n"
+            "from rismvdr.cli import main\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    try:\n"
+            "        main(argv + ['--help'])\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, argv\n"
+            "    assert 'jax' not in sys.modules, argv\n"
+            "print('JAX-FREE', len(sys.argv[1]))\n")
+    proc = _python(code, json.dumps(commands))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"JAX-FREE {len(json.dumps(commands))}"
+    assert proc.stdout.count("usage: rismvdr") == len(commands)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["localize", "missing.npz", "--out", "{tmp}/nodir/x.csv"], "--out: the folder"),
+    (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--maps-out", "{tmp}/nodir/m.npz"], "--maps-out: the folder"),
+    (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--mad-z", "nan"], "--mad-z: must be a finite number"),
+    (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--residual-passes", "-1"], "--residual-passes: must be"),
+    (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--method", "nope"], "invalid choice: 'nope'"),
+    (["train", "--config", "tiny", "--workdir", "{tmp}/a_file/run"], "--workdir: cannot create"),
+    (["evaluate", "s.npz", "d.csv", "--out", "{tmp}/m.json", "--gate-r-m", "0"], "--gate-r-m: must be > 0 metres"),
+])
+def test_bad_flags_and_output_paths_are_refused_before_jax_loads(argv, message, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    code = ("import sys\n"
+            "from rismvdr.cli import main\n"
+            "try:\n"
+            "    rc = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n"
+            "    rc = e.code\n"
+            "print('jax' in sys.modules)\n"
+            "sys.exit(rc)\n")
+    proc = _python(code, *(a.format(tmp=tmp_path) for a in argv))
+    assert proc.returncode == 2 and proc.stdout.strip() == "False", (proc.stdout, proc.stderr)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_parser_mirrors_match_the_library():
+    """The names and defaults the parser restates (the library's modules load JAX) are the library's."""
+    from rismvdr.bench import speed, sweeps
+    from rismvdr.bench.demo import run_demo
+    from rismvdr.cli import bench, common, demo, evaluate, simulate
+    from rismvdr.configs import CONFIGS, DEFAULT_SPACE
+    from rismvdr.eval.evaluation import evaluate_detections, evaluate_files
+    from rismvdr.io import CACHE_DIR_ENV, COMPILE_CACHE_ENV
+    from rismvdr.localize.registry import METHODS
+    from rismvdr.localize.settings import CONTINUATIONS
+    from rismvdr.physics.scenarios import DEFAULT_GATES
+    from rismvdr.physics.simulate import simulate as simulate_scenes
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    assert common.METHOD_NAMES == tuple(METHODS) and common.DEFAULT_METHOD in METHODS
+    assert common.CONTINUATIONS == tuple(CONTINUATIONS)
+    assert common.CONFIG_NAMES == tuple(CONFIGS) and common.DEFAULT_SPACE == DEFAULT_SPACE
+    assert (common.CACHE_DIR_ENV, common.COMPILE_CACHE_ENV) == (CACHE_DIR_ENV, COMPILE_CACHE_ENV)
+    assert simulate.BATCH_SIZE == default(simulate_scenes, "batch_size")
+    assert evaluate.GATES == DEFAULT_GATES.as_report()
+    assert evaluate.SNR_BIN_DB == default(evaluate_files, "snr_bin_db") == default(evaluate_detections, "snr_bin_db")
+    assert (demo.SCENES, demo.SEED, demo.SCENARIO) == tuple(default(run_demo, k) for k in ("n_scenes", "seed",
+                                                                                            "scenario"))
+    assert bench.SWEEPS == tuple(sweeps.SWEEPS) and bench.DEFAULT_SWEEPS == tuple(sweeps.DEFAULT_SWEEPS)
+    assert (bench.SCENES_PER_POINT, bench.SCENES_PER_POINT_QUICK) == (sweeps.SCENES_PER_POINT,
+                                                                      sweeps.SCENES_PER_POINT_QUICK)
+    assert bench.PARTS == tuple(speed.PARTS)
+    assert bench.SPEED_DEFAULTS == {k: default(speed.run_speed, k) for k in bench.SPEED_DEFAULTS}
+
+
+def test_output_checks_give_the_io_answers(tmp_path):
+    """The parser's output-path checks (restated: `rismvdr.io` loads JAX) answer as `rismvdr.io`'s."""
+    import rismvdr.io as rio
+    from rismvdr.cli import common
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    paths = (tmp_path, tmp_path / "missing" / "x", a_file, a_file / "x", tmp_path / "new", "relative.csv")
+
+    def answer(check, path):
+        try:
+            check(path, "--out")
+        except ValueError as e:
+            return str(e)
+        return None
+
+    for name in ("check_output_file", "check_output_dir"):
+        answers = [answer(getattr(common, name), p) for p in paths]
+        assert answers == [answer(getattr(rio, name), p) for p in paths], name
+        assert sum(a is None for a in answers) >= 1 and sum(a is not None for a in answers) >= 2

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from rismvdr.cli import main
-from rismvdr.files import SceneFile, save_scenes
+from rismvdr.io import SceneFile, save_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_HEADER = "scene,phi_deg,theta_deg,r_m,x_m,y_m,z_m,score_db\n"
@@ -188,7 +188,7 @@ def test_read_only_workdir_is_one_line(command, tmp_path, capsys):
 
 
 def test_csv_with_a_byte_order_mark_is_read(files, tmp_path):
-    from rismvdr.files import read_detections_csv
+    from rismvdr.io import read_detections_csv
 
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbf" + (CSV_HEADER + CSV_ROW).encode())
@@ -204,7 +204,7 @@ def test_sigterm_leaves_no_temporary_file_and_exits_143(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, time
         import rismvdr.cli as cli
-        from rismvdr.files import atomic_write
+        from rismvdr.io import atomic_write
 
         def cmd(args):  # a localize that is killed while writing its CSV
             with cli.replaced_together():

@@ -1,4 +1,4 @@
-"""Hyperparameter search (`rismvdr.hpo`, `rismvdr hpo`, `rismvdr hpo2`) on the `tiny` config.
+"""Hyperparameter search (`rismvdr.hpo`, `rismvdr hpo run`, `rismvdr hpo two-stage`) on the `tiny` config.
 
 Trials train 2 steps (one validation) on one device with a search space of loss scales only:
 those enter the jitted step as traced scalars, so every trial compiles the same programs and,
@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from rismvdr import hpo
 from rismvdr.cli import main
-from rismvdr.files import enable_compile_cache
+from rismvdr.io import enable_compile_cache
 from rismvdr.train.config import TrainConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,9 +196,9 @@ def test_fixed_trial_surrogate(tmp_path, compile_cache):
 
 
 def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, capsys):
-    """`rismvdr hpo` (4 trials, journal in the workdir), then `hpo export` -> train --from-hpo."""
+    """`rismvdr hpo run` (4 trials, journal in the workdir), then `hpo export` -> train --from-hpo."""
     work = tmp_path / "hpo"
-    argv = ["hpo", "--config", TINY, "--workdir", work, "--space", space_file, "--trials", 4, "--epochs", 1,
+    argv = ["hpo", "run", "--config", TINY, "--workdir", work, "--space", space_file, "--trials", 4, "--epochs", 1,
             "--devices", 1, "--sampler-seed", 0, "--compile-cache", compile_cache]
     argv += [a for s in OVERRIDES for a in ("--set", s)]
     assert main([str(a) for a in argv]) == 0
@@ -219,9 +219,9 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     # `rismvdr train --from-hpo` reads it (the config it would train, before any training)
     import argparse
 
-    from rismvdr.cli import _train_config
+    from rismvdr.cli.train import train_config
 
-    assert _train_config(argparse.Namespace(from_hpo=str(best), config=None, set=[])) == cfg
+    assert train_config(argparse.Namespace(from_hpo=str(best), config=None, set=[])) == cfg
     # --trial N: a chosen COMPLETE trial, not the best one; an unknown number is refused
     other = max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
     assert other.number != study.best_trial.number  # the export below is not the default's
@@ -379,7 +379,7 @@ def test_real_nan_steps_prune_the_trial_and_the_study_goes_on(tmp_path, compile_
 @pytest.mark.slow
 def test_shipped_space_e2e_cli(tmp_path, compile_cache, capsys):
     work = tmp_path / "hpo"
-    argv = ["hpo", "--config", TINY, "--workdir", work, "--space", SPACE_FILE, "--trials", 2, "--epochs", 1,
+    argv = ["hpo", "run", "--config", TINY, "--workdir", work, "--space", SPACE_FILE, "--trials", 2, "--epochs", 1,
             "--objective", "e2e", "--e2e-scenes", 4, "--devices", 1, "--sampler-seed", 1,
             "--compile-cache", compile_cache]
     argv += [a for s in OVERRIDES for a in ("--set", s)]
@@ -422,13 +422,13 @@ def test_rerun_fails_a_dead_workers_trial_at_once_and_says_how_long_a_live_one_c
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_rerun_right_after_sigkill_reaches_the_cap(tmp_path, space_file):
-    """`rismvdr hpo --trials 2` killed with SIGKILL during its first trial, rerun at once (with
+    """`rismvdr hpo run --trials 2` killed with SIGKILL during its first trial, rerun at once (with
     the default --grace-s of 300 s): the rerun fails the dead trial and ends with 2 finished."""
     import signal
     import sys
 
     work = tmp_path / "hpo"
-    argv = [sys.executable, "-m", "rismvdr.cli", "hpo", "--config", str(TINY), "--workdir", str(work), "--space",
+    argv = [sys.executable, "-m", "rismvdr.cli", "hpo", "run", "--config", str(TINY), "--workdir", str(work), "--space",
             str(space_file), "--trials", "2", "--epochs", "1", "--devices", "1", "--sampler-seed", "0",
             "--compile-cache", "none"] + [a for s in OVERRIDES for a in ("--set", s)]
     env = dict(os.environ, RISMVDR_COMPILE_CACHE="0", JAX_PLATFORMS="cpu")

@@ -1,12 +1,17 @@
 """Files of SPEC section 8: scene .npz round trips and validation, detections CSV, JSON, atomicity."""
+import doctest
+import importlib
 import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
 
-from rismvdr import files as io
+from rismvdr import io
+from rismvdr.io import atomic as io_atomic
+from rismvdr.io import runtime as io_runtime
 from rismvdr.physics import get_scenario, scenario_geometry, simulate, upa
 
 SPEC_DTYPES = {
@@ -163,7 +168,7 @@ def test_scenes_from_file_truth_variants():
 def test_unknown_keys_are_ignored_with_a_warning(tmp_path, caplog):
     raw = small_raw()
     np.savez(tmp_path / "x.npz", noise_variance=np.ones(2), **raw)
-    with caplog.at_level("WARNING", logger="rismvdr.files"):
+    with caplog.at_level("WARNING", logger="rismvdr.io.scenes"):
         sf = io.load_scenes(tmp_path / "x.npz")
     assert "noise_variance" in caplog.text and sf.n_scenes == 2
 
@@ -463,7 +468,7 @@ def test_next_write_removes_the_temporaries_a_killed_writer_left(tmp_path):
     import time
 
     target = tmp_path / "det.csv"
-    script = (f"import sys, time; from rismvdr.files import atomic_write\n"
+    script = (f"import sys, time; from rismvdr.io import atomic_write\n"
               f"with atomic_write({str(target)!r}) as f:\n"
               f"    f.write('half'); f.flush(); print('writing', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -473,7 +478,7 @@ def test_next_write_removes_the_temporaries_a_killed_writer_left(tmp_path):
     proc.wait()
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(f".det.csv.") and f".{proc.pid}." in left[0]
-    live = tmp_path / f".det.csv.{io._HOST}.{os.getpid()}.abcdefgh.tmp"  # a writer still running (this one)
+    live = tmp_path / f".det.csv.{io_atomic._HOST}.{os.getpid()}.abcdefgh.tmp"  # a writer still running (this one)
     live.write_text("busy")
     other = tmp_path / ".other.csv.x1y2z3.tmp"  # another target's
     other.write_text("x")
@@ -521,7 +526,7 @@ def test_sigterm_inside_an_atomic_write_removes_its_temporary(tmp_path):
                 time.sleep(30)  # (never reached)
     assert err.value.signum == signal.SIGTERM
     assert os.listdir(tmp_path) == []
-    assert signal.getsignal(signal.SIGTERM) is not io._raise_terminated  # the old handler is back
+    assert signal.getsignal(signal.SIGTERM) is not io_runtime._raise_terminated  # the old handler is back
 
 
 def test_read_json_names_the_flag_and_file(tmp_path):
@@ -554,3 +559,20 @@ def test_maps_round_trip_and_grid_checks(tmp_path):
     io.write_maps(path, power[:, :, :-1], plane[:, :, :-1], grid)
     with pytest.raises(ValueError, match="key 'power_db': shape .* does not fit the file's grid"):
         io.read_maps(path)
+
+
+# --- the package ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["rismvdr.io", "rismvdr.io.atomic", "rismvdr.io.reports", "rismvdr.io.scenes"])
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_rismvdr_files_is_a_deprecated_alias(monkeypatch):
+    monkeypatch.delitem(sys.modules, "rismvdr.files", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"^rismvdr\.files is deprecated; import from rismvdr\.io$"):
+        files = importlib.import_module("rismvdr.files")
+    assert files.__all__ == io.__all__
+    assert all(getattr(files, name) is getattr(io, name) for name in io.__all__)

@@ -22,10 +22,13 @@ PKG = Path(rismvdr.__file__).resolve().parent
 
 #: Layer of each top-level unit of the package (higher may import lower, never the reverse).
 LAYERS = {
+    "defaults": 0,  # constants only: imports nothing from rismvdr
+    "overrides": 0,  # the --set grammar: imports nothing from rismvdr
     "physics": 0,
     "models": 1,
     "localize": 2,
-    "files": 3,
+    "io": 3,
+    "files": 3,  # the deprecated alias of rismvdr.io
     "eval": 4,
     "train": 5,
     "configs": 6,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from rismvdr.cli import main
-from rismvdr.files import load_scenes, scenes_from_file
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
+from rismvdr.io import load_scenes, scenes_from_file
 from rismvdr.localize.compressive import (
     add_candidates,
     compressive_context,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rismvdr.eval import metrics as M
-from rismvdr.files import to_jsonable
+from rismvdr.io import to_jsonable
 
 DEG = np.pi / 180.0
 

@@ -1,13 +1,14 @@
-"""The README's usage sections are executed, so they cannot rot.
+"""The README's and the documentation's usage sections are executed, so they cannot rot.
 
-* ```python blocks: exec'd as they stand (the kernels used as a library from JAX code).
-* ```bash blocks of the usage sections ("Command line", "Training" with its GPU block,
-  "Hyperparameter search (Optuna)" with its several-machines block), found by the `## ` heading
-  that precedes them, so a block added to another section changes nothing here. Each block is
-  split into commands (`\\` continuations joined, `# comments` dropped) and run in order, in one
-  temporary working directory per section (files one command writes are read by the next, as a
-  user would), with a `configs` link to the checkout's `configs/` (the README's commands run from
-  a checkout's root):
+* ```python blocks of the README and of `docs/getting-started.md`: exec'd as they stand (the
+  public API and the kernels used as a library from JAX code).
+* ```bash blocks of the usage sections, found by the `## ` heading that precedes them in their
+  page, so a block added to another section changes nothing here: the README's "Command line",
+  `docs/training.md`'s "Training" (with its GPU block) and "Hyperparameter search (Optuna)"
+  (with its several-machines block). Each block is split into commands (`\\` continuations
+  joined, `# comments` dropped) and run in order, in one temporary working directory per section
+  (files one command writes are read by the next, as a user would), with a `configs` link to the
+  checkout's `configs/` (the commands run from a checkout's root):
 
   - `rismvdr ...`: in-process, `rismvdr.cli.main(argv)`, after the section's scale-down table
     (below) and the flags appended per subcommand. Return code 0 and every `--out` path present;
@@ -16,11 +17,17 @@
   - `python benchmarks/X.py ...`: the script exists and its `--help` lists every flag used.
   - anything else fails the test: teach this module about a new kind of line.
 
-Scale-down: every `(README text, replacement)` of a table is applied by exact-string
-replacement to the comment-free command line, and each must match at least once in its section,
-so a README edit that silently stops matching fails here. The flags appended per subcommand are
-real flags of that subcommand (one device: the test session simulates 8 CPU devices on few
-cores; few steps; no progress bars).
+* The other pages' `rismvdr` command lines (`docs/*.md`, not the dated experiment records) are
+  parsed with the real parser, and `docs/benchmarks.md`'s "Reproducing" block is checked (the
+  benchmarks take minutes).
+* The documentation site builds with `mkdocs build --strict` when mkdocs is installed (the
+  `docs` extra; `make docs` and CI build it too).
+
+Scale-down: every `(page text, replacement)` of a table is applied by exact-string replacement
+to the comment-free command line, and each must match at least once in its section, so an edit
+that silently stops matching fails here. The flags appended per subcommand are real flags of
+that subcommand (one device: the test session simulates 8 CPU devices on few cores; few steps;
+no progress bars).
 """
 import json
 import os
@@ -40,16 +47,16 @@ from test_hpo import postgres_url  # noqa: F401  (the throw-away PostgreSQL serv
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+TRAINING = DOCS / "training.md"
+BENCHMARKS = DOCS / "benchmarks.md"
 
 # --- Command line: the quickstart on a handful of scenes --------------------------------------
 CLI_SUBS = [
     ("--scenes 1000 --seed 0 --out scenes.npz", "--scenes 4 --seed 0 --out scenes.npz"),
     ("--scenes 200 --out k3.npz", "--scenes 2 --out k3.npz"),
-    # demo: 2 scenes, the oracle only (every method is compiled in test_cli / the slow suite)
-    ("demo --out demo_report --scenes 200", "demo --out demo_report --scenes 2 --methods mvdr-oracle"),
-    ("bench accuracy --quick", "bench accuracy --quick --scenes 2 --sweeps base --methods mvdr-oracle"),
 ]
-CLI_APPEND = {"localize": ["-q"], "bench accuracy": ["-q"]}
+CLI_APPEND = {"localize": ["-q"]}
 
 # --- Training: the tiny config, 2 steps ---------------------------------------------------------
 FAST_TRAIN = ["--devices", "1", "-q", "--set", "steps=2", "--set", "eval_every=2", "--set", "checkpoint_every=2",
@@ -81,7 +88,7 @@ HPO_SUBS = [
     ("--workers 2", "--workers 1"),
     ("--stage1-trials 60 --stage1-epochs 3 --stage2-topk 5 --stage2-epochs 8",
      "--stage1-trials 2 --stage1-epochs 1 --stage2-topk 1 --stage2-epochs 1 --e2e-scenes 2"),
-    # the separating validation budget of the README's hpo2 line (1000 scenes): FAST_HPO's instead
+    # the separating validation budget of the page's two-stage line (1000 scenes): FAST_HPO's instead
     ("--set val_scenes=1000 --set val_peak_scenes=1000 --e2e-scenes 1000", ""),
     ("--study seed", "--study tiny"),
     ("postgresql+psycopg2://user@dbhost/rismvdr", "{postgres_url}"),
@@ -92,14 +99,14 @@ HPO_SUBS = [
 TEST_SPACE = {"loss_scale.cell": ("float", 0.5, 2.0, True), "loss_scale.aux": ("float", 0.5, 2.0, True)}
 FAST_HPO = ["--space", "space.py", "--devices", "1", "--sampler-seed", "0", "--compile-cache", "{cache}",
             "--set", "batch_size=4", "--set", "eval_every=2", "--set", "val_scenes=8", "--set", "val_peak_scenes=0"]
-HPO_APPEND = {"hpo": FAST_HPO, "hpo2": FAST_HPO, "train": FAST_TRAIN}
+HPO_APPEND = {"hpo run": FAST_HPO, "hpo two-stage": FAST_HPO, "train": FAST_TRAIN}
 
 
 # ------------------------------------------------------------------------------------------------
-def _section(title: str) -> str:
-    parts = re.split(r"^## ", README.read_text(), flags=re.M)
+def _section(title: str, page: Path = README) -> str:
+    parts = re.split(r"^## ", page.read_text(), flags=re.M)
     found = [p for p in parts if p.split("\n", 1)[0].strip() == title]
-    assert len(found) == 1, f"README: no single '## {title}' section"
+    assert len(found) == 1, f"{page.name}: no single '## {title}' section"
     return found[0]
 
 
@@ -143,14 +150,14 @@ def _check_benchmark(tokens: list[str]) -> None:
             assert tok.split("=", 1)[0] in known, f"{shlex.join(tokens)}: {tok} is not a flag of {tokens[1]}"
 
 
-def _run_section(title, subs, append, cwd: Path, **values) -> list[str]:
+def _run_section(title, subs, append, cwd: Path, page: Path = README, **values) -> list[str]:
     """Run every command of the section in `cwd`; returns the command lines run."""
     subs = [(old, new.format(**values)) for old, new in subs]
     append = {k: [a.format(**values) for a in v] for k, v in append.items()}
     hits = dict.fromkeys(subs, 0)
     used = set()
     ran = []
-    for line in _commands(_section(title)):
+    for line in _commands(_section(title, page)):
         for pair in subs:
             hits[pair] += line.count(pair[0])
             line = line.replace(*pair)
@@ -166,17 +173,17 @@ def _run_section(title, subs, append, cwd: Path, **values) -> list[str]:
             try:
                 rc = main(argv)
             except SystemExit as e:  # argparse: unknown subcommand or flag
-                pytest.fail(f"README ({title}): `{line}` was refused by the parser (exit {e.code})")
-            assert rc == 0, f"README ({title}): `{line}` exited with {rc}"
+                pytest.fail(f"{page.name} ({title}): `{line}` was refused by the parser (exit {e.code})")
+            assert rc == 0, f"{page.name} ({title}): `{line}` exited with {rc}"
             for i, tok in enumerate(argv[:-1]):
                 if tok == "--out":
                     assert (cwd / argv[i + 1]).exists(), f"`{line}`: no {argv[i + 1]}"
         else:
-            pytest.fail(f"README ({title}): `{line}`: a kind of line this test does not know how to check")
+            pytest.fail(f"{page.name} ({title}): `{line}`: a kind of line this test does not know how to check")
         ran.append(line)
     stale = [old for (old, _), n in hits.items() if n == 0]
-    assert not stale, f"README ({title}): scale-down substitutions that no longer match: {stale}"
-    assert set(append) <= used, f"README ({title}): no command for {set(append) - used}"
+    assert not stale, f"{page.name} ({title}): scale-down substitutions that no longer match: {stale}"
+    assert set(append) <= used, f"{page.name} ({title}): no command for {set(append) - used}"
     return ran
 
 
@@ -188,12 +195,13 @@ def workdir(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
+@pytest.mark.parametrize("page", [README, DOCS / "getting-started.md"], ids=lambda p: p.name)
+def test_python_blocks_run(page):
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert blocks, f"{page.name} has no python example"
     for code in blocks:
         namespace: dict = {}
-        exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+        exec(compile(code, str(page), "exec"), namespace)  # noqa: S102
         det = namespace.get("det")
         if det is not None:
             assert det.valid.shape == (8, 5)
@@ -202,15 +210,15 @@ def test_readme_python_blocks_run():
 
 def test_readme_command_line(workdir):
     ran = _run_section("Command line", CLI_SUBS, CLI_APPEND, workdir)
-    assert len(ran) >= 8
+    assert len(ran) >= 6 and any(" plot scene " in f" {line} " for line in ran)
     assert json.loads((workdir / "metrics.json").read_text())["test_set"]["n_scenes"] == 4
 
 
 @pytest.mark.slow
 def test_readme_training(workdir):
-    # the Command line section's scene file, which the last line localizes
+    # the README's scene file, which the last line localizes
     assert main(["simulate", "--scenario", "seed", "--scenes", "4", "--seed", "0", "--out", "scenes.npz"]) == 0
-    ran = _run_section("Training", TRAIN_SUBS, TRAIN_APPEND, workdir)
+    ran = _run_section("Training", TRAIN_SUBS, TRAIN_APPEND, workdir, page=TRAINING)
     assert any(line.startswith("pip ") for line in ran) and any(" bench speed " in line for line in ran)
     assert (workdir / "my_model" / "model.npz").is_file()
 
@@ -221,7 +229,7 @@ def test_readme_hpo(workdir, postgres_url):  # noqa: F811
     (workdir / "space.py").write_text(f"def get_space():\n    return {TEST_SPACE!r}\n")
     cache = jax.config.jax_compilation_cache_dir
     try:
-        ran = _run_section("Hyperparameter search (Optuna)", HPO_SUBS, HPO_APPEND, workdir,
+        ran = _run_section("Hyperparameter search (Optuna)", HPO_SUBS, HPO_APPEND, workdir, page=TRAINING,
                            postgres_url=postgres_url, cache=cache or "none")
     finally:  # `hpo --compile-cache` sets JAX's cache directory for this process: put it back
         from jax.experimental.compilation_cache import compilation_cache
@@ -246,14 +254,14 @@ def test_readme_include_blocks_match_their_files():
     assert inc.stale_blocks() == [], "run python benchmarks/include.py"
 
 
-def test_readme_benchmarks_commands_parse():
-    """The Benchmarks section's commands take minutes, so they are checked, not run: every
+def test_benchmarks_commands_parse():
+    """The benchmarks page's commands take minutes, so they are checked, not run: every
     `rismvdr` line parses with the real parser, scripts exist (shell scripts pass `bash -n`,
     Python scripts accept their flags). `rismvdr bench speed` runs end to end in
     test_bench_speed.py and `bench accuracy` in test_bench.py."""
     from rismvdr.cli import build_parser
 
-    lines = _commands(_section("Benchmarks"))
+    lines = _commands(_section("Reproducing", BENCHMARKS))
     kinds = set()
     for line in lines:
         tokens = shlex.split(line)
@@ -261,7 +269,7 @@ def test_readme_benchmarks_commands_parse():
             try:
                 build_parser().parse_args(tokens[1:])
             except SystemExit as e:
-                pytest.fail(f"README (Benchmarks): `{line}` was refused by the parser (exit {e.code})")
+                pytest.fail(f"benchmarks.md (Reproducing): `{line}` was refused by the parser (exit {e.code})")
             kinds.add(_subcommand(tokens))
         elif tokens[0] == "bash":
             script = ROOT / tokens[1]
@@ -270,5 +278,52 @@ def test_readme_benchmarks_commands_parse():
         elif tokens[0] == "python" and tokens[1].startswith("benchmarks/"):
             _check_benchmark(tokens)
         else:
-            pytest.fail(f"README (Benchmarks): `{line}`: a kind of line this test does not know how to check")
+            pytest.fail(f"benchmarks.md (Reproducing): `{line}`: a kind of line this test does not know how to check")
     assert {"bench accuracy", "bench speed"} <= kinds
+
+
+def _doc_pages() -> list[Path]:
+    """The documentation's pages, without the dated experiment records (their commands are
+    quoted as they were run, in the spelling of their day) and the generated reports."""
+    return [p for p in sorted(DOCS.rglob("*.md")) if "experiments" not in p.parts and "bench" not in p.parts]
+
+
+def test_docs_command_lines_parse():
+    """Every `rismvdr` line of a ```bash block in the README and the documentation (environment
+    assignments before it allowed) is accepted by the real parser, in its current spelling."""
+    from rismvdr.cli import build_parser
+
+    checked = 0
+    for page in [README] + _doc_pages():
+        for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), flags=re.S | re.M):
+            for line in block.replace("\\\n", " ").splitlines():
+                tokens = shlex.split(line, comments=True)
+                while tokens and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", tokens[0]):
+                    tokens.pop(0)
+                if not tokens or tokens[0] != "rismvdr":
+                    continue
+                try:
+                    build_parser().parse_args(tokens[1:])
+                except SystemExit as e:
+                    pytest.fail(f"{page.relative_to(ROOT)}: `{line.strip()}` was refused by the parser (exit {e.code})")
+                checked += 1
+    assert checked >= 30, checked
+
+
+def test_docs_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict` (what `make docs` and CI run): every link, anchor, nav entry,
+    included file and docstring renders. About 10-20 s; skipped where the `docs` extra is not
+    installed (the default `make test` environment)."""
+    import importlib.util
+
+    missing = [m for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+               if importlib.util.find_spec(m.split(".")[0]) is None
+               or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)]
+    if missing:
+        pytest.skip(f"the docs extra is not installed (no {', '.join(missing)}): pip install -e '.[docs]'")
+    res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert res.returncode == 0, f"mkdocs build --strict failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert (tmp_path / "site" / "api" / "io" / "index.html").is_file()

@@ -10,6 +10,8 @@ every user takes; the override configs use `unsafe_rbg` keys, which compile abou
 Every property checked here holds for any key implementation. The check that needs two extra
 compilations (different batch sizes) is marked `slow`.
 """
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
-from rismvdr.physics.simulate import Scene, simulate
+from rismvdr.physics.simulate import Scene, simulate, truth_covariance_from_sources
 
 # One tolerance table, keyed by the scene dtype.
 #   r_true: max |R_true - R_ref| / max |R_ref| against the float64 reference built from the truth
@@ -178,6 +180,20 @@ def check_r_true(cfg, scenes):
 def test_seed_r_true_matches_reference(seed_scenes):
     check_r_true(SEED, seed_scenes)
 
+
+def test_truth_covariance_from_sources_matches_the_reference(seed_scenes):
+    """`R_true` rebuilt from the truth alone (as for a scene file read back) is the reference
+    `A diag(p) A^H`; without sources it is zero."""
+    g, sc = scenario_geometry(SEED), seed_scenes[:4]
+    truth = [np.asarray(a, np.float32) for a in (sc.phi, sc.theta, sc.r, sc.power)]
+    r_true = truth_covariance_from_sources(g, *truth, model=SEED.steering_model)
+    chex.assert_shape(r_true, (4, SEED.n_elements, SEED.n_elements))
+    assert r_true.dtype == jnp.complex64
+    check_r_true(SEED, dataclasses.replace(sc, R_true=r_true))
+    none = np.zeros((2, 0), np.float32)
+    empty = truth_covariance_from_sources(g, none, none, none, none, model=SEED.steering_model)
+    chex.assert_shape(empty, (2, SEED.n_elements, SEED.n_elements))
+    assert empty.dtype == jnp.complex64 and not np.any(np.asarray(empty))
 
 def snr_ratios(scenes):
     """Per scene `(mean|y|^2 / sigma^2 - 1) / 10^(SNR/10)` and its standard deviation.

@@ -1,6 +1,6 @@
 """`rismvdr bench accuracy`: accuracy of every localizer on the `seed` scenario, as sweeps.
 
-Suites (issue 8):
+Suites:
 
 * **B1** (blind): each method finds the number of sources itself, the registry as is.
 * **B2** (oracle K): methods given the truth: `music-oracle-k` (MUSIC with the true K),
@@ -21,7 +21,9 @@ that run (those that apply; learned methods only where the shipped model fits: R
 model's N, M and L, so the `l` sweep runs them at L = 16 only; minus `CPU_SKIPS` on the CPU
 backend and, with `--resume`, what the report holds already), simulates the point's test set,
 localizes it with each method, evaluates against the truth and the CRB, and appends one
-record per (point, method) to `accuracy.json` (rewritten after every point).
+record per (point, method) to `accuracy.json` (rewritten after every point). Progress: a tqdm
+bar over points on a terminal, one line per point on stdout, and, when stderr is not a terminal,
+one line per method on stderr as it starts and finishes (`progress_line`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.bench.accuracy_report import METRIC_KEYS, RECORD_KEYS, attach_bound, write_report
+from rismvdr.bench.accuracy_report import METRIC_KEYS, RECORD_KEYS, attach_bound, progress_line, write_report
 from rismvdr.bench.methods import applies, learned_fits, shipped_model
 from rismvdr.bench.report import fmt_number, write_records_csv
 from rismvdr.bench.sweeps import (
@@ -65,7 +67,7 @@ from rismvdr.bench.sweeps import (
 )
 from rismvdr.eval import metrics
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
-from rismvdr.files import to_jsonable, write_json
+from rismvdr.io import to_jsonable, write_json
 from rismvdr.localize.registry import METHODS, localize, method_names, settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -99,6 +101,126 @@ def _record(point: BenchPoint, name: str, cfg, n_scenes: int, seed: int, ev: dic
     return to_jsonable(rec)
 
 
+def _chosen_methods(methods, base_cfg, quick: bool) -> list[str]:
+    """The run's methods: `methods` in order without repeats, else every registered method that
+    applies to the base scenario's mode (`quick`: those of `QUICK_METHODS`)."""
+    if methods:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        return list(dict.fromkeys(methods))
+    names = method_names(full_array=base_cfg.mode == "full")
+    return [n for n in QUICK_METHODS if n in names] if quick else names
+
+
+def _chosen_points(sweeps, *, snr_values_db, l_values, quick: bool, ula_names: list[str]) -> list[BenchPoint]:
+    """The points of `sweeps`; the `ula` sweep's dropped (with a warning) when none of its
+    methods is chosen."""
+    points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db), l_values=l_values,
+                          k_values=K_VALUES_QUICK if quick else K_VALUES,
+                          r_bins_m=R_BINS_QUICK_M if quick else R_BINS_M)
+    if not points:
+        raise ValueError(f"sweeps: none chosen; known: {', '.join(SWEEPS)}")
+    if "ula" in sweeps and not ula_names:
+        log.warning("sweep ula skipped: it runs only %s, none of them among the chosen methods",
+                    ", ".join(ULA_METHODS))
+        points = [p for p in points if p.sweep != "ula"]
+        if not points:
+            raise ValueError(f"methods: the ula sweep runs only {', '.join(ULA_METHODS)}; none chosen")
+    return points
+
+
+def _resumed_records(path: Path, base_cfg, n_scenes: int, seed: int) -> list[dict]:
+    """The records of an earlier run's `accuracy.json` (none when there is no file); refused
+    when it holds another test set (scenario, scenes per point, seed)."""
+    if not path.is_file():
+        return []
+    prev = json.loads(path.read_text())
+    pm = prev.get("meta", {})
+    if (pm.get("scenario"), pm.get("n_scenes"), pm.get("seed")) != (base_cfg.name, n_scenes, seed):
+        raise ValueError(f"resume: {path} holds scenario {pm.get('scenario')}, {pm.get('n_scenes')} scenes per "
+                         f"point, seed {pm.get('seed')}; this run asks for {base_cfg.name}, {n_scenes}, {seed}")
+    records = list(prev.get("records", []))
+    print(f"resume: {len(records)} records of {path} kept; their points and methods are not run again")
+    return records
+
+
+def _methods_at(point: BenchPoint, cfg, geometry, names: list[str], model, done: set, skipped: list) -> list[str]:
+    """The methods that run at `point`, decided before any scene is simulated: those that apply
+    (learned ones where the model fits), minus those `done` already (`--resume`) and, on the
+    CPU backend, `CPU_SKIPS` (appended to `skipped`, with a warning)."""
+    todo = []
+    for name in names:
+        key = (point.sweep, point.value, name)
+        if not applies(name, cfg) or METHODS[name].learned and not learned_fits(model, cfg, geometry):
+            continue
+        if key in done:  # --resume: already in the report
+            continue
+        if jax.default_backend() == "cpu" and key in CPU_SKIPS:
+            skipped.append(dict(sweep=point.sweep, value=point.value, method=name, reason=CPU_SKIPS[key]))
+            log.warning("%s not run at %s=%s: %s", name, point.variable, point.value, CPU_SKIPS[key])
+            continue
+        todo.append(name)
+    return todo
+
+
+def _point_label(point: BenchPoint) -> str:
+    return point.sweep if point.value is None else f"{point.sweep} {point.variable}={point.value:g}"
+
+
+def _run_point(point: BenchPoint, cfg, geometry, todo: list[str], *, base_cfg, n_scenes: int, seed: int, model,
+               progress: bool) -> list[dict]:
+    """Simulate the point's test set, localize it with each method of `todo`, evaluate against
+    the truth and the CRB: one record per method that ran (a learned method whose model was
+    not trained for the point is skipped). `progress`: a line per method on stderr when that
+    is not a terminal (`progress_line`)."""
+    scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
+    crb = truth_crb(scenes, geometry, model=cfg.steering_model)
+    # the r sweep draws sources in a range bin but searches the base scenario's whole box
+    settings = settings_for_scenario(cfg.replace(r_m=base_cfg.r_m) if point.sweep == "r" else cfg)
+    records = []
+    for name in todo:
+        m = METHODS[name]
+        if progress:
+            progress_line(f"{_point_label(point)}: {name}: localizing {n_scenes} scenes ...")
+        try:
+            res = localize(name, scenes, geometry, settings, progress=False, keep_maps=False,
+                           model=model if m.learned else None)
+        except ValueError as exc:
+            if "trained for" in str(exc):
+                log.info("%s skipped at %s=%s: %s", name, point.variable, point.value, exc)
+                continue
+            raise
+        d = res.detections
+        ev = evaluate_detections(scenes, d.phi, d.theta, d.r, d.valid, crb=crb)
+        records.append(_record(point, name, cfg, n_scenes, seed, ev, res.seconds))
+        if point.sweep == "base":
+            records[-1]["tp_pos_err_m"] = _tp_errors(scenes, d).tolist()  # the error CDF of the report
+        if progress:
+            progress_line(f"{_point_label(point)}: {name}: {n_scenes} scenes in {res.seconds:.1f} s, "
+                          f"F1 {fmt_number(ev['f1'], '.2f')}")
+    return records
+
+
+def _write_partial(out: Path, records: list[dict], base_cfg, n_scenes: int, seed: int) -> None:
+    """The records so far (`accuracy.json` with `partial` in its meta, and `accuracy.csv`): they
+    survive an interrupt and `--resume` continues from them."""
+    partial = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, partial=True)
+    write_json(out / "accuracy.json", dict(meta=partial, records=records))
+    write_records_csv(out / "accuracy.csv", records, RECORD_KEYS)
+
+
+def _write_result(out: Path, records: list[dict], meta: dict, n_points: int) -> dict:
+    """Write the final `accuracy.json` and the report files, print the tables; the result."""
+    result: dict[str, Any] = dict(meta=to_jsonable(meta), records=records)
+    write_json(out / "accuracy.json", result)
+    written = write_report(out, result)
+    print((out / "accuracy.md").read_text())
+    print(f"wrote accuracy.json, {', '.join(written)} to {out} (wall time {meta['wall_s']:.1f} s, {n_points} "
+          f"points, {len(records)} records)")
+    return result
+
+
 def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=None, sweeps=DEFAULT_SWEEPS,
                  snr_values_db=None, quick: bool = False, scenario: str = "seed",
                  progress: bool = True, resume: bool = False) -> dict:
@@ -116,7 +238,8 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
         steps; `quick`: `SNR_VALUES_QUICK_DB`).
       quick: use `QUICK_METHODS` when `methods` is None, and the thinner `*_QUICK` values.
       scenario: the base scenario (default `seed`).
-      progress: tqdm bar over points (auto-off when not a terminal).
+      progress: tqdm bar over points (auto-off when not a terminal; then a line per method on
+        stderr instead, `progress_line`).
       resume: keep the records of an earlier (interrupted) run in `out/accuracy.json` with the
         same scenario, scene count and seed, and run only the (point, method) pairs it lacks.
 
@@ -128,108 +251,40 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
     if n_scenes < 1:
         raise ValueError(f"scenes: need at least 1 scene per point, got {n_scenes}")
     base_cfg = get_scenario(scenario)
-    if methods:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
-        names = list(dict.fromkeys(methods))
-    else:
-        names = method_names(full_array=base_cfg.mode == "full")
-        if quick:
-            names = [n for n in QUICK_METHODS if n in names]
+    names = _chosen_methods(methods, base_cfg, quick)
     l_values = L_VALUES_QUICK if quick else L_VALUES
     if snr_values_db is None:
         snr_values_db = SNR_VALUES_QUICK_DB if quick else SNR_VALUES_DB
-    points = bench_points(tuple(sweeps), snr_values_db=tuple(snr_values_db), l_values=l_values,
-                          k_values=K_VALUES_QUICK if quick else K_VALUES,
-                          r_bins_m=R_BINS_QUICK_M if quick else R_BINS_M)
-    if not points:
-        raise ValueError(f"sweeps: none chosen; known: {', '.join(SWEEPS)}")
     ula_names = [n for n in ULA_METHODS if not methods or n in names]
-    if "ula" in sweeps and not ula_names:
-        log.warning("sweep ula skipped: it runs only %s, none of them among the chosen methods",
-                    ", ".join(ULA_METHODS))
-        points = [p for p in points if p.sweep != "ula"]
-        if not points:
-            raise ValueError(f"methods: the ula sweep runs only {', '.join(ULA_METHODS)}; none chosen")
+    points = _chosen_points(sweeps, snr_values_db=snr_values_db, l_values=l_values, quick=quick, ula_names=ula_names)
     model = shipped_model() if any(METHODS[n].learned for n in names) else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records, done, skipped, n_resumed = [], set(), [], 0
-    if resume and (out / "accuracy.json").is_file():
-        prev = json.loads((out / "accuracy.json").read_text())
-        pm = prev.get("meta", {})
-        if (pm.get("scenario"), pm.get("n_scenes"), pm.get("seed")) != (base_cfg.name, n_scenes, seed):
-            raise ValueError(f"resume: {out / 'accuracy.json'} holds scenario {pm.get('scenario')}, "
-                             f"{pm.get('n_scenes')} scenes per point, seed {pm.get('seed')}; this run asks for "
-                             f"{base_cfg.name}, {n_scenes}, {seed}")
-        records = list(prev.get("records", []))
-        n_resumed = len(records)
-        done = {(r["sweep"], r["value"], r["method"]) for r in records}
-        print(f"resume: {len(records)} records of {out / 'accuracy.json'} kept; their points and methods are "
-              f"not run again")
+    records = _resumed_records(out / "accuracy.json", base_cfg, n_scenes, seed) if resume else []
+    n_resumed, skipped = len(records), []
+    done = {(r["sweep"], r["value"], r["method"]) for r in records}
     bar = tqdm(points, desc="bench points", unit="point", disable=None if progress else True)
     for point in bar:
         cfg = get_scenario(point.scenario or scenario, **point.overrides)
         geometry = scenario_geometry(cfg)
         tp = time.perf_counter()
-        todo = []  # the methods this point runs, decided before any scene is simulated
-        for name in (ula_names if point.sweep == "ula" else names):
-            m = METHODS[name]
-            if not applies(name, cfg) or m.learned and not learned_fits(model, cfg, geometry):
-                continue
-            if (point.sweep, point.value, name) in done:  # --resume: already in the report
-                continue
-            if jax.default_backend() == "cpu" and (point.sweep, point.value, name) in CPU_SKIPS:
-                skipped.append(dict(sweep=point.sweep, value=point.value, method=name,
-                                    reason=CPU_SKIPS[(point.sweep, point.value, name)]))
-                log.warning("%s not run at %s=%s: %s", name, point.variable, point.value, skipped[-1]["reason"])
-                continue
-            todo.append(name)
+        todo = _methods_at(point, cfg, geometry, ula_names if point.sweep == "ula" else names, model, done, skipped)
         if not todo:
             continue
-        scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
-        crb = truth_crb(scenes, geometry, model=cfg.steering_model)
-        # the r sweep draws sources in a range bin but searches the base scenario's whole box
-        settings = settings_for_scenario(cfg.replace(r_m=base_cfg.r_m) if point.sweep == "r" else cfg)
-        f1s = []
-        for name in todo:
-            m = METHODS[name]
-            try:
-                res = localize(name, scenes, geometry, settings, progress=False, keep_maps=False,
-                               model=model if m.learned else None)
-            except ValueError as exc:
-                if "trained for" in str(exc):
-                    log.info("%s skipped at %s=%s: %s", name, point.variable, point.value, exc)
-                    continue
-                raise
-            d = res.detections
-            ev = evaluate_detections(scenes, d.phi, d.theta, d.r, d.valid, crb=crb)
-            records.append(_record(point, name, cfg, n_scenes, seed, ev, res.seconds))
-            f1s.append(f"{name} {fmt_number(ev['f1'], '.2f')}")
-            if point.sweep == "base":
-                records[-1]["tp_pos_err_m"] = _tp_errors(scenes, d).tolist()  # the error CDF of the report
+        new = _run_point(point, cfg, geometry, todo, base_cfg=base_cfg, n_scenes=n_scenes, seed=seed, model=model,
+                         progress=progress)
+        records.extend(new)
         attach_bound(records)  # f1_bound / f1_over_bound of this point's records (the bound may run last)
-        label = point.sweep if point.value is None else f"{point.sweep} {point.variable}={point.value:g}"
-        tqdm.write(f"[{len(records)} records] {label}: F1 " + ", ".join(f1s)
-                   + f" ({time.perf_counter() - tp:.1f} s)")
+        f1s = ", ".join(f"{r['method']} {fmt_number(r['f1'], '.2f')}" for r in new)
+        tqdm.write(f"[{len(records)} records] {_point_label(point)}: F1 {f1s} ({time.perf_counter() - tp:.1f} s)")
         sys.stdout.flush()  # one line per point, also when stdout is a file
-        partial = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, partial=True)
-        write_json(out / "accuracy.json", dict(meta=partial, records=records))  # survives an interrupt
-        write_records_csv(out / "accuracy.csv", records, RECORD_KEYS)
+        _write_partial(out, records, base_cfg, n_scenes, seed)
     bar.close()
-    wall = time.perf_counter() - t0
     meta = dict(scenario=base_cfg.name, n_scenes=n_scenes, seed=seed, quick=quick, methods=names,
                 sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values),
                 r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS),
-                bound_method=BOUND_METHOD, wall_s=wall,
+                bound_method=BOUND_METHOD, wall_s=time.perf_counter() - t0,
                 base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped,
                 resumed_records=n_resumed)
-    result: dict[str, Any] = dict(meta=to_jsonable(meta), records=records)
-    write_json(out / "accuracy.json", result)
-    written = write_report(out, result)
-    print((out / "accuracy.md").read_text())
-    print(f"wrote accuracy.json, {', '.join(written)} to {out} (wall time {wall:.1f} s, {len(points)} points, "
-          f"{len(records)} records)")
-    return result
+    return _write_result(out, records, meta, len(points))

@@ -10,7 +10,7 @@ PNG plots (`f1_vs_snr.png`, `f1_vs_range.png` with the bound as a black dashed c
 `rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`).
 `write_report` rebuilds all but the JSON from the JSON.
 
-The bound (issue 14): `BOUND_METHOD` (`ml-oracle`) is the ML refinement started at the true
+The bound: `BOUND_METHOD` (`ml-oracle`) is the ML refinement started at the true
 positions with the true K, the estimation limit of the measurements under the gates.
 `attach_bound` gives every record `f1_bound` (the bound's F1 at the same point) and
 `f1_over_bound` (the record's F1 / f1_bound; None when either is missing or not finite, or the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,12 @@ from rismvdr.bench.plots import plot_f1, plot_rmse_snr, plot_ula
 from rismvdr.bench.report import fmt_number, write_records_csv
 from rismvdr.bench.sweeps import B2_METHODS, BOUND_METHOD, SWEEPS, ULA_SCENARIO
 from rismvdr.eval.plots import plot_error_cdf
-from rismvdr.files import atomic_write
+from rismvdr.io import atomic_write
 from rismvdr.localize.registry import settings_for_scenario
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 
 __all__ = ["METRIC_KEYS", "RECORD_KEYS", "PER_BIN_KEYS", "ratio", "attach_bound", "snr_bin_table", "ula_setup",
-           "summary_table", "write_report"]
+           "summary_table", "write_report", "progress_line"]
 
 #: Metrics copied into every record (from `rismvdr.eval.evaluation.evaluate_detections`).
 METRIC_KEYS = (
@@ -50,6 +51,15 @@ RECORD_KEYS = ("suite", "sweep", "variable", "value", "method", "scenario", "n_s
 #: Per-SNR-bin keys of the records of a point that spans several SNR bins (`{"[lo,hi)": value}`,
 #: bins of the realised SNR as in `rismvdr.eval.metrics.evaluate`; JSON only, not in the CSV).
 PER_BIN_KEYS = ("f1_per_snr_bin", "n_scenes_per_snr_bin", "f1_bound_per_snr_bin", "f1_over_bound_per_snr_bin")
+
+
+def progress_line(text: str) -> None:
+    """Print `text` as one line on stderr when stderr is not a terminal (a log file, a pipe:
+    where the tqdm bars are off), so that a long run still says what it is doing; nothing on a
+    terminal, where the bars show it."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not (isatty and isatty()):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _finite(v) -> bool:

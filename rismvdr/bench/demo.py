@@ -4,7 +4,10 @@ were trained for the scenario) through the shared detector, evaluate (with PSSR 
 write a report folder: `report.md` (markdown table), `metrics.json` (all methods),
 `metrics_<method>.json`, `detections_<method>.csv`, `scenes.npz` and PNG plots.
 
-The bound (issue 14): `ml-oracle` (`rismvdr.bench.sweeps.BOUND_METHOD`, the compressive ML
+Progress: a tqdm bar over the methods on a terminal; when stderr is not a terminal (a log file,
+a pipe) one line per method instead as it starts and finishes (scenes, seconds, F1).
+
+The bound: `ml-oracle` (`rismvdr.bench.sweeps.BOUND_METHOD`, the compressive ML
 refinement started at the true positions with the true K) is among the default methods; it runs
 first, and every method's metrics gain `f1_bound` (its F1), `f1_over_bound` and
 `f1_over_bound_per_snr_bin`. The table (printed and in `report.md`) has its row, marked
@@ -21,12 +24,13 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rismvdr.bench.accuracy_report import ratio, snr_bin_table
+from rismvdr.bench.accuracy_report import progress_line, ratio, snr_bin_table
 from rismvdr.bench.methods import shipped_model
+from rismvdr.bench.report import fmt_number
 from rismvdr.bench.sweeps import BOUND_METHOD
 from rismvdr.eval import metrics, plots
 from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db, truth_crb
-from rismvdr.files import (
+from rismvdr.io import (
     atomic_write,
     save_scenes,
     scene_file_from_scenes,
@@ -71,8 +75,13 @@ def _attach_bound(ev: dict, bound_ev: dict | None) -> None:
                                        for b, g in (ev.get("per_snr_bin") or {}).items()}
 
 
-def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario: str = "seed") -> dict:
-    """Run the demo and return `{method: metrics}`."""
+def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario: str = "seed",
+             progress: bool = True) -> dict:
+    """Run the demo and return `{method: metrics}`.
+
+    `progress`: tqdm bars over methods and batches (auto-off when not a terminal; then a line
+    per method on stderr, `rismvdr.bench.accuracy_report.progress_line`); False: neither.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = get_scenario(scenario)
@@ -89,8 +98,12 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
     run_order = sorted(names, key=lambda n: n != BOUND_METHOD)  # the bound first: every later file has its ratio
     results, errors, timing = {}, {}, {}
     first_maps = {}
-    for name in tqdm(run_order, desc="methods", unit="method", disable=None):  # off when not a terminal
-        res = localize(name, scenes, geometry, settings)
+    bar = tqdm(run_order, desc="methods", unit="method", disable=None if progress else True)  # off when not a terminal
+    for i, name in enumerate(bar, 1):
+        step = f"[{i}/{len(run_order)}] {name}"
+        if progress:
+            progress_line(f"{step}: localizing {n_scenes} scenes ...")
+        res = localize(name, scenes, geometry, settings, progress=progress)
         d = res.detections
         write_detections_csv(out / f"detections_{name}.csv", d.phi, d.theta, d.r, d.score_db, d.valid)
         pssr = scene_pssr_db(res.power_db, d.phi, d.theta, d.valid, res.grid)
@@ -102,6 +115,8 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
         _attach_bound(ev, results.get(BOUND_METHOD, ev if name == BOUND_METHOD else None))
         results[name] = ev
         timing[name] = res.seconds
+        if progress:
+            progress_line(f"{step}: {n_scenes} scenes in {res.seconds:.1f} s, F1 {fmt_number(ev.get('f1'), '.2f')}")
         write_json(out / f"metrics_{name}.json", to_jsonable(
             dict(method=name, test_set=dict(scenario=cfg.name, seed=seed, n_scenes=n_scenes), **ev)))
         pairs = metrics.match_pairs(

@@ -1,23 +1,19 @@
 """The benches' figures: F1 and RMSE-with-CRB curves of `bench accuracy`, speed ratios of `bench speed`.
 
 Each `plot_*` writes one PNG (`rismvdr.eval.plots.save_figure`) from report records and returns
-False, writing nothing, when the records hold nothing to plot.
+False, writing nothing, when the records hold nothing to plot. Every method keeps its style
+(`rismvdr.eval.styles`) and the legend sits to the right of the panels.
 """
 from __future__ import annotations
 
 import math
 
 from rismvdr.bench.sweeps import ULA_SCENARIO
-from rismvdr.eval.plots import save_figure, subplots
+from rismvdr.eval.plots import legend_outside, save_figure, subplots
+from rismvdr.eval.styles import CRB_CURVE, bound_style, method_style
 from rismvdr.physics.scenarios import get_scenario
 
 __all__ = ["plot_f1", "plot_rmse_snr", "plot_ula", "plot_speed_ratios"]
-
-
-def _style(i: int) -> dict:
-    """Line style of the i-th method: 10 colours, then a new line style and marker, so that
-    13+ methods stay distinguishable."""
-    return dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], marker=("o", "s", "^")[i // 10 % 3])
 
 
 def _series(records, sweep, key):
@@ -39,20 +35,20 @@ def plot_f1(path, records, panels: dict[str, tuple[str, str]], *, bound: str | N
     sweeps = [s for s in panels if any(r["sweep"] == s for r in records)]
     if not sweeps:
         return False
-    fig, axes = subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.2), squeeze=False, layout="constrained")
     for ax, sweep in zip(axes[0], sweeps):
         series = _series(records, sweep, "f1")
         ref = series.pop(bound, None) if bound is not None else None
-        for i, (name, (x, y)) in enumerate(series.items()):
-            ax.plot(x, y, label=name, **_style(i))
+        for name, (x, y) in series.items():
+            ax.plot(x, y, label=name, **method_style(name).kwargs())
         if ref is not None:
-            ax.plot(ref[0], ref[1], "k--", lw=1.8, zorder=5, label=f"bound ({bound})")
+            ax.plot(ref[0], ref[1], label=f"bound ({bound})", **bound_style().kwargs())
         ax.set_title(panels[sweep][0])
         ax.set_xlabel(panels[sweep][1])
         ax.set_ylabel("F1")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    legend_outside(fig, axes)
     save_figure(fig, path)
     return True
 
@@ -60,8 +56,8 @@ def plot_f1(path, records, panels: dict[str, tuple[str, str]], *, bound: str | N
 def _rmse_panel(ax, records, sweep: str, key: str, crb_key: str, ylabel: str) -> None:
     """RMSE over true positives of every method against the sweep's SNR, semilog, with the
     sqrt(CRB) of the matched sources of the best-covered method (most TPs) per point."""
-    for i, (name, (x, y)) in enumerate(_series(records, sweep, key).items()):
-        ax.semilogy(x, y, label=name, **_style(i))
+    for name, (x, y) in _series(records, sweep, key).items():
+        ax.semilogy(x, y, label=name, **method_style(name).kwargs())
     crb_n, crb_y = {}, {}
     for r in records:
         if r["sweep"] == sweep and r.get(crb_key) is not None and math.isfinite(r[crb_key]):
@@ -69,20 +65,20 @@ def _rmse_panel(ax, records, sweep: str, key: str, crb_key: str, ylabel: str) ->
                 crb_n[r["value"]], crb_y[r["value"]] = r["tp"] or 0, r[crb_key]
     if crb_y:
         xs = sorted(crb_y)
-        ax.semilogy(xs, [crb_y[x] for x in xs], "k--", label="sqrt(CRB)")
+        ax.semilogy(xs, [crb_y[x] for x in xs], label="sqrt(CRB)", **method_style(CRB_CURVE).kwargs())
     ax.set_xlabel("SNR (dB)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
 
 
 def plot_rmse_snr(path, records) -> bool:
     """Azimuth RMSE over true positives against SNR at K = 1 (`snr_k1` sweep), with sqrt(CRB)."""
     if not any(r["sweep"] == "snr_k1" for r in records):
         return False
-    fig, ax = subplots(figsize=(6.5, 4.2))
+    fig, ax = subplots(figsize=(6.5, 4.2), layout="constrained")
     _rmse_panel(ax, records, "snr_k1", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
     ax.set_title("K = 1")
+    legend_outside(fig, ax)
     save_figure(fig, path)
     return True
 
@@ -91,9 +87,10 @@ def plot_ula(path, records) -> bool:
     """Azimuth and range RMSE over true positives against SNR for the `ula` sweep, with sqrt(CRB)."""
     if not any(r["sweep"] == "ula" for r in records):
         return False
-    fig, axes = subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     _rmse_panel(axes[0], records, "ula", "rmse_phi_deg", "sqrt_crb_phi_deg", "azimuth RMSE over TPs (deg)")
     _rmse_panel(axes[1], records, "ula", "rmse_r_m", "sqrt_crb_r_m", "range RMSE over TPs (m)")
+    legend_outside(fig, axes)
     cfg = get_scenario(ULA_SCENARIO)
     fig.suptitle(f"{cfg.name}: {cfg.nh}-element ULA, full array, L = {cfg.n_snapshots}, K = {cfg.k_min}, "
                  f"r in [{cfg.r_m[0]:g}, {cfg.r_m[1]:g}] m")

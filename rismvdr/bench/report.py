@@ -5,7 +5,7 @@ import csv
 import math
 from collections.abc import Sequence
 
-from rismvdr.files import atomic_write
+from rismvdr.io import atomic_write
 
 __all__ = ["fmt_number", "write_records_csv"]
 

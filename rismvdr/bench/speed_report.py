@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rismvdr.bench.plots import plot_speed_ratios
 from rismvdr.bench.report import fmt_number, write_records_csv
-from rismvdr.files import atomic_write, write_json
+from rismvdr.io import atomic_write, write_json
 
 __all__ = ["RECORD_KEYS", "speed_markdown", "write_speed_report"]
 

@@ -1,19 +1,25 @@
 """Evaluation glue shared by the CLI, the demo and the benchmarks: detections + scenes ->
 the metrics of SPEC section 7 (through `rismvdr.eval.metrics`, the one metrics module), with
 per-scene PSSR from the 2.5D maps and the CRB of the true sources when the scenes allow it.
+
+`evaluate_files` does what `rismvdr evaluate` does, from the files of SPEC section 8, for a
+notebook or a script.
 """
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
 from rismvdr.eval import metrics
+from rismvdr.io import load_scenes, read_detections_csv, read_maps, scenario_from_meta, scenes_from_file
 from rismvdr.physics.crb import crb_scenes
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import Grid
 
-__all__ = ["scene_pssr_db", "truth_crb", "evaluate_detections"]
+__all__ = ["scene_pssr_db", "truth_crb", "evaluate_detections", "evaluate_files"]
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +94,55 @@ def evaluate_detections(scenes: Scene, phi, theta, r, valid, *, score_db=None, p
         est_score=None if score_db is None else nanfill(score_db),
         scene_pssr_db=pssr, gates=gates, snr_bin_db=snr_bin_db, **kw,
     )
+
+
+def evaluate_files(scenes_path: str | os.PathLike, detections_path: str | os.PathLike, *,
+                   maps_path: str | os.PathLike | None = None, crb: bool = True,
+                   gates: metrics.Gates = metrics.DEFAULT_GATES, snr_bin_db: float = 5.0,
+                   label: str | None = None) -> dict:
+    """SPEC section 7 metrics of a detections CSV against the truth of a scene file.
+
+    The scenes are read with the steering model of the scenario recorded in the scene file
+    (else `exact`); the CRB is that model's, of the true sources.
+
+    Args:
+      scenes_path: scene file (`.npz`) with the truth (`gt_phi`, `gt_theta`, `gt_r`).
+      detections_path: detections CSV (`rismvdr localize --out`).
+      maps_path: optional maps file (`rismvdr localize --maps-out`): adds the per-scene PSSR
+        (dB) of the detections on the maps.
+      crb: compute the Cramer-Rao bound of the true sources (`RMSE / sqrt(CRB)`; False skips
+        it, which saves time on large sets).
+      gates: the detection gate of a true positive.
+      snr_bin_db: width of the SNR bins of the per-SNR breakdown, dB.
+      label: the method's name in the result (default: the CSV's file name without suffix).
+
+    Returns:
+      `{"method": label, "test_set": {"file", "scenario", "seed", "n_scenes"}, **metrics}`:
+      what `rismvdr evaluate --out` writes (NumPy values; `rismvdr.io.to_jsonable` makes it
+      JSON).
+
+    Raises:
+      ValueError: a malformed file (one line naming the file and key), a scene file without
+        truth, or a maps file of another number of scenes.
+    """
+    sf = load_scenes(scenes_path)
+    if not sf.has_truth:
+        raise ValueError(f"{scenes_path}: key 'gt_phi': missing, evaluation needs the truth")
+    det = read_detections_csv(detections_path, n_scenes=sf.n_scenes)
+    cfg = scenario_from_meta(sf.meta)
+    model = cfg.steering_model if cfg is not None else "exact"
+    scenes = scenes_from_file(sf, model=model)
+    pssr = None
+    if maps_path:
+        power_db, _, grid = read_maps(maps_path)
+        if power_db.shape[0] != sf.n_scenes:
+            raise ValueError(f"{maps_path}: key 'power_db': {power_db.shape[0]} scenes, the scene file has "
+                             f"{sf.n_scenes}")
+        pssr = scene_pssr_db(power_db, det.phi, det.theta, det.valid, grid)
+    bound = truth_crb(scenes, sf.geometry(), model=model) if crb else None
+    ev = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, score_db=det.score_db,
+                             pssr=pssr, crb=bound, gates=gates, snr_bin_db=snr_bin_db)
+    meta = sf.meta or {}
+    test_set = dict(file=str(scenes_path), scenario=meta.get("scenario"), seed=meta.get("seed"),
+                    n_scenes=sf.n_scenes)
+    return dict(method=label or Path(detections_path).stem, test_set=test_set, **ev)

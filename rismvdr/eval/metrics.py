@@ -40,7 +40,7 @@ Conventions (fixed here, shared by every method):
   "[-5,0)" (lower edge inclusive). Each group holds the same numbers as the overall dict.
   Keys are strings so that a JSON round trip returns the same dict.
 
-`rismvdr.files.to_jsonable` turns the result into plain JSON types, with NaN and +-inf
+`rismvdr.io.to_jsonable` turns the result into plain JSON types, with NaN and +-inf
 written as `null`.
 """
 from __future__ import annotations
@@ -544,7 +544,7 @@ def evaluate(
       snr_bin_db: width of the SNR bins, dB; bins are `[j w, (j+1) w)`.
 
     Returns:
-      A plain dict (pass it through `rismvdr.files.to_jsonable` before `json.dumps`):
+      A plain dict (pass it through `rismvdr.io.to_jsonable` before `json.dumps`):
       `n_scenes, n_est, n_truth, n_pairs, tp, fp, fn, precision, recall, f1, fp_per_scene,
       rmse_phi_deg, rmse_theta_deg, rmse_r_m, median_pos_err_m, p90_pos_err_m, rmse_xyz_all_m,
       mean_pssr_db, median_pssr_db, sqrt_crb_phi_deg, sqrt_crb_theta_deg, sqrt_crb_r_m,

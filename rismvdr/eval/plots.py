@@ -1,6 +1,7 @@
 """Plots for people: a scene's 2.5D spectrum with truth and detections, and per-method curves
 against SNR (F1, position error, RMSE with the CRB). Matplotlib with the Agg backend; every
-figure is written atomically (`rismvdr.files.atomic_write`).
+method keeps its style (`rismvdr.eval.styles`) and every legend sits outside the axes
+(`legend_outside`); every figure is written atomically (`rismvdr.io.atomic_write`).
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rismvdr.files import atomic_write
+from rismvdr.eval.styles import CRB_CURVE, bound_style, method_style
+from rismvdr.io import atomic_write
 from rismvdr.physics.spectra import Grid
 
-__all__ = ["subplots", "plot_scene_map", "plot_snr_curves", "plot_error_cdf", "plot_training_curves", "save_figure"]
+__all__ = ["subplots", "legend_outside", "plot_scene_map", "plot_snr_curves", "plot_error_cdf",
+           "plot_training_curves", "save_figure"]
 
 
 def _pyplot():
@@ -30,6 +33,22 @@ def _pyplot():
 def subplots(*args, **kwargs):
     """`matplotlib.pyplot.subplots` on the Agg backend: the figure of every rismvdr plot."""
     return _pyplot().subplots(*args, **kwargs)
+
+
+def legend_outside(fig, axes, *, fontsize: float = 8):
+    """One legend for the curves of `axes` (each label once, in drawing order), to the right of
+    the figure, outside every axes (`save_figure` crops to include it). None when nothing is
+    labelled."""
+    handles, labels = [], []
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if not handles:
+        return None
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=fontsize,
+                      borderaxespad=0.5)
 
 
 def save_figure(fig, path) -> None:
@@ -56,7 +75,7 @@ def plot_scene_map(path, power_db: np.ndarray, plane: np.ndarray, grid: Grid, *,
     phi, theta, r = (np.rad2deg(a) if i < 2 else a for i, a in enumerate(grid.arrays()))
     rel = power_db - np.max(power_db)
     single_row = len(theta) == 1
-    fig, axes = subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots(1, 2, figsize=(12, 4.2), layout="constrained")  # colour bars beside, not over, labels
     if single_row:  # linear array: a curve over phi
         axes[0].plot(phi, rel[0], color="k")
         axes[0].set_ylabel("spectrum (dB rel. max)")
@@ -73,8 +92,10 @@ def plot_scene_map(path, power_db: np.ndarray, plane: np.ndarray, grid: Grid, *,
             ax.set_ylabel("elevation theta (deg)")
     for ax in axes:
         ax.set_xlabel("azimuth phi (deg)")
-        for pts, style in ((truth, dict(marker="o", facecolors="none", edgecolors="w", s=90, label="truth")),
-                           (detections, dict(marker="x", color="r", s=60, label="detection"))):
+        # range labels: the truth's below, the detections' above their markers, so a close pair stays legible
+        for pts, style, offset in (
+                (truth, dict(marker="o", facecolors="none", edgecolors="w", s=90, label="truth"), (5, -11)),
+                (detections, dict(marker="x", color="r", s=60, label="detection"), (5, 4))):
             if pts is None or len(pts[0]) == 0:
                 continue
             y = np.zeros(len(pts[0])) if single_row else np.rad2deg(pts[1])
@@ -83,9 +104,11 @@ def plot_scene_map(path, power_db: np.ndarray, plane: np.ndarray, grid: Grid, *,
             ax.scatter(np.rad2deg(pts[0]), y, **style)
             if ax is axes[0]:
                 for px, py, pr in zip(np.rad2deg(pts[0]), y, pts[2]):
-                    ax.annotate(f"{pr:.1f} m", (px, py), textcoords="offset points", xytext=(4, 4),
+                    ax.annotate(f"{pr:.1f} m", (px, py), textcoords="offset points", xytext=offset,
                                 fontsize=7, color=style.get("color", "w"))
-    axes[0].legend(loc="lower right", fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # above the map, on grey so that the white circles show
+        axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, facecolor="0.6",
+                       borderaxespad=0.3)
     fig.suptitle(title)
     save_figure(fig, path)
 
@@ -103,35 +126,30 @@ def _val(x):
 
 def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: str = "",
                     bound: str | None = "ml-oracle") -> None:
-    """F1, median position error and azimuth RMSE (with sqrt CRB) against SNR, per method.
+    """F1, median position error and azimuth RMSE (with sqrt CRB) against SNR, per method, each
+    in its style (`rismvdr.eval.styles`), one legend to the right of the panels.
 
     Args:
       metrics_by_method: method -> metrics dict of `rismvdr.eval.metrics.evaluate` (with
         `per_snr_bin`).
       bound: the method drawn as the reference curve when it is among the methods (default
-        `ml-oracle`, the accuracy limit; None: none): black dashed in the F1 and position-error
-        panels, black dash-dot in the RMSE panel (where the dashed curve is sqrt(CRB)), labelled
-        "bound (<name>)", drawn above the other curves.
+        `ml-oracle`, the accuracy limit; None: none): black dashed in every panel (sqrt(CRB) is
+        black dotted), labelled "bound (<name>)", drawn above the other curves.
     """
-    fig, axes = subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     crb_drawn = False
     for name, m in metrics_by_method.items():
         x, keys = _bins(m)
         if not keys:
             continue
         per = m["per_snr_bin"]
-        if name == bound:
-            label = f"bound ({name})"
-            axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], "k--", lw=1.8, zorder=5, label=label)
-            axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], "k--", lw=1.8, zorder=5, label=label)
-            axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], "k-.", lw=1.5, zorder=5, label=label)
-        else:
-            axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], marker="o", label=name)
-            axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], marker="o", label=name)
-            axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], marker="o", label=name)
+        style, label = (bound_style(), f"bound ({name})") if name == bound else (method_style(name), name)
+        axes[0].plot(x, [_val(per[k]["f1"]) for k in keys], label=label, **style.kwargs())
+        axes[1].semilogy(x, [_val(per[k]["median_pos_err_m"]) for k in keys], label=label, **style.kwargs())
+        axes[2].semilogy(x, [_val(per[k]["rmse_phi_deg"]) for k in keys], label=label, **style.kwargs())
         crb = [_val(per[k].get("sqrt_crb_phi_deg")) for k in keys]
         if not crb_drawn and np.any(np.isfinite(crb)):
-            axes[2].semilogy(x, crb, "k--", label="sqrt(CRB) (matched sources)")
+            axes[2].semilogy(x, crb, label="sqrt(CRB) (matched sources)", **method_style(CRB_CURVE).kwargs())
             crb_drawn = True
     axes[0].set_ylabel("F1")
     axes[0].set_ylim(0, 1.02)
@@ -140,23 +158,24 @@ def plot_snr_curves(path, metrics_by_method: Mapping[str, Mapping], *, title: st
     for ax in axes:
         ax.set_xlabel("SNR bin centre (dB)")
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[2].legend(fontsize=7)
+    legend_outside(fig, axes)
     fig.suptitle(title)
     save_figure(fig, path)
 
 
 def plot_error_cdf(path, errors_by_method: Mapping[str, Sequence[float]], *, title: str = "") -> None:
-    """Empirical CDF of the 3-D position error over true positives, per method."""
-    fig, ax = subplots(figsize=(6, 4.2))
+    """Empirical CDF of the 3-D position error over true positives, per method (each in its
+    style, `rismvdr.eval.styles`; markers on every tenth of the curve), legend to the right."""
+    fig, ax = subplots(figsize=(6, 4.2), layout="constrained")
     for name, e in errors_by_method.items():
         e = np.sort(np.asarray(e, float))
         if e.size:
-            ax.semilogx(np.maximum(e, 1e-4), np.arange(1, e.size + 1) / e.size, label=name)
+            ax.semilogx(np.maximum(e, 1e-4), np.arange(1, e.size + 1) / e.size, label=name, markevery=0.1,
+                        **method_style(name).kwargs())
     ax.set_xlabel("3-D position error (m)")
     ax.set_ylabel("fraction of true positives")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(fig, ax)
     ax.set_title(title)
     save_figure(fig, path)
 

@@ -37,7 +37,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from rismvdr.files import enable_compile_cache, to_jsonable, write_json
 from rismvdr.hpo.space import check_space
 from rismvdr.hpo.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, check_workers, last_heartbeat, make_storage
 from rismvdr.hpo.trial import (
@@ -49,6 +48,7 @@ from rismvdr.hpo.trial import (
     is_finite,
     objective,
 )
+from rismvdr.io import enable_compile_cache, to_jsonable, write_json
 from rismvdr.train.config import TrainConfig
 
 __all__ = ["PRUNERS", "TRIAL_COLUMNS", "open_study", "fail_dead_trials", "run_study", "run_hpo2", "rerank", "format_rerank",
@@ -293,7 +293,7 @@ def run_study(settings: ObjectiveSettings, *, study_name: str, storage: str, n_t
       sampler_seed: TPE seed (worker i uses seed + i); None: random.
       heartbeat_interval, grace_period: stale-trial detection, seconds.
       compile_cache: persistent XLA cache directory of spawned workers (None: JAX's setting;
-        this process is left alone: see `rismvdr.files.enable_compile_cache`).
+        this process is left alone: see `rismvdr.io.enable_compile_cache`).
       verbosity: optuna's logging level in spawned workers.
 
     Returns:
@@ -418,8 +418,9 @@ def export_best(study_name: str, storage: str, out: str | Path, *, trial: int | 
     `rismvdr train --from-hpo` reads; checked to round-trip through `TrainConfig.from_dict`).
 
     Raises:
-      FileNotFoundError: no journal file; ValueError: no such study, no complete trial, or
-      `trial` is not a COMPLETE trial of the study.
+      FileNotFoundError: no journal file.
+      ValueError: no such study, no complete trial, or `trial` is not a COMPLETE trial of the
+        study.
     """
     study = _load_existing(study_name, storage)
     if trial is not None:

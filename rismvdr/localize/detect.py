@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rismvdr.defaults import K_MAX
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.scenarios import Gates
 from rismvdr.physics.spectra import Grid, Spectrum25D, SpectrumOperator, operator_spectrum
@@ -49,7 +50,7 @@ class DetectorConfig:
     threshold_mode: Literal["db", "mad", "none"] = "db"
     threshold_db: float = 12.0  # `db` mode: keep peaks within this many dB of the global max
     mad_z: float = 5.0  # `mad` mode: keep peaks above median + z * MAD (map in dB)
-    k_max: int = 5  # at most this many detections per scene
+    k_max: int = K_MAX  # at most this many detections per scene
     n_candidates: int = 32  # local maxima considered before NMS (highest first)
     gates: Gates = Gates()  # NMS gate, SI (the evaluation's detection gate, SPEC 7)
     refine: bool = True  # continuous 3-D refinement of each peak

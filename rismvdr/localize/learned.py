@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rismvdr.defaults import EXIST_THRESHOLD
 from rismvdr.localize.compressive import (
     add_candidates,
     continue_batch,
@@ -119,7 +120,7 @@ def als_samp_factor(scenes):
     return est.factor
 
 
-def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = 0.5, samp_factor=None):
+def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = EXIST_THRESHOLD, samp_factor=None):
     """R_blend factor `[B, N, q]` of a batch. In the structured variant, slots whose existence
     probability is below `exist_threshold` are removed (their columns zeroed). With beta > 0 the
     ALS R_samp is estimated from the scenes unless `samp_factor` is given. A scene whose `y` is
@@ -148,7 +149,7 @@ def _measured(scenes):
 
 
 def learned_operator(model: LearnedModel, scenes, *, delta_rel: float, precision: str,
-                     exist_threshold: float = 0.5, samp_factor=None):
+                     exist_threshold: float = EXIST_THRESHOLD, samp_factor=None):
     """Batched MVDR (Woodbury) operator on R_blend."""
     f, _ = backbone_factor(model, scenes, exist_threshold=exist_threshold, samp_factor=samp_factor)
     return jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=delta_rel, precision=precision))(f)

@@ -315,7 +315,7 @@ def localize(
 
     Args:
       method: a name from `METHODS`.
-      scenes: batched `Scene` (from `simulate` or `rismvdr.files.scenes_from_file`).
+      scenes: batched `Scene` (from `simulate` or `rismvdr.io.scenes_from_file`).
       geometry: the array geometry of the scenes.
       settings: grid, detector and estimator settings (`settings_for_scenario(cfg)` matches a
         scenario's box and gates).

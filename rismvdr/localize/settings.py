@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from rismvdr.defaults import EXIST_THRESHOLD, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
 from rismvdr.localize.detect import DetectorConfig, RefinerGuard
 from rismvdr.physics.compressive import CompressiveConfig
 from rismvdr.physics.scenarios import SceneConfig
@@ -36,9 +37,9 @@ __all__ = [
 class GridSpec:
     """A 2.5D search grid: the box and its sampling (phi, theta rows; range planes in 1/r)."""
 
-    phi_deg: tuple[float, float] = (-60.0, 60.0)  # search box = grid extent, degrees
-    theta_deg: tuple[float, float] = (-30.0, 30.0)
-    r_m: tuple[float, float] = (0.5, 10.0)
+    phi_deg: tuple[float, float] = PHI_RANGE_DEG  # search box = grid extent, degrees
+    theta_deg: tuple[float, float] = THETA_RANGE_DEG
+    r_m: tuple[float, float] = R_RANGE_M  # metres
     phi_step_deg: float = 1.0
     theta_step_deg: float = 1.0
     n_planes: int = 16  # range planes, uniform in 1/r
@@ -102,7 +103,7 @@ CONTINUATIONS = ("backbone", "backprojection")
 class LearnedSettings:
     """The learned methods' inference knobs."""
 
-    exist_threshold: float = 0.5  # slots below this existence probability are dropped
+    exist_threshold: float = EXIST_THRESHOLD  # slots below this existence probability are dropped
     refiner_guard: RefinerGuard = RefinerGuard()  # learned-refiner: when to fall back to MVDR peaks
     # The physics that finishes the network's answer (`rismvdr.localize.learned`): the joint ML
     # refinement of the detections on the measurements and the F-test re-test (`ml_polish`), then

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rismvdr.defaults import EXIST_THRESHOLD, K_MAX, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
 from rismvdr.models.unet import UNet
 from rismvdr.physics.compressive import range_scan, scene_operators
 from rismvdr.physics.geometry import ArrayGeometry, from_positions
@@ -112,13 +113,13 @@ class BackboneConfig(ModelConfig):
     n_measurements: int  # M (= N in full-array mode)
     n_snapshots: int  # L
     full_array: bool = False  # True: y_l = x_l + n_l (no H, no codes)
-    phi_deg: tuple[float, float] = (-60.0, 60.0)  # search box (degrees, degrees, metres)
-    theta_deg: tuple[float, float] = (-30.0, 30.0)
-    r_m: tuple[float, float] = (0.5, 10.0)
-    k_max: int = 5  # slots
+    phi_deg: tuple[float, float] = PHI_RANGE_DEG  # search box (degrees, degrees, metres)
+    theta_deg: tuple[float, float] = THETA_RANGE_DEG
+    r_m: tuple[float, float] = R_RANGE_M
+    k_max: int = K_MAX  # slots
     leash_eps: float = 1e-6
     range_scan: int = 48  # inference: LS range scan of each slot over this many 1/r points (0: off)
-    exist_threshold: float = 0.5  # slots at least this probable count as sources in the range scan
+    exist_threshold: float = EXIST_THRESHOLD  # slots at least this probable count as sources in the range scan
     steering_model: Literal["exact", "fresnel", "far"] = "exact"
 
     def geometry(self) -> ArrayGeometry:

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from rismvdr.defaults import K_MAX
 from rismvdr.physics.covariance import adjoint_apply
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.spectra import Grid
@@ -87,7 +88,7 @@ _HI = jax.lax.Precision.HIGHEST
 class CompressiveConfig:
     """Settings of the compressive localizer (hashable: static under jit)."""
 
-    k_max: int = 5  # at most this many sources
+    k_max: int = K_MAX  # at most this many sources
     pfa: float = 0.01  # per-scene false-alarm bound of the stopping rule (Bonferroni)
     oversample: float = 4.0  # G_eff = oversample * G: off-grid maxima of the noise
     ml_iters: int = 10  # Levenberg-Marquardt iterations after each greedy step (fixed count)

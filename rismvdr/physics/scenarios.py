@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rismvdr.defaults import K_MAX, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
 from rismvdr.physics.geometry import ArrayGeometry, from_positions, ula, upa
 
 __all__ = ["Gates", "DEFAULT_GATES", "SceneConfig", "SCENARIOS", "get_scenario", "scenario_geometry"]
@@ -104,11 +105,11 @@ class SceneConfig:
     codebook: Literal["random", "dft"] = "random"  # RIS codes: uniform phases or 2-D DFT beams
     # --- sources --------------------------------------------------------------------------
     k_min: int = 1
-    k_max: int = 5  # also the padding size of the truth arrays
+    k_max: int = K_MAX  # also the padding size of the truth arrays
     snr_db: tuple[float, float] = (-5.0, 20.0)  # uniform, per-measurement SNR at the receiver
-    phi_deg: tuple[float, float] = (-60.0, 60.0)
-    theta_deg: tuple[float, float] = (-30.0, 30.0)  # fixed to (0, 0) for a linear array
-    r_m: tuple[float, float] = (0.5, 10.0)
+    phi_deg: tuple[float, float] = PHI_RANGE_DEG
+    theta_deg: tuple[float, float] = THETA_RANGE_DEG  # fixed to (0, 0) for a linear array
+    r_m: tuple[float, float] = R_RANGE_M
     power_db: tuple[float, float] = (-6.0, 0.0)  # per-source power, dB re 1, drawn independently
     # --- separation rule: no two sources inside each other's detection gate (SPEC 7) -------
     gate_phi_deg: float = 5.0

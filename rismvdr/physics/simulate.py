@@ -20,7 +20,8 @@ import numpy as np
 from rismvdr.physics.scenarios import SceneConfig, scenario_geometry
 from rismvdr.physics.steering import steering
 
-__all__ = ["Scene", "simulate_scene", "simulate", "stack_scenes", "truth_covariance"]
+__all__ = ["Scene", "simulate_scene", "simulate", "stack_scenes", "truth_covariance",
+           "truth_covariance_from_sources"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -180,6 +181,35 @@ def truth_covariance(a, power) -> jax.Array:
       `[..., N, N]` Hermitian, in `a`'s dtype.
     """
     return jnp.einsum("...kn,...k,...km->...nm", a, power.astype(a.dtype), jnp.conj(a), precision=_HI)
+
+
+def truth_covariance_from_sources(geometry, phi, theta, r, power, *, model: str) -> jax.Array:
+    """`R_true = A diag(p) A^H` of a batch of scenes, from the sources' positions and powers.
+
+    Computed in single precision (the geometry cast to float32, `A` complex64) in one jitted
+    call; used to rebuild `Scene.R_true` for scenes read from a file.
+
+    Args:
+      geometry: the `ArrayGeometry` of the scenes (N elements).
+      phi, theta: `[S, K]` float32 source angles, radians.
+      r: `[S, K]` float32 source ranges, metres (every slot a valid steering argument).
+      power: `[S, K]` float32 linear source powers (0 for padded slots).
+      model: steering model, one of `STEERING_MODELS`.
+
+    Returns:
+      `[S, N, N]` complex64, not trace-normalised; zeros when K = 0.
+    """
+    s, k = phi.shape
+    n = geometry.n_elements
+    if k == 0:
+        return jnp.zeros((s, n, n), jnp.complex64)
+    return _truth_covariance_jit(geometry.astype(np.float32), phi, theta, r, power, model=model)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _truth_covariance_jit(geometry, phi, theta, r, power, *, model):
+    a = steering(geometry, phi, theta, r, model=model, dtype=jnp.complex64)  # [S, K, N]
+    return truth_covariance(a, power)
 
 
 def _simulate_one(cfg: SceneConfig, key):

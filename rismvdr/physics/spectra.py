@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rismvdr.defaults import PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
 from rismvdr.physics._validation import check_complex, check_finite, check_hermitian, check_ndim
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.steering import steering
@@ -122,9 +123,9 @@ def _axis(lo: float, hi: float, step: float) -> np.ndarray:
 
 
 def make_grid(
-    phi_deg: tuple[float, float] = (-60.0, 60.0),
-    theta_deg: tuple[float, float] = (-30.0, 30.0),
-    r_m: tuple[float, float] = (0.5, 10.0),
+    phi_deg: tuple[float, float] = PHI_RANGE_DEG,
+    theta_deg: tuple[float, float] = THETA_RANGE_DEG,
+    r_m: tuple[float, float] = R_RANGE_M,
     *,
     phi_step_deg: float = 1.0,
     theta_step_deg: float = 1.0,

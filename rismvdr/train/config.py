@@ -1,14 +1,14 @@
 """Typed, frozen training configs (Stage 1 backbone and Stage 2 refiner).
 
 A config file (`configs/<name>.py`) defines `get_config() -> TrainConfig`; the CLI overrides
-single fields with `--set key=value` (dotted paths into nested configs, values parsed as
-Python literals, e.g. `--set optim.lr=3e-4 --set model.widths=(16,32,64)`). Every checkpoint
+single fields with `--set key=value` (dotted paths into nested configs, each value converted
+to its field's type by the one grammar of `rismvdr.overrides`, e.g. `--set optim.lr=3e-4
+--set model.widths=16,32,64 --set scene.snr_db=10,10`). Every checkpoint
 stores `config.to_dict()`, so a run restores and runs inference without its config file; every
 config type here and in the models layer reads back with `from_dict`.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
 import json
@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 from rismvdr.models.backbone import BackboneConfig, ModelConfig, backbone_config_for  # ModelConfig re-exported
 from rismvdr.models.refiner import RefinerConfig  # re-exported: the one refiner config type
+from rismvdr.overrides import apply_overrides as apply_field_overrides
+from rismvdr.overrides import parse_overrides, split_overrides
 from rismvdr.physics.scenarios import SceneConfig, get_scenario
 
 __all__ = [
@@ -203,72 +205,24 @@ def load_config(path: str | Path) -> TrainConfig:
     return cfg
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare word is a string
-
-
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"--set {key}: expected True or False, got {value!r}")
-        return value
-    if isinstance(current, int) and not isinstance(current, bool):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise ValueError(f"--set {key}: expected an integer, got {value!r}")
-        return value
-    if isinstance(current, float):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"--set {key}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(current, tuple):
-        if isinstance(value, list):
-            value = tuple(value)
-        if not isinstance(value, tuple):
-            raise ValueError(f"--set {key}: expected a tuple like (1, 2), got {value!r}")
-        return value
-    if isinstance(current, str) and not isinstance(value, str):
-        raise ValueError(f"--set {key}: expected a string, got {value!r}")
-    return value
-
-
-def _set_path(obj, parts: list[str], value, key: str):
-    if not dataclasses.is_dataclass(obj):
-        raise ValueError(f"--set {key}: {parts[0]!r} is not a config section")
-    names = {f.name for f in dataclasses.fields(obj)}
-    if parts[0] not in names:
-        raise ValueError(f"--set {key}: unknown field {parts[0]!r}; known: {', '.join(sorted(names))}")
-    current = getattr(obj, parts[0])
-    if len(parts) == 1:
-        if parts[0] == "scene_overrides":
-            if isinstance(value, dict):
-                value = tuple(value.items())
-            return dataclasses.replace(obj, scene_overrides=tuple(tuple(v) for v in value))
-        if dataclasses.is_dataclass(current):
-            raise ValueError(f"--set {key}: {parts[0]!r} is a section; set one of its fields")
-        return dataclasses.replace(obj, **{parts[0]: _coerce(value, current, key)})
-    return dataclasses.replace(obj, **{parts[0]: _set_path(current, parts[1:], value, key)})
-
-
 def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
-    """Apply `key=value` overrides (dotted keys; `scene.<field>=v` overrides a scene field)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        value = _parse_value(text.strip())
+    """Apply `--set KEY=VALUE` items in order, in the grammar of `rismvdr.overrides` (dotted keys
+    into the sections, each value converted to its field's type); `scene.<field>=VALUE`
+    overrides a field of the scene config, converted to that `SceneConfig` field's type.
+
+    Raises:
+      ValueError: one line naming the key (malformed item, unknown field, bad value), or the
+        field of the resulting config that fails its checks.
+    """
+    for key, text in split_overrides(overrides):
         if key.startswith("scene."):
             field = key[len("scene."):]
+            value = parse_overrides(SceneConfig, [f"{field}={text}"], prefix="scene.")[field]
             rest = tuple((k, v) for k, v in cfg.scene_overrides if k != field)
             cfg = dataclasses.replace(cfg, scene_overrides=rest + ((field, value),))
-            cfg.scene_config()  # unknown scene fields fail here, naming the field
+            cfg.scene_config()  # the scene's own checks (k_min <= k_max, the boxes), naming the field
             continue
-        cfg = _set_path(cfg, key.split("."), value, key)
+        cfg = apply_field_overrides(cfg, [f"{key}={text}"])
     cfg.validate()
     return cfg
 

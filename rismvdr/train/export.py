@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from rismvdr.eval.evaluation import evaluate_detections
-from rismvdr.files import atomic_write, to_jsonable
+from rismvdr.io import atomic_write, to_jsonable
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.localize.weights import LearnedModel, load_learned
 from rismvdr.physics.scenarios import scenario_geometry

@@ -28,6 +28,7 @@ Design (big_vision / flax-examples style):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -45,7 +46,8 @@ from tqdm.auto import tqdm
 from rismvdr.eval.evaluation import evaluate_detections, scene_pssr_db
 from rismvdr.eval.objective import e2e_objective
 from rismvdr.eval.plots import plot_training_curves
-from rismvdr.files import atomic_write
+from rismvdr.io import atomic_write
+from rismvdr.io.lock import directory_lock
 from rismvdr.localize.learned import als_samp_factor, refiner_grid, refiner_inputs
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.localize.weights import BEST_METRIC, LearnedModel
@@ -446,10 +448,23 @@ def fit(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False, n_device
 
     Returns:
       Summary dict: steps done, skipped updates, final validation metrics, wall time, status.
+
+    Raises:
+      DirectoryLockedError: another live process trains in `workdir` (`rismvdr.io.directory_lock`).
+      ValueError: `workdir` holds checkpoints and `resume` is False, or the stored config differs.
     """
     workdir = Path(workdir)
+    # several processes: process 0 alone writes files other than checkpoints, and holds the lock
+    with directory_lock(workdir, "--workdir") if is_main() else contextlib.nullcontext():
+        return _fit(cfg, workdir, resume=resume, n_devices=n_devices, progress=progress, stop_at=stop_at,
+                    backbone=backbone, on_eval=on_eval)
+
+
+def _fit(cfg: TrainConfig, workdir: Path, *, resume: bool, n_devices: int | None, progress: bool,
+         stop_at: int | None, backbone: LearnedModel | None, on_eval: Callable[[int, dict], None] | None) -> dict:
+    """`fit`'s work, with the workdir locked."""
     workdir.mkdir(parents=True, exist_ok=True)
-    main = is_main()  # several processes: process 0 alone writes files other than checkpoints
+    main = is_main()
     trainer = Trainer(cfg, n_devices=n_devices, backbone=backbone)
     record = _record(cfg, trainer)
     ckpt = Checkpointer(workdir / "checkpoints", keep_best=cfg.keep_best, best_metric=OBJECTIVE, best_mode="min")
