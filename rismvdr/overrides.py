@@ -1,46 +1,47 @@
 """`--set KEY=VALUE` overrides of a frozen config dataclass: the one grammar of every command.
 
-`rismvdr simulate --set` (and every command that takes a scenario) overrides fields of the
-scene config (`rismvdr.physics.scenarios.SceneConfig`); `rismvdr train`, `train-refiner` and
-`hpo` override fields of the training config (`rismvdr.train.config.TrainConfig`). Both read
-their overrides through this module, so the same text gives the same value for fields of the
-same type.
+`rismvdr simulate --set` overrides fields of the scene config
+(`rismvdr.physics.scenarios.SceneConfig`); `rismvdr train`, `train-refiner`, `hpo run` and
+`hpo two-stage` override fields of the training config (`rismvdr.train.config.TrainConfig`).
+Both read their overrides through this module, so the same text gives the same value for
+fields of the same type.
 
-Grammar:
-  Each item is `KEY=VALUE` (the first `=` splits; spaces around the key are ignored).
+**Items.** Each item is `KEY=VALUE`; the first `=` splits it and spaces around the key are
+ignored. KEY is a field name; a dotted path reaches into a nested section (`optim.lr`,
+`model.widths`), and the training config also takes `scene.<field>` for a field of its scene
+config. An unknown field, or a section set as a whole, is an error. A later item for the same
+key wins.
 
-  KEY is a field name. A dotted path reaches into a nested section (`optim.lr`,
-  `model.widths`); the training config also takes `scene.<field>` for a field of its scene
-  config. An unknown field, or a section set as a whole, is an error.
+**Values.** VALUE is converted to the type the field is declared with (its annotation; for a
+field without a usable annotation, the type of its default):
 
-  VALUE is converted to the type the field is declared with (its annotation; for a field
-  without a usable annotation, the type of its default):
+| field type | VALUE | value |
+|---|---|---|
+| `float` | `10`, `1e-3`, `-2.5` | `10.0`, `0.001`, `-2.5` |
+| `int` | `3`, `3.0` (an integral number) | `3` |
+| `bool` | `true`, `false` (any case) | `True`, `False` |
+| `str` | `ula`, `'ula'` (quotes optional) | `'ula'` |
+| `Literal[...]` | one of its choices, e.g. `fresnel` | `'fresnel'` |
+| `tuple[float, float]` | `10,20`, `(10, 20)`, `[10, 20]` | `(10.0, 20.0)` |
+| `tuple[int, ...]` | `16,32,64`, `(16, 32, 64)`, `8` | `(16, 32, 64)`, `(8,)` |
+| `tuple[str, ...]` | `blend,bartlett`, `('blend', 'bartlett')` | `('blend', 'bartlett')` |
+| `Optional[X]` | `none` (any case), or a VALUE of `X` | `None` |
 
-  | field type | VALUE | value |
-  |---|---|---|
-  | `float` | `10`, `1e-3`, `-2.5` | `10.0`, `0.001`, `-2.5` |
-  | `int` | `3`, `3.0` (an integral number) | `3` |
-  | `bool` | `true`, `false` (any case) | `True`, `False` |
-  | `str` | `ula`, `'ula'` (quotes optional) | `'ula'` |
-  | `Literal[...]` | one of its choices, e.g. `fresnel` | `'fresnel'` |
-  | `tuple[float, float]` | `10,20`, `(10, 20)`, `[10, 20]` | `(10.0, 20.0)` |
-  | `tuple[int, ...]` | `16,32,64`, `(16, 32, 64)`, `8` | `(16, 32, 64)`, `(8,)` |
-  | `tuple[str, ...]` | `blend,bartlett`, `('blend', 'bartlett')` | `('blend', 'bartlett')` |
-  | `X | None` | `none` (any case), or a VALUE of `X` | `None` |
+The elements of a tuple are converted like fields of the element type, so a tuple of floats
+holds floats however it is written; nested tuples are written with brackets
+(`((0, 0, 0), (0, 0.15, 0))`). A field typed `Any` takes a Python literal (lists become
+tuples), else the text itself.
 
-  The elements of a tuple are converted like fields of the element type, so a tuple of floats
-  holds floats however it is written; nested tuples are written with brackets
-  (`((0, 0, 0), (0, 0.15, 0))`). A field typed `Any` takes a Python literal (lists become
-  tuples), else the text itself.
+**Errors.** A `ValueError` with a one-line message that names the key and, for a bad value, the
+type expected: `--set k_min: expected an integer, got 'x'`; `--set nope: unknown field 'nope'
+of SceneConfig; known: ...`; `--set: expected key=value, got 'k_min'`. Checks of a value
+against the other fields (`k_min <= k_max`, a box inside the front half-space) stay with the
+config, which raises its own `ValueError` naming the field.
 
-Errors:
-  A `ValueError` with a one-line message that names the key and, for a bad value, the type
-  expected: `--set k_min: expected an integer, got 'x'`; `--set nope: unknown field 'nope' of
-  SceneConfig; known: ...`; `--set: expected key=value, got 'k_min'`. Checks of a value
-  against the other fields (`k_min <= k_max`, a box inside the front half-space) stay with
-  the config, which raises its own `ValueError` naming the field.
+This module imports nothing from the rest of the package (and no JAX): it acts on whatever
+dataclass it is given.
 
-Example:
+Examples:
   >>> import dataclasses
   >>> @dataclasses.dataclass(frozen=True)
   ... class Scene:
@@ -50,9 +51,6 @@ Example:
   {'snr_db': (10.0, 10.0), 'k_max': 3}
   >>> apply_overrides(Scene(), ["snr_db=(0, 5)"])
   Scene(snr_db=(0.0, 5.0), k_max=5)
-
-This module imports nothing from the rest of the package (and no JAX): it acts on whatever
-dataclass it is given.
 """
 from __future__ import annotations
 

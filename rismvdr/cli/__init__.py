@@ -11,9 +11,13 @@ SPEC section 8 and are written atomically. A malformed input gives a one-line er
 the flag, key or file and exit status 2. `--set KEY=VALUE` follows one grammar everywhere
 (`rismvdr.overrides`).
 
-Start-up: the parser is built without JAX (the modules here import the library inside `run`,
-and take their defaults from `rismvdr.defaults`), so `--help`, a malformed flag and an
-unusable output path are answered before JAX loads.
+Start-up: the parser is built without JAX (the modules here import the library inside `run`;
+defaults come from `rismvdr.defaults`, and the few names and defaults the library states in
+modules that load JAX are mirrored beside their flags, each checked against the library by
+tests/test_cli.py), so `--help`, a malformed flag (type, choice, finiteness, range) and an
+unusable output path are answered before JAX loads; each command's `check(args)` holds the
+flag checks that need no library. `--set` values are checked against their config, which loads
+the library, but before any file is read or any work is done.
 
 Compiled programs are kept in a per-user persistent cache (`rismvdr.io.compile_cache_dir`:
 `$RISMVDR_CACHE_DIR`, else `$XDG_CACHE_HOME/rismvdr/jax`, else `~/.cache/rismvdr/jax`), so a

@@ -321,9 +321,11 @@ def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: Lo
     return Detections(res.phi, res.theta, res.r, res.score_db, res.valid)
 
 
-def _thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, model: LearnedModel):
-    cfg = model.backbone_cfg
-    return polish_thresholds(settings, geometry, cfg.n_measurements, cfg.n_snapshots)
+def _thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, scenes: Scene):
+    """The F-test thresholds for the scenes' own M and L (static shapes: computed once per
+    trace), never the training data's: a scene with fewer snapshots needs a higher threshold."""
+    n_snap, n_meas = scenes.y.shape[-2:]
+    return polish_thresholds(settings, geometry, n_meas, n_snap)
 
 
 #: The jitted runners of the last few (model architecture, geometry, settings): `localize` builds
@@ -355,10 +357,10 @@ def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
     """A jitted `(backbone_params, scenes) -> (Detections, Spectrum25D)`: MVDR on R_blend through
     the shared spectrum and detector, finished on the measurements (`finish_detections`)."""
     grid = settings.grid(geometry.linear)
-    thresholds = _thresholds(settings, geometry, model)
 
     def run(bparams, scenes):
         m = model._replace(backbone_params=bparams)
+        thresholds = _thresholds(settings, geometry, scenes)
         _, spec, det = _learned_detections(m, geometry, settings, grid, scenes)
         return finish_detections(m, geometry, settings, thresholds, scenes, det), spec
 
@@ -374,10 +376,10 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
     det_cfg = learned_detector(settings)  # its gates, k_max, candidates and 3-D refinement (map_refine)
     prec = settings.precision
     guard = settings.learned.refiner_guard
-    thresholds = _thresholds(settings, geometry, model)
 
     def run(bparams, rparams, scenes):
         m = model._replace(backbone_params=bparams, refiner_params=rparams)
+        thresholds = _thresholds(settings, geometry, scenes)
         _, spec, base = _learned_detections(m, geometry, settings, grid, scenes)
         b = spec.power.shape[0]
         if not model.has_refiner:
