@@ -4,7 +4,7 @@
   `mvdr-als`, `somp-ml` and `learned` (slow: a subprocess with a time limit; `mvdr-als` and
   `learned` stalled in jaxlib 0.10's CPU LAPACK kernels while the 8 devices ran at once, see
   `rismvdr.localize.registry._per_device`).
-- `rismvdr.train.distributed.initialize` reads the README's environment variables and refuses a
+- `rismvdr.train.distributed.initialize` reads the environment variables of the Several machines page and refuses a
   partial or malformed set with a one-line error.
 - Slow (JAX's real multi-process runtime, several processes on 127.0.0.1, one CPU device each;
   each needs minutes on the 2-core CPU): two processes of `rismvdr train --distributed --config
@@ -14,7 +14,7 @@
   `rismvdr localize --distributed` write the CSV and maps of one process, byte for byte. Two
   processes of `rismvdr train-refiner --distributed` on a tiny backbone log the refiner loss of
   one process (one device) and leave a checkpoint one process loads. The
-  commands are the README's (section "Several machines"), with only the port changed.
+  commands are the documentation's (page "Several machines"), with only the port changed.
 """
 import json
 import os
@@ -145,17 +145,17 @@ def test_cli_distributed_flags_are_documented():
 
 
 # ------------------------------------------------------------------------------------------
-# several processes (slow): the README's commands
+# several processes (slow): the Several machines page's commands
 # ------------------------------------------------------------------------------------------
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "several-machines.md"
 RISMVDR = Path(sys.executable).with_name("rismvdr")
 
 
 def _readme_commands() -> dict[str, list[str]]:
-    """The commands of the README's "Several machines" block, by role: `start` (2 processes),
+    """The commands of the page's "Several machines" block, by role: `start` (2 processes),
     `one` (one process, two devices), `resume` (2 processes); each as its argv plus its env."""
     text = README.read_text()
-    block = text.split("## Several machines", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    block = text.split("# Several machines", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     lines = [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     out: dict[str, list[str]] = {"start": [], "one": [], "resume": []}
     for ln in lines:
@@ -166,9 +166,9 @@ def _readme_commands() -> dict[str, list[str]]:
 
 
 def _readme_localize_commands() -> dict[str, list[str]]:
-    """The second block of the README's "Several machines" section, by role: `simulate` (1),
+    """The second block of the page's "Several machines" section, by role: `simulate` (1),
     `start` (2 processes of `localize --distributed`), `one` (one process)."""
-    text = README.read_text().split("## Several machines", 1)[1]
+    text = README.read_text().split("# Several machines", 1)[1]
     block = text.split("```bash", 2)[2].split("```", 1)[0]
     lines = [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     out: dict[str, list[str]] = {"simulate": [], "start": [], "one": []}
@@ -186,7 +186,7 @@ def _free_port() -> int:
 
 
 def _command(line: str, port: int) -> tuple[list[str], dict]:
-    """(argv, environment) of a README command line: the address -> 127.0.0.1:port, `rismvdr` ->
+    """(argv, environment) of a documented command line: the address -> 127.0.0.1:port, `rismvdr` ->
     this environment's, one CPU device unless the line sets XLA_FLAGS."""
     words = line.replace("10.0.0.1:23456", f"127.0.0.1:{port}").split()
     env = dict(os.environ, JAX_PLATFORMS="cpu", RISMVDR_COMPILE_CACHE="0",
@@ -199,7 +199,7 @@ def _command(line: str, port: int) -> tuple[list[str], dict]:
 
 
 def _popen(line: str, *, port: int, workdir: Path, log: Path) -> subprocess.Popen:
-    """Start a README command line: the address -> 127.0.0.1:port, the work directory -> `workdir`,
+    """Start a documented command line: the address -> 127.0.0.1:port, the work directory -> `workdir`,
     `rismvdr` -> this environment's; one CPU device unless the line sets XLA_FLAGS; output to `log`.*"""
     argv, env = _command(line, port)
     i = argv.index("--workdir")
@@ -245,7 +245,7 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
 @pytest.mark.slow
 def test_a_lost_process_stops_the_other_and_resume_finishes(tmp_path):
     """Process 1 is killed once a checkpoint exists: process 0 exits non-zero within 60 s with
-    one error line; the README's --resume commands (two processes) then reach step 40."""
+    one error line; the page's --resume commands (two processes) then reach step 40."""
     cmds, work = _readme_commands(), tmp_path / "run"
     port = _free_port()
     procs = [_popen(ln, port=port, workdir=work, log=tmp_path / f"p{i}") for i, ln in enumerate(cmds["start"])]
@@ -273,7 +273,7 @@ def test_a_lost_process_stops_the_other_and_resume_finishes(tmp_path):
 
 
 def _run_in(line: str, *, port: int, cwd: Path, log: Path) -> subprocess.Popen:
-    """Start a README command line in `cwd` (its file names are relative): the address ->
+    """Start a documented command line in `cwd` (its file names are relative): the address ->
     127.0.0.1:port, `rismvdr` -> this environment's, one CPU device; output to `log`.*"""
     argv, env = _command(line, port)
     argv += ["-q"] if argv[1] == "localize" else []
@@ -310,7 +310,7 @@ def _readme_refiner_commands() -> dict[str, list[str]]:
     """The third block of the README's "Several machines" section, by role: `backbone` (one
     process of `rismvdr train`), `start` (2 processes of `train-refiner --distributed`), `one`
     (one process of `train-refiner`, one device)."""
-    text = README.read_text().split("## Several machines", 1)[1]
+    text = README.read_text().split("# Several machines", 1)[1]
     block = text.split("```bash", 3)[3].split("```", 1)[0]
     lines = [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     out: dict[str, list[str]] = {"backbone": [], "start": [], "one": []}

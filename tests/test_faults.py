@@ -204,17 +204,19 @@ def test_sigterm_leaves_no_temporary_file_and_exits_143(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, time
         import rismvdr.cli as cli
-        from rismvdr.io import atomic_write
+        import rismvdr.cli.localize as loc
+        from rismvdr.io import atomic_write, replaced_together
 
         def cmd(args):  # a localize that is killed while writing its CSV
-            with cli.replaced_together():
+            with replaced_together():
                 with atomic_write(args.out) as f:
                     f.write("partial")
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(30)
             return 0
 
-        cli.cmd_localize = cmd
+        loc.run = cmd
+        loc.check = lambda args: None  # no scene file: the command above reads none
         sys.exit(cli.main(["--no-compile-cache", "localize", "x.npz", "--out", {str(out)!r}]))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -14,6 +14,7 @@ import os
 import sys
 
 from rismvdr.defaults import K_MAX, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
+from rismvdr.io.atomic import check_output_dir, check_output_file
 
 __all__ = [
     "METHOD_NAMES", "DEFAULT_METHOD", "CONTINUATIONS", "CONFIG_NAMES", "DEFAULT_SPACE", "CACHE_DIR_ENV",
@@ -51,63 +52,53 @@ def pairs(values) -> str:
 # ------------------------------------------------------------------------------------------
 # Checks before any work (and before JAX loads)
 # ------------------------------------------------------------------------------------------
-def outputs(parser: argparse.ArgumentParser, *, files: tuple[str, ...] = (), dirs: tuple[str, ...] = ()) -> None:
-    """Declare which flags of `parser` name an output file or directory (by `dest`): `main`
-    checks them (`check_outputs`) before it loads JAX or the command reads anything."""
-    parser.set_defaults(output_files=files, output_dirs=dirs)
+def outputs(parser: argparse.ArgumentParser, *, files: tuple[str, ...] = (), dirs: tuple[str, ...] = (),
+            inputs: tuple[str, ...] = ()) -> None:
+    """Declare which flags of `parser` name an output file or directory (by `dest`) and which
+    name inputs (as written on the command line: `SCENES` for a positional argument, `--maps`
+    for a flag; one may hold a list): `main` checks them (`check_outputs`) before it loads JAX
+    or the command reads anything."""
+    parser.set_defaults(output_files=files, output_dirs=dirs, input_paths=inputs)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_").lower()
+
+
+def _paths(args: argparse.Namespace, flags, *, existing: bool) -> list[tuple[str, str]]:
+    """(flag, resolved path) of every path the flags hold (symlinks followed); with `existing`,
+    only those on disk (an input flag may name a packaged config or a database URL instead)."""
+    out = []
+    for flag in flags:
+        value = getattr(args, _dest(flag), None)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v and (not existing or os.path.exists(v)):
+                out.append((flag, os.path.realpath(os.fspath(v))))
+    return out
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse an output path that cannot be written, naming its flag (`--out`, `--workdir`).
+    """Refuse an output path that cannot be written, or that is one of the command's inputs or
+    another of its outputs (compared resolved, symlinks followed), naming both flags.
 
     Raises:
-      ValueError: as `rismvdr.io.check_output_file` / `check_output_dir` (same messages).
+      ValueError: as `rismvdr.io.check_output_file` / `check_output_dir`, or "--out: is the
+        same file as SCENES ..." (one line).
     """
-    for dest in getattr(args, "output_files", ()):
+    files, dirs = getattr(args, "output_files", ()), getattr(args, "output_dirs", ())
+    for dest in files:
         if getattr(args, dest, None):
             check_output_file(getattr(args, dest), "--" + dest.replace("_", "-"))
-    for dest in getattr(args, "output_dirs", ()):
+    for dest in dirs:
         if getattr(args, dest, None):
             check_output_dir(getattr(args, dest), "--" + dest.replace("_", "-"))
-
-
-# `rismvdr.io.check_output_file` and `check_output_dir`, restated here because importing
-# `rismvdr.io` loads JAX (tests/test_cli.py checks that both give the same answers).
-def check_output_file(path, flag: str) -> None:
-    """Check, before any work, that `path` can become an output file.
-
-    Raises:
-      ValueError: naming `flag`: `path` is a directory, its folder does not exist or is not a
-        folder, or the folder is not writable.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"{flag}: {path!r} is a directory, expected a file name")
-    if not os.path.isdir(folder):
-        raise ValueError(f"{flag}: the folder {folder!r} does not exist (create it first)")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}: the folder {folder!r} is not writable")
-
-
-def check_output_dir(path, flag: str) -> None:
-    """Check, before any work, that `path` can be (or become) an output directory.
-
-    Raises:
-      ValueError: naming `flag`: `path` is an existing file, is not writable, or would be
-        created under a file or an unwritable folder.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag}: {path!r} is a file, expected a directory")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"{flag}: cannot create {path!r}: {existing!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing!r} is not writable"
-        raise ValueError(f"{flag}: {path!r} {what}")
+    seen = _paths(args, getattr(args, "input_paths", ()), existing=True)
+    for flag, path in _paths(args, ["--" + d.replace("_", "-") for d in (*files, *dirs)], existing=False):
+        for other_flag, other in seen:
+            if path == other:
+                raise ValueError(f"{flag}: {path!r} is the same file as {other_flag}; "
+                                 "an output never overwrites an input or another output")
+        seen.append((flag, path))
 
 
 def check_finite_flags(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--gate-r-m", type=float, default=GATES["r_m"], help="range gate, metres (default %(default)g)")
     ev.add_argument("--snr-bin-db", type=float, default=SNR_BIN_DB,
                     help="width of the SNR bins of the breakdown, dB (default %(default)g)")
-    outputs(ev, files=("out",))
+    outputs(ev, files=("out",), inputs=("SCENES", "DETECTIONS", "--maps"))
     ev.set_defaults(handler=__name__)
 
 

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                     "re-checks the shipped model against it)")
     ex.add_argument("--refiner-peak-threshold", type=float, help="probability a refiner peak needs, stored with "
                     "the model (0 to 1; calibrate it on a validation set, never on the test set; default: the run's)")
-    outputs(ex, dirs=("out",))
+    outputs(ex, dirs=("out",), inputs=("WORKDIR",))
     ex.set_defaults(handler=__name__)
 
 

@@ -118,6 +118,7 @@ def _add_export(hsub) -> None:
     he.add_argument("--out", required=True, help="output JSON: config, params, value, study, trial, user_attrs")
     he.add_argument("--trial", type=int, help="export this COMPLETE trial (its number in the study) instead of "
                                               "the best one, e.g. one chosen by a larger evaluation")
+    outputs(he, files=("out",), inputs=("--storage",))
 
 
 def _add_trials(hsub) -> None:
@@ -127,6 +128,7 @@ def _add_trials(hsub) -> None:
     _study_flags(ht, study="two-stage: <name>-s1 and <name>-s2")
     ht.add_argument("--out", required=True, help="output CSV: trial, state, value, value_per_period (JSON), "
                     "duration_s (seconds), start, complete (ISO times), status, param.<name> per parameter")
+    outputs(ht, files=("out",), inputs=("--storage",))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     add_distributed_flags(loc, what="each process localizes its share of the batches on its own devices, process 0 "
                           "gathers them and writes --out and --maps-out, the same files as one process")
     add_localizer_flags(loc)
-    outputs(loc, files=("out", "maps_out"))
+    outputs(loc, files=("out", "maps_out"), inputs=("SCENES", "--checkpoint"))
     loc.set_defaults(handler=__name__)
 
 

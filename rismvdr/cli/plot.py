@@ -31,14 +31,14 @@ def add_parser(sub) -> None:
     ps.add_argument("--detections", help="optional detections CSV to mark instead of the method's own")
     ps.add_argument("--out", required=True, help="output PNG")
     add_localizer_flags(ps)
-    outputs(ps, files=("out",))
+    outputs(ps, files=("out",), inputs=("SCENES", "--detections", "--checkpoint"))
     ps.set_defaults(handler=__name__)
     pm = psub.add_parser("snr", help="F1, median position error and azimuth RMSE with sqrt(CRB) against SNR, "
                          "per method", description="One curve per metrics JSON against the SNR bins (dB): F1, "
                          "median position error (metres), azimuth RMSE and sqrt(CRB) (degrees).")
     pm.add_argument("metrics", nargs="+", help="metrics JSON files from `rismvdr evaluate`")
     pm.add_argument("--out", required=True, help="output PNG")
-    outputs(pm, files=("out",))
+    outputs(pm, files=("out",), inputs=("METRICS",))
     pm.set_defaults(handler=__name__)
 
 

@@ -42,7 +42,7 @@ def _train_flags(t: argparse.ArgumentParser, *, stage: str) -> None:
                           "logs and metrics")
     t.add_argument("--stop-at", type=int, help="stop and checkpoint after this many steps (resume later)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    outputs(t, dirs=("workdir",))
+    outputs(t, dirs=("workdir",), inputs=("--config", "--from-hpo"))
     t.set_defaults(handler=__name__)
 
 

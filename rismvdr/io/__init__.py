@@ -31,41 +31,29 @@ re-exported here: `from rismvdr.io import load_scenes`.
 >>> read_json(path, "--report")
 {'f1': 0.5, 'rmse': None}
 """
-from rismvdr.io.atomic import (
-    atomic_write,
-    check_output_dir,
-    check_output_file,
-    remove_stale_temporaries,
-    replaced_together,
-)
-from rismvdr.io.detections import (
-    DETECTION_COLUMNS,
-    DetectionsFileError,
-    read_detections_csv,
-    write_detections_csv,
-)
-from rismvdr.io.lock import LOCK_NAME, DirectoryLockedError, directory_lock
-from rismvdr.io.maps import MAP_KEYS, read_maps, write_maps
-from rismvdr.io.reports import read_json, to_jsonable, write_json
-from rismvdr.io.runtime import (
-    CACHE_DIR_ENV,
-    COMPILE_CACHE_ENV,
-    Terminated,
-    compile_cache_dir,
-    enable_compile_cache,
-    enable_default_compile_cache,
-    sigterm_raises,
-)
-from rismvdr.io.scenes import (
-    SCENE_KEYS,
-    SceneFile,
-    SceneFileError,
-    load_scenes,
-    save_scenes,
-    scenario_from_meta,
-    scene_file_from_scenes,
-    scenes_from_file,
-)
+import importlib
+
+#: Public name -> the module of `rismvdr.io` that defines it (imported on first use, PEP 562:
+#: the atomic write, the lock and the signal handling load no JAX).
+_SOURCES = {
+    **dict.fromkeys(("SCENE_KEYS", "SceneFileError", "SceneFile", "scene_file_from_scenes", "scenes_from_file",
+                     "scenario_from_meta", "save_scenes", "load_scenes"),
+                    "rismvdr.io.scenes"),
+    **dict.fromkeys(("DETECTION_COLUMNS", "DetectionsFileError", "write_detections_csv", "read_detections_csv"),
+                    "rismvdr.io.detections"),
+    **dict.fromkeys(("MAP_KEYS", "write_maps", "read_maps"),
+                    "rismvdr.io.maps"),
+    **dict.fromkeys(("write_json", "read_json", "to_jsonable"),
+                    "rismvdr.io.reports"),
+    **dict.fromkeys(("atomic_write", "replaced_together", "remove_stale_temporaries", "check_output_file",
+                     "check_output_dir"),
+                    "rismvdr.io.atomic"),
+    **dict.fromkeys(("sigterm_raises", "Terminated", "CACHE_DIR_ENV", "COMPILE_CACHE_ENV", "compile_cache_dir",
+                     "enable_compile_cache", "enable_default_compile_cache"),
+                    "rismvdr.io.runtime"),
+    **dict.fromkeys(("LOCK_NAME", "DirectoryLockedError", "directory_lock"),
+                    "rismvdr.io.lock"),
+}
 
 __all__ = [
     "SCENE_KEYS",
@@ -102,3 +90,15 @@ __all__ = [
     "DirectoryLockedError",
     "directory_lock",
 ]
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'rismvdr.io' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,17 +13,17 @@ default, `compile_cache_dir`), so a second run with the same shapes does not com
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import jax
-from jax.experimental.compilation_cache import compilation_cache
 
 __all__ = [
     "Terminated",
@@ -35,6 +35,8 @@ __all__ = [
     "enable_compile_cache",
     "enable_default_compile_cache",
 ]
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # SIGTERM
@@ -256,6 +258,9 @@ def enable_compile_cache(path: str | os.PathLike | None, *, min_compile_time_s: 
     """
     if path is None:
         return
+    import jax  # deferred: the signal handling here, used before any work, loads no JAX
+    from jax.experimental.compilation_cache import compilation_cache
+
     Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.fspath(path))
     if min_compile_time_s is not None:
@@ -272,13 +277,25 @@ def enable_default_compile_cache() -> Path | None:
     `off`; also when `$RISMVDR_CACHE_DIR` is unset and JAX already has a cache directory (from
     `JAX_COMPILATION_CACHE_DIR`, or set by the program that calls rismvdr): that choice stands.
 
+    A directory that cannot be created or written (a read-only home, say) is not an error: a
+    one-line warning names it and the command runs without the cache.
+
     Returns:
       the cache directory now in use, or None.
     """
+    import jax  # deferred: the signal handling here, used before any work, loads no JAX
+
     if os.environ.get(COMPILE_CACHE_ENV, "").strip().lower() in ("0", "false", "no", "off"):
         return None
     if not os.environ.get(CACHE_DIR_ENV) and jax.config.jax_compilation_cache_dir is not None:
         return None
     path = compile_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as e:
+        log.warning("compilation cache %s is not writable (%s); running without it", path, e.strerror or e)
+        return None
     enable_compile_cache(path, min_compile_time_s=0.0)
     return path
