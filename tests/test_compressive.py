@@ -121,8 +121,8 @@ def test_batching_matches_one_at_a_time():
     """A batch of 4 gives the detections of 4 calls of one scene: the same sources, and positions
     within 2 % of their CRB std. The ML refinement runs in float32, and a batch rounds its
     reductions differently; on a flat direction of the likelihood (a far source's range) the
-    optimum moves by float32 rounding divided by the curvature. Measured on the 2-core CPU VM,
-    2026-12-02: at most 0.0065 sqrt(CRB) (3e-4 relative in range, 1.1e-5 rad in azimuth, which an
+    optimum moves by float32 rounding divided by the curvature. Measured on the 2-core CPU VM:
+    at most 0.0065 sqrt(CRB) (3e-4 relative in range, 1.1e-5 rad in azimuth, which an
     absolute float32 tolerance of 1e-5 rad had rejected), well below the estimator's own error."""
     cfg = get_scenario("seed", snr_db=(10.0, 10.0))
     scenes = simulate(cfg, 2, 4)
@@ -150,7 +150,7 @@ def test_config_validation():
         CompressiveConfig(k_max=0).validate()
 
 
-# --- the bound methods (issue 14) -----------------------------------------------------------
+# --- the bound methods -----------------------------------------------------------
 ORACLE_NOISE_FREE_ANGLE_DEG = 0.01
 ORACLE_NOISE_FREE_RANGE_M = 1e-3
 ORACLE_CRB_FACTOR = 1.3

@@ -1,4 +1,4 @@
-"""Covariance estimators (SPEC section 5) against independent float64 NumPy references.
+"""Covariance estimators (conventions section 5) against independent float64 NumPy references.
 
 References below are written from the formulas with explicit per-snapshot loops, explicit
 `G_l = H diag(c_l)` matrices, `np.linalg.solve` and `np.kron`; they never call rismvdr code.
@@ -376,7 +376,7 @@ def test_shared_channel_and_codes(ris_scenes):
         "ridge_ls", sc.y, jnp.broadcast_to(h, sc.H.shape), jnp.broadcast_to(c, sc.codes.shape)
     )
     np.testing.assert_allclose(shared.R, tiled.R, rtol=1e-10, atol=1e-10)
-    alias = estimate_covariance("als_lowrank", sc.y, sc.H, sc.codes)  # the SPEC's name
+    alias = estimate_covariance("als_lowrank", sc.y, sc.H, sc.codes)  # the conventions' name
     np.testing.assert_array_equal(alias.R, estimate_covariance("als", sc.y, sc.H, sc.codes).R)
 
 

@@ -3,7 +3,7 @@
 Oracles are independent of the library's steering and Jacobian code:
 - the Stoica & Nehorai (1989) single-source closed form for a far-field ULA;
 - a NumPy float64 Fisher matrix over (eta, Re s, Im s) from 4th-order central differences of
-  the mean, with the steering vector written from the SPEC formula, then the Schur complement.
+  the mean, with the steering vector written from the formula of the conventions, then the Schur complement.
 """
 import dataclasses
 
@@ -90,7 +90,7 @@ def _np_upa_positions(nh, nv, dh, dv):
 
 
 def _np_steering(pos, phi, theta, r):
-    """SPEC section 2, exact model, written out directly: a_n = exp(-1j k (|u - p_n| - r))."""
+    """conventions section 2, exact model, written out directly: a_n = exp(-1j k (|u - p_n| - r))."""
     u = r * np.array([np.cos(theta) * np.cos(phi), np.cos(theta) * np.sin(phi), np.sin(theta)])
     d = np.linalg.norm(u[None, :] - pos, axis=1)
     return np.exp(-1j * (2 * np.pi / WL) * (d - r))

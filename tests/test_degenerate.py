@@ -1,4 +1,4 @@
-"""Degenerate data in every registered method (issue 16): all-zero measurements, noise-only
+"""Degenerate data in every registered method: all-zero measurements, noise-only
 scenes, and the units of `y`.
 
 What each method must do (`rismvdr.localize.localize`, every name in `METHODS`):

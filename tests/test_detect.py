@@ -1,4 +1,4 @@
-"""The K-free detector (SPEC section 6): oracle detection, 3-D refinement, padded outputs,
+"""The K-free detector (conventions section 6): oracle detection, 3-D refinement, padded outputs,
 batching, threshold modes, NMS, linear arrays and config validation.
 
 Oracle scenes: MVDR on the noise-free R_true = A diag(p) A^H (Woodbury on A^T sqrt(p)), so every

@@ -1,5 +1,5 @@
 """Faults and bad input: every expected failure of the command line is one line on stderr naming
-the flag or file and the problem, with exit status 2 and no traceback (issue 16).
+the flag or file and the problem, with exit status 2 and no traceback.
 
 The CLI runs in-process (`rismvdr.cli.main`); every input here fails before any computation, so
 the table runs in seconds. The slow tests at the end train a `tiny` run, damage its latest

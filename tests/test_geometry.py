@@ -1,6 +1,6 @@
-"""Array geometry (SPEC section 1): element ordering and coordinates, linear flag, pytree, errors.
+"""Array geometry (conventions section 1): element ordering and coordinates, linear flag, pytree, errors.
 
-References are written here from the SPEC formulas in float64 NumPy; the library is not called
+References are written here from the formulas of the conventions (docs/conventions.md) in float64 NumPy; the library is not called
 to build them. Constructors do arithmetic identical to the formulas on float64, so positions are
 compared with a tolerance of a few ulps.
 """
@@ -16,7 +16,7 @@ ATOL_POS = 1e-15  # metres; float64 positions built from the same closed form
 
 
 def _upa_reference(nh, nv, spacing_h, spacing_v):
-    """SPEC 1: element n = v*nh + h at (0, (h-(nh-1)/2) sh, (v-(nv-1)/2) sv)."""
+    """conventions section 1: element n = v*nh + h at (0, (h-(nh-1)/2) sh, (v-(nv-1)/2) sv)."""
     pos = np.zeros((nh * nv, 3))
     for v in range(nv):
         for h in range(nh):

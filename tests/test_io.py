@@ -1,4 +1,4 @@
-"""Files of SPEC section 8: scene .npz round trips and validation, detections CSV, JSON, atomicity."""
+"""Files of conventions section 8: scene .npz round trips and validation, detections CSV, JSON, atomicity."""
 import doctest
 import importlib
 import json

@@ -510,7 +510,7 @@ def test_add_candidates_fills_free_slots_in_order_and_skips_known_sources():
     assert bool(jnp.all(m))
 
 
-LEARNED_CRB_FACTOR = 3.0  # issue 15's target for the shipped model: azimuth RMSE / sqrt(CRB), K = 1, 25 dB
+LEARNED_CRB_FACTOR = 3.0  # the target for the shipped model: azimuth RMSE / sqrt(CRB), K = 1, 25 dB
 
 
 @pytest.mark.slow  # 100 scenes of the learned method: about a minute on 2 cores (make test-slow)

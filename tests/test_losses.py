@@ -69,7 +69,7 @@ def _crandn(rng, *shape):
 # NumPy references
 # ------------------------------------------------------------------------------------------
 def ref_steering(phi, theta, r):
-    """Exact model, `[..., N]` complex128, written directly from SPEC section 2."""
+    """Exact model, `[..., N]` complex128, written directly from conventions section 2."""
     phi, theta, r = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (phi, theta, r)))
     u = r[..., None] * np.stack(
         [np.cos(theta) * np.cos(phi), np.cos(theta) * np.sin(phi), np.sin(theta)], axis=-1

@@ -1,6 +1,6 @@
-"""The shared significance stage (`rismvdr.localize.significance`, issue 16).
+"""The shared significance stage (`rismvdr.localize.significance`).
 
-* against an independent NumPy reference (float64 least squares, the F statistic of SPEC-style
+* against an independent NumPy reference (float64 least squares, the F statistic of conventions-style
   nested fits, the drop-the-weakest loop): the same detections kept;
 * a strong source (one source, 20 dB) is never dropped: the true positives of every method the
   stage applies to are the same with and without it;

@@ -1,7 +1,7 @@
-"""Scene simulator (SPEC sections 3-4): fields, realised SNR, ground truth, the measurement model,
+"""Scene simulator (conventions sections 3-4): fields, realised SNR, ground truth, the measurement model,
 reproducibility, the separation rule and config overrides.
 
-References (steering, R_true, least-squares fits) are float64 NumPy written here from the SPEC.
+References (steering, R_true, least-squares fits) are float64 NumPy written here from the conventions (docs/conventions.md).
 
 Cost note: the simulator is jitted per (config, batch shape), and on CPU each compilation takes
 several seconds (JAX's threefry PRNG kernels compile slowly, ~1 s per random draw, and a scene has
@@ -41,7 +41,7 @@ def fast_key(seed):
 
 
 def ref_steering(positions, wavelength, phi, theta, r):
-    """`[..., N]` exact steering `exp(-1j k (|u - p_n| - r))` in float64 (SPEC 2)."""
+    """`[..., N]` exact steering `exp(-1j k (|u - p_n| - r))` in float64 (conventions section 2)."""
     phi, theta, r = (np.asarray(x, np.float64) for x in (phi, theta, r))
     uhat = np.stack([np.cos(theta) * np.cos(phi), np.cos(theta) * np.sin(phi), np.sin(theta)], -1)
     d = np.linalg.norm(r[..., None, None] * uhat[..., None, :] - positions, axis=-1)
@@ -148,7 +148,7 @@ def test_seed_truth_in_box_and_K_distribution(seed_scenes):
 
 
 def check_separation(cfg, scenes):
-    """SPEC 4/7: no two sources inside each other's detection gate (5 deg, 5 deg, 1 m)."""
+    """conventions section 4/7: no two sources inside each other's detection gate (5 deg, 5 deg, 1 m)."""
     g_phi, g_th = np.deg2rad(cfg.gate_phi_deg), np.deg2rad(cfg.gate_theta_deg)
     for i in range(len(scenes)):
         m = np.asarray(scenes.mask[i])
@@ -198,7 +198,7 @@ def test_truth_covariance_from_sources_matches_the_reference(seed_scenes):
 def snr_ratios(scenes):
     """Per scene `(mean|y|^2 / sigma^2 - 1) / 10^(SNR/10)` and its standard deviation.
 
-    With y = c + n, n ~ CN(0, sigma^2), T = L*M entries and SNR = mean|c|^2 / sigma^2 (the SPEC
+    With y = c + n, n ~ CN(0, sigma^2), T = L*M entries and SNR = mean|c|^2 / sigma^2 (the conventions
     definition): mean|y|^2 / sigma^2 = SNR + mean|n|^2/sigma^2 + 2 Re<c, n>/(T sigma^2), whose
     noise terms have mean 1 and variances 1/T and 2 SNR/T. So the ratio has mean 1 and variance
     (1 + 2 SNR) / (T SNR^2).

@@ -1,6 +1,6 @@
-"""Spatial spectra (SPEC section 6) against independent float64 NumPy references, plus invariants.
+"""Spatial spectra (conventions section 6) against independent float64 NumPy references, plus invariants.
 
-References written here from the SPEC formulas (they do not call the library's spectra):
+References written here from the formulas of the conventions (docs/conventions.md) (they do not call the library's spectra):
 
 - MVDR:     `P(a) = 1 / real(a^H inv(R + delta I) a)`, `delta = 1e-2 tr(R) / N` (`np.linalg.inv`
             is fine in a reference; the library itself never forms an inverse).
@@ -37,7 +37,7 @@ from rismvdr.physics.spectra import (
 
 # One tolerance table, keyed by the complex dtype under test; never relaxed to make a test pass.
 # `db`:     max |10 log10(P / P_ref)| between two computations of one spectrum (library against a
-#           float64 reference, or Woodbury against dense). 0.01 dB is SPEC 6's Woodbury == dense
+#           float64 reference, or Woodbury against dense). 0.01 dB is conventions section 6's Woodbury == dense
 #           figure.
 # `rtol`:   max relative difference between evaluations of the same algorithm that may only
 #           differ by rounding order (batching, jit, chunking, the real-GEMM grid path against
@@ -51,7 +51,7 @@ TOL = {
     np.complex128: dict(db=1e-9, rtol=1e-10, cancel=16 * float(np.finfo(np.float64).eps)),
 }
 DTYPES = list(TOL)
-DELTA_REL = 1e-2  # SPEC 6 (seed)
+DELTA_REL = 1e-2  # conventions section 6 (seed)
 
 SEED_CFG = get_scenario("seed")
 GEOM = scenario_geometry(SEED_CFG)  # 12 x 12 UPA, half-wavelength spacing, N = 144
@@ -234,7 +234,7 @@ def test_mvdr_distortionless_and_closed_form(dtype, pts):
 
 
 @pytest.mark.xfail(strict=False, reason="known limit: complex64 Woodbury cancels at an exact "
-                   "source (kappa ~ 1.4e4): 0.03 dB from the closed form on this CPU, SPEC 6 asks "
+                   "source (kappa ~ 1.4e4): 0.03 dB from the closed form on this CPU, conventions section 6 asks "
                    "0.01 dB; grid points off the source meet it (test_woodbury_equals_dense)")
 def test_woodbury_complex64_at_exact_source_within_spec_db():
     p, a0 = 2.5, steer(np.array([0.3]), np.array([0.1]), np.array([2.0]))[0]
@@ -299,7 +299,7 @@ def seed_scenes():
 
 
 def test_mvdr_peaks_at_every_true_source(seed_scenes):
-    """MVDR on R_true (SPEC 6 loading) for K = 1..5 separated sources. What is checked:
+    """MVDR on R_true (conventions section 6 loading) for K = 1..5 separated sources. What is checked:
     - 2.5D: for every true source, some 3 x 3 local maximum of the max-over-planes map lies within
       one grid cell (1 deg) of the truth in both phi and theta;
     - 3-D: at that local maximum (the strongest one if several qualify), the kept best plane is

@@ -1,6 +1,6 @@
-"""Steering vectors (SPEC section 2) against an independent float64 NumPy reference.
+"""Steering vectors (conventions section 2) against an independent float64 NumPy reference.
 
-The reference below is written from the SPEC formulas (it does not call the library):
+The reference below is written from the formulas of the conventions (docs/conventions.md) (it does not call the library):
 `u = r [cos(theta) cos(phi), cos(theta) sin(phi), sin(theta)]`, `d_n = |u - p_n|` and
 
 - exact:   `a_n = exp(-1j k (d_n - r))`
@@ -33,7 +33,7 @@ K = 2 * np.pi / WAVELENGTH
 
 
 def _upa_positions(nh=12, nv=12, spacing=0.15):
-    """The seed surface (SPEC 1 and 4): 12 x 12 UPA, half-wavelength spacing, n = v*nh + h."""
+    """The seed surface (conventions section 1 and 4): 12 x 12 UPA, half-wavelength spacing, n = v*nh + h."""
     v, h = np.meshgrid(np.arange(nv) - (nv - 1) / 2, np.arange(nh) - (nh - 1) / 2, indexing="ij")
     return np.stack([np.zeros(nh * nv), h.ravel() * spacing, v.ravel() * spacing], axis=-1)
 
@@ -51,7 +51,7 @@ path_difference_jit = jax.jit(path_difference, static_argnames=("model",))
 
 
 def ref_delta(positions, phi, theta, r, model):
-    """`[..., N]` float64 path difference d_n - r (or its approximation), from the SPEC."""
+    """`[..., N]` float64 path difference d_n - r (or its approximation), from the conventions (docs/conventions.md)."""
     phi, theta, r = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (phi, theta, r)))
     uhat = np.stack([np.cos(theta) * np.cos(phi), np.cos(theta) * np.sin(phi), np.sin(theta)], -1)
     p = np.asarray(positions, np.float64)
@@ -103,7 +103,7 @@ def test_matches_reference_and_unit_modulus(model, real):
     layout_seed=st.integers(0, 2**31 - 1),
 )
 def test_property_random_points_and_layouts(phi, theta, r, layout_seed):
-    # Any layout (SPEC 1), including elements off the y-z plane and sources closer than the
+    # Any layout (conventions section 1), including elements off the y-z plane and sources closer than the
     # aperture; all three models against the float64 reference.
     pos = np.random.default_rng(layout_seed).uniform(-1.0, 1.0, (9, 3))
     g = from_positions(pos, WAVELENGTH)

@@ -14,7 +14,7 @@ Sweeps (each point a fresh test set of `n_scenes` scenes, seed `fold_in(seed, po
   -10 .. 25 dB (the `snr_values_db`); only the MUSIC / MVDR family that applies in full-array
   mode, and the bound (`ULA_METHODS`).
 
-The bound (issue 14): `BOUND_METHOD` (`ml-oracle`, the compressive ML refinement started at the
+The bound: `BOUND_METHOD` (`ml-oracle`, the compressive ML refinement started at the
 true positions with the true K) is among the default methods (and `--quick`'s), so it runs at
 every point; every record carries its F1 at the same point (`f1_bound`) and the ratio
 (`f1_over_bound`). It is reported under its own suite, `bound`. With `--methods`, the bound

@@ -1,4 +1,4 @@
-"""Evaluation: the metrics of SPEC section 7, the CRB glue, objectives, tables and plots.
+"""Evaluation: the metrics of conventions section 7, the CRB glue, objectives, tables and plots.
 
 `evaluate_files(scenes_path, detections_path, ...)` scores a detections CSV against a scene
 file's truth in one call (what `rismvdr evaluate` runs); `evaluate_detections` does the same

@@ -1,8 +1,8 @@
 """Evaluation glue shared by the CLI, the demo and the benchmarks: detections + scenes ->
-the metrics of SPEC section 7 (through `rismvdr.eval.metrics`, the one metrics module), with
+the metrics of conventions section 7 (through `rismvdr.eval.metrics`, the one metrics module), with
 per-scene PSSR from the 2.5D maps and the CRB of the true sources when the scenes allow it.
 
-`evaluate_files` does what `rismvdr evaluate` does, from the files of SPEC section 8, for a
+`evaluate_files` does what `rismvdr evaluate` does, from the files of conventions section 8, for a
 notebook or a script.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def truth_crb(scenes: Scene, geometry, *, model: str = "exact"):
 
 def evaluate_detections(scenes: Scene, phi, theta, r, valid, *, score_db=None, pssr=None, crb=None,
                         gates: metrics.Gates = metrics.DEFAULT_GATES, snr_bin_db: float = 5.0) -> dict:
-    """SPEC section 7 metrics of `[S, K]` detections against the scenes' truth.
+    """conventions section 7 metrics of `[S, K]` detections against the scenes' truth.
 
     Args:
       scenes: batched `Scene` with truth (phi/theta/r/mask) and `snr_db` (NaN: no SNR bins).
@@ -100,7 +100,7 @@ def evaluate_files(scenes_path: str | os.PathLike, detections_path: str | os.Pat
                    maps_path: str | os.PathLike | None = None, crb: bool = True,
                    gates: metrics.Gates = metrics.DEFAULT_GATES, snr_bin_db: float = 5.0,
                    label: str | None = None) -> dict:
-    """SPEC section 7 metrics of a detections CSV against the truth of a scene file.
+    """conventions section 7 metrics of a detections CSV against the truth of a scene file.
 
     The scenes are read with the steering model of the scenario recorded in the scene file
     (else `exact`); the CRB is that model's, of the true sources.

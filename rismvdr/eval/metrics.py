@@ -1,4 +1,4 @@
-"""Localization metrics (SPEC section 7): the one module every method's evaluation goes through.
+"""Localization metrics (conventions section 7): the one module every method's evaluation goes through.
 
 NumPy on the host. Inputs are SI (radians, metres) as padded per-scene arrays, the fixed-size
 output of the detector; outputs are the report's human edge (degrees, metres, dB), with keys
@@ -149,7 +149,7 @@ def wrap_angle(x) -> np.ndarray:
 
 
 def position(phi, theta, r) -> np.ndarray:
-    """Cartesian position `u = r [cos th cos phi, cos th sin phi, sin th]` (SPEC section 1).
+    """Cartesian position `u = r [cos th cos phi, cos th sin phi, sin th]` (conventions section 1).
 
     Args:
       phi, theta: `[...]` azimuth and elevation, radians.

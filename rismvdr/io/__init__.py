@@ -2,7 +2,7 @@
 
 One module per format, each with its reader, its writer and its table of contents:
 
-- `rismvdr.io.scenes`: scene files (`.npz`) of SPEC section 8 and the `SceneFile` they hold
+- `rismvdr.io.scenes`: scene files (`.npz`) of conventions section 8 and the `SceneFile` they hold
   (`load_scenes`, `save_scenes`); conversion from and to the simulator's `Scene`
   (`scene_file_from_scenes`, `scenes_from_file`) and back to the scenario a file was simulated
   from (`scenario_from_meta`).

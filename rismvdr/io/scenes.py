@@ -1,4 +1,4 @@
-"""Scene files (`.npz`) of SPEC section 8: measurements, geometry and, optionally, the truth.
+"""Scene files (`.npz`) of conventions section 8: measurements, geometry and, optionally, the truth.
 
 Scene file keys (`np.savez`, read back with `allow_pickle=False`, so opening one never runs
 code). S scenes, L snapshots, M measurements per snapshot, N surface elements:
@@ -6,7 +6,7 @@ code). S scenes, L snapshots, M measurements per snapshot, N surface elements:
 | key | dtype, shape | meaning |
 |---|---|---|
 | `wavelength` | float64 scalar | metres, > 0 |
-| `positions` | float64 `[N, 3]` | element positions, metres, array frame (SPEC section 1) |
+| `positions` | float64 `[N, 3]` | element positions, metres, array frame (conventions section 1) |
 | `y` | complex64 `[S, L, M]` | measurements (M = N in full-array mode) |
 | `H` | complex64 `[S, M, N]` or `[M, N]` | channel (one per scene, or shared); absent in full-array mode |
 | `codes` | complex64 `[S, L, N]` or `[L, N]` | unit-modulus RIS codes; absent in full-array mode |
@@ -65,13 +65,13 @@ _COMPLEX = ("y", "H", "codes")
 _TRUTH_LOC = ("gt_phi", "gt_theta", "gt_r")
 _TRUTH = _TRUTH_LOC + ("gt_power",)
 _REAL = ("wavelength", "positions", "noise_var", "snr_db") + _TRUTH
-#: Every key a scene file may hold, in the order they are written (SPEC 8, then extensions).
+#: Every key a scene file may hold, in the order they are written (conventions section 8, then extensions).
 SCENE_KEYS = ("wavelength", "positions", "y", "H", "codes", "noise_var") + _TRUTH + ("snr_db", "meta")
 _CODE_TOL = 1e-3  # allowed deviation of |c| from 1
 
 
 class SceneFileError(ValueError):
-    """A scene file (or an in-memory `SceneFile`) that breaks the contract of SPEC section 8."""
+    """A scene file (or an in-memory `SceneFile`) that breaks the contract of conventions section 8."""
 
     def __init__(self, path: str, key: str | None, problem: str):
         self.path, self.key, self.problem = str(path), key, problem
@@ -167,7 +167,7 @@ def _fields(sf: SceneFile) -> dict:
 
 
 def _validate(raw: Mapping[str, Any], source: str) -> dict:
-    """Check raw arrays against SPEC section 8 and return them normalised (SceneFile fields).
+    """Check raw arrays against conventions section 8 and return them normalised (SceneFile fields).
 
     `raw` maps keys to arrays (from a file) or field values (from a `SceneFile`; `meta` may
     then be a dict). Raises `SceneFileError(source, key, problem)` at the first problem.
@@ -470,7 +470,7 @@ def load_scenes(path) -> SceneFile:
 
 
 def save_scenes(path, sf: SceneFile) -> None:
-    """Validate `sf` and write it as an uncompressed `.npz` with the dtypes of SPEC section 8.
+    """Validate `sf` and write it as an uncompressed `.npz` with the dtypes of conventions section 8.
 
     Atomic: written to a temporary file in the same directory and renamed onto `path`, so a
     crash leaves either the old file or the new one. `path` is used as given (no suffix added).

@@ -1,4 +1,4 @@
-"""K-free peak detection on a 2.5D spectrum (SPEC section 6): the one detector of rismvdr.
+"""K-free peak detection on a 2.5D spectrum (conventions section 6): the one detector of rismvdr.
 
 Per scene: local maxima (3 x 3) of the plane-maximised map (none at all when the map holds a
 non-finite value or is flat, i.e. its dynamic range is at most `flat_db`: a map of all-zero or
@@ -52,7 +52,7 @@ class DetectorConfig:
     mad_z: float = 5.0  # `mad` mode: keep peaks above median + z * MAD (map in dB)
     k_max: int = K_MAX  # at most this many detections per scene
     n_candidates: int = 32  # local maxima considered before NMS (highest first)
-    gates: Gates = Gates()  # NMS gate, SI (the evaluation's detection gate, SPEC 7)
+    gates: Gates = Gates()  # NMS gate, SI (the evaluation's detection gate, conventions section 7)
     refine: bool = True  # continuous 3-D refinement of each peak
     refine_iters: int = 8  # fixed Newton iteration count (jittable)
     trust_cells: tuple[float, float, float] = (2.0, 2.0, 1.5)  # phi, theta (cells), 1/r (planes)

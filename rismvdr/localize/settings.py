@@ -135,7 +135,7 @@ class LearnedSettings:
     # detector's `refine` always applies). Validation, `learned` / `learned-ml` (seed 1, 1000 scenes;
     # seed 2, 1000 scenes): F1 0.8022 / 0.8163 and 0.8127 / 0.8257 with it, 0.8033 / 0.8160 and
     # 0.8117 / 0.8260 without; without it `learned-ml` ran a batch of 32 in 1320 ms instead of 1495
-    # (2-core CPU, 2026-12-02), so the default leaves it off. It applies to `learned-refiner`'s refiner
+    # (2-core CPU; docs: experiments), so the default leaves it off. It applies to `learned-refiner`'s refiner
     # peaks too: F1 0.8037 / 0.8130 with it, 0.8046 / 0.8135 without.
     map_refine: bool = False
 

@@ -3,7 +3,7 @@
 The detector's thresholds (`db`, `mad`) are relative to the map itself, so a map of pure noise
 still has peaks that pass them. This stage gives every method the false-alarm control of the
 compressive methods: the detections of one scene are taken as the columns
-`B_l = G_l A(eta)` of a joint least-squares fit of the measurements `y` (SPEC section 3;
+`B_l = G_l A(eta)` of a joint least-squares fit of the measurements `y` (conventions section 3;
 `G_l = I_N` in full-array mode), each detection's F statistic (the energy it explains given the
 others, per complex degree of freedom, over the residual's; `physics.compressive.source_fstats`)
 is compared with the Bonferroni thresholds of the compressive dictionary grid

@@ -2,7 +2,7 @@
 
 Each source has 3 geometric parameters and L symbols, so in the RIS regime (M L = 256
 measurements, N = 144 surface elements) the sources are identifiable from `y` although no
-covariance of the surface field is. Model of one scene (SPEC section 3):
+covariance of the surface field is. Model of one scene (conventions section 3):
 `y_l = G_l A(eta) s_l + n_l`, `G_l = H diag(c_l)` (`G_l = I_N` in full-array mode).
 
 1. **Greedy initialisation (SOMP).** The dictionary holds, for every point `g` of a 2.5D grid
@@ -32,7 +32,7 @@ covariance of the surface field is. Model of one scene (SPEC section 3):
    Duplicates are merged by the detector's gate NMS in the batch drivers
    (`rismvdr.localize.compressive`): physics never imports the detector.
 
-For a linear array theta is known and not refined (SPEC section 1).
+For a linear array theta is known and not refined (conventions section 1).
 
 Units of `y`: the results are scale-free (F statistics are ratios, the ML positions minimise a
 residual), but the kernels form `|y|^2` sums in `y`'s dtype, which in float32 overflow above

@@ -1,6 +1,6 @@
-"""Covariance estimators of the surface field (SPEC section 5).
+"""Covariance estimators of the surface field (conventions section 5).
 
-Measurement model of one scene (SPEC section 3): snapshot `l = 1..L` gives `y_l = G_l x_l + n_l`
+Measurement model of one scene (conventions section 3): snapshot `l = 1..L` gives `y_l = G_l x_l + n_l`
 with `G_l = H diag(c_l)`, so `G_l x = H (c_l * x)`. Arrays: `y` `[L, M]`, `H` `[M, N]`,
 `codes` `[L, N]`. In full-array mode `H` and `codes` are None and `G_l = I_N` (M = N).
 
@@ -66,7 +66,7 @@ __all__ = [
 _HI = jax.lax.Precision.HIGHEST
 
 COVARIANCE_METHODS = ("sample", "matched_filter", "ridge_ls", "als")
-_ALIASES = {"als_lowrank": "als"}  # the SPEC's / seed's name for "als"
+_ALIASES = {"als_lowrank": "als"}  # the conventions' / seed's name for "als"
 
 FSolver = Literal["auto", "primal", "dual"]
 

@@ -1,6 +1,6 @@
-"""Deterministic (conditional) Cramer-Rao bound of source positions (SPEC sections 3 and 7).
+"""Deterministic (conditional) Cramer-Rao bound of source positions (conventions sections 3 and 7).
 
-Model (SPEC section 3), snapshot `l = 1..L`:
+Model (conventions section 3), snapshot `l = 1..L`:
 
     y_l = G_l A(eta) s_l + n_l,    n_l ~ CN(0, sigma^2 I_M),
 
@@ -114,7 +114,7 @@ class CRBStd(NamedTuple):
 def default_params(geometry: ArrayGeometry, model: str = "exact") -> tuple[str, ...]:
     """The parameters the CRB is computed for by default.
 
-    `(phi, theta, r)`; without `theta` for a linear geometry (elevation is known, SPEC
+    `(phi, theta, r)`; without `theta` for a linear geometry (elevation is known, conventions
     section 1); without `r` for the `far` model (a plane wave carries no range information).
     """
     if model not in STEERING_MODELS:

@@ -1,9 +1,9 @@
-"""Array geometry: element positions in the array frame of SPEC section 1.
+"""Array geometry: element positions in the array frame of conventions section 1.
 
 The array lies in the y-z plane with boresight +x and the phase reference at the origin.
 `ArrayGeometry` is a frozen dataclass registered as a pytree: `positions` and `wavelength`
 are leaves (so a geometry can be passed through `jit`), `linear` is static metadata that
-says whether elevation is identifiable (SPEC section 1: a linear array cannot resolve it).
+says whether elevation is identifiable (conventions section 1: a linear array cannot resolve it).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Named, frozen scenario configs (SPEC section 4).
+"""Named, frozen scenario configs (conventions section 4).
 
 A scenario fixes everything the simulator needs; `simulate` is a pure function of
 (config, PRNG key). Configs are hashable so they can be static arguments of `jit`.
@@ -6,7 +6,7 @@ Any field can be overridden: `get_scenario("seed", k_min=3, k_max=3, snr_db=(10,
 
 Named scenarios:
 
-* `seed`: the seed system's regime (SPEC 4): 12 x 12 UPA, RIS mode, M = 16, L = 16.
+* `seed`: the seed system's regime (conventions section 4): 12 x 12 UPA, RIS mode, M = 16, L = 16.
 * `full`: the same surface sampled directly (full-array mode), L = 64.
 * `ula15`: a full-array near-field case comparable to the literature: 15-element ULA along y
   at half-wavelength spacing (0.15 m, wavelength 0.3 m, aperture D = 2.1 m), L = 100
@@ -111,7 +111,7 @@ class SceneConfig:
     theta_deg: tuple[float, float] = THETA_RANGE_DEG  # fixed to (0, 0) for a linear array
     r_m: tuple[float, float] = R_RANGE_M
     power_db: tuple[float, float] = (-6.0, 0.0)  # per-source power, dB re 1, drawn independently
-    # --- separation rule: no two sources inside each other's detection gate (SPEC 7) -------
+    # --- separation rule: no two sources inside each other's detection gate (conventions section 7) -------
     gate_phi_deg: float = 5.0
     gate_theta_deg: float = 5.0
     gate_r_m: float = 1.0

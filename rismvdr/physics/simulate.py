@@ -1,4 +1,4 @@
-"""Scene simulator (SPEC sections 3-4): a pure function of (config, PRNG key).
+"""Scene simulator (conventions sections 3-4): a pure function of (config, PRNG key).
 
 Snapshot `l`: surface field `x_l = A s_l`; RIS mode `y_l = H diag(c_l) x_l + n_l`, full-array
 mode `y_l = x_l + n_l`. Symbols `s_{k,l} ~ CN(0, p_k)` vary over snapshots; noise is

@@ -1,4 +1,4 @@
-"""Spatial spectra (SPEC section 6): MVDR dense and low-rank (Woodbury), Bartlett, MUSIC,
+"""Spatial spectra (conventions section 6): MVDR dense and low-rank (Woodbury), Bartlett, MUSIC,
 and their 2.5D evaluation over a (phi, theta) grid times a set of range planes.
 
 Every spectrum here is a function of one quadratic form. A per-scene *operator* `W` `[q, N]`
@@ -134,7 +134,7 @@ def make_grid(
     """Detection grid: phi and theta in `*_step_deg` steps (inclusive ends), `n_planes` range
     planes uniform in 1/r between `r_m[0]` and `r_m[1]` (near-field phase varies with 1/r).
 
-    A degenerate theta range (min == max) gives one theta row (linear arrays, SPEC section 1).
+    A degenerate theta range (min == max) gives one theta row (linear arrays, conventions section 1).
     """
     if int(n_planes) < 1:
         raise ValueError(f"n_planes: must be >= 1, got {n_planes}")

@@ -1,4 +1,4 @@
-"""Near-field steering vectors (SPEC section 2): the one steering function of rismvdr.
+"""Near-field steering vectors (conventions section 2): the one steering function of rismvdr.
 
 A source at azimuth `phi`, elevation `theta`, range `r` sits at
 `u = r [cos(theta) cos(phi), cos(theta) sin(phi), sin(theta)]`. With `k = 2 pi / wavelength`
