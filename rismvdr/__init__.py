@@ -16,6 +16,10 @@ Each name is imported from its module when it is first used (PEP 562), so `impor
 (and `rismvdr --help`) does not load JAX. Training (`rismvdr.train`), the HPO (`rismvdr.hpo`)
 and the benchmarks (`rismvdr.bench`) are imported from their packages.
 
+Docstrings cite the project's conventions (frames, models, scenarios, metrics, files) as
+"conventions section N": the sections of the Conventions page of the documentation
+(`docs/conventions.md`).
+
 >>> import jax, rismvdr
 >>> cfg = rismvdr.get_scenario("seed", k_min=1, k_max=1, snr_db=(20.0, 20.0))
 >>> scenes = rismvdr.simulate(cfg, jax.random.key(0), 2)

@@ -7,7 +7,7 @@ flags they share) with its `add_parser(subparsers)` and its `run(args)`; `build_
 assembles them and `main` runs one.
 
 Every command has `--help`; units are in flag names (`*_deg`, `*_m`, `*_db`, `*_s`). Files follow
-conventions section 8 and are written atomically. A malformed input gives a one-line error naming
+the Conventions page (section 8) and are written atomically. A malformed input gives a one-line error naming
 the flag, key or file and exit status 2. `--set KEY=VALUE` follows one grammar everywhere
 (`rismvdr.overrides`).
 

@@ -14,8 +14,8 @@ SNR_BIN_DB = 5.0
 
 
 def add_parser(sub) -> None:
-    ev = sub.add_parser("evaluate", help="score detections against the truth in the scene file (conventions section 7)",
-                        description="The metrics of conventions section 7 (rismvdr.eval.evaluate_files): precision, "
+    ev = sub.add_parser("evaluate", help="score detections against the truth in the scene file (Conventions page, section 7)",
+                        description="The metrics of the Conventions page, section 7 (rismvdr.eval.evaluate_files): precision, "
                                     "recall, F1, false alarms per scene, position and angle errors, RMSE / "
                                     "sqrt(CRB), per-SNR breakdown; a table on stdout and a JSON file.")
     ev.add_argument("scenes", help="scene file (.npz) with truth")

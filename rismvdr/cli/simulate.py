@@ -15,8 +15,8 @@ BATCH_SIZE = 256
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("simulate", help="simulate a test set of scenes into a .npz scene file (conventions section 8)",
-                       description="Simulate scenes of a named scenario (conventions section 4) as a pure function of "
+    s = sub.add_parser("simulate", help="simulate a test set of scenes into a .npz scene file (Conventions page, section 8)",
+                       description="Simulate scenes of a named scenario (Conventions page, section 4) as a pure function of "
                                    "(scenario, seed).")
     s.add_argument("--scenario", default="seed", help="scenario name: 'seed' (RIS, M=16, L=16), 'full' (full "
                    "array, L=64) or 'ula15' (15-element ULA, L=100) (default seed)")
