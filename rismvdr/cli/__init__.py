@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib import metadata
 
 from rismvdr.cli import bench, demo, evaluate, export, hpo, localize, methods, plot, simulate, train
 from rismvdr.cli.common import (
@@ -87,8 +89,24 @@ def renamed(argv: list[str]) -> tuple[list[str], str | None]:
     return argv[:at] + list(new) + rest, note
 
 
+def quiet_cache_loader_logs() -> None:
+    """With jaxlib older than 0.10 (what Python 3.11 gets: 0.10.x is excluded), silence XLA's C++
+    log unless the user set its level: that jaxlib's CPU loader writes two error lines for every
+    program it reads back from the compilation cache, naming two tuning attributes
+    (`prefer-no-gather`, `prefer-no-scatter`) it does not recognise on the very machine that
+    compiled them; the programs load and run correctly. Errors still reach the user as Python
+    exceptions."""
+    try:
+        version = tuple(int(v) for v in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return
+    if version < (0, 10):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0, 2 for bad input, 128 + signal when stopped)."""
+    quiet_cache_loader_logs()  # before anything loads JAX
     argv, note = renamed(list(sys.argv[1:] if argv is None else argv))
     if note:
         print(note, file=sys.stderr)

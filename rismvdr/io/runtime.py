@@ -259,7 +259,7 @@ def enable_compile_cache(path: str | os.PathLike | None, *, min_compile_time_s: 
     if path is None:
         return
     import jax  # deferred: the signal handling here, used before any work, loads no JAX
-    from jax.experimental.compilation_cache import compilation_cache
+    from jax.experimental.compilation_cache import compilation_cache  # deferred: as above
 
     Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.fspath(path))
