@@ -47,6 +47,7 @@ def test_plan_covers_every_part_and_method():
         bench_speed.plan_measurements(gpu=False, quick=True, methods=["nope"])
 
 
+@pytest.mark.slow  # the whole speed bench through the CLI (make test-slow)
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "speed"
     rc = main(["bench", "speed", "--out", str(out), "--quick", "--parts", "methods", "--methods", "mvdr-oracle",

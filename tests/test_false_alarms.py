@@ -6,8 +6,8 @@ M and L. Taken from the training data's L (16) instead, a scene of L = 2 or 4 pa
 L in {2, 4, 16, 64} must show a detection in no more scenes than a per-scene rate of `pfa` (1 %)
 exceeds with probability 0.001. The model is an untrained `tiny` backbone and refiner: what is
 tested is the test's threshold, which must hold whatever candidates the network proposes.
-Every L is a program of its own per method: L = 2 (where the alarms were seen) runs in the
-default suite, the other snapshot counts under `slow`.
+Every (method, L) is a program of its own: `learned-ml` at L = 2 (where the alarms were seen)
+runs in the default suite, the other pairs under `slow` (`make test-slow`).
 """
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ def _noise_scenes(n_snap: int):
     return cfg, dataclasses.replace(s, y=jax.numpy.asarray(y, s.y.dtype), mask=jax.numpy.zeros_like(s.mask))
 
 
-@pytest.mark.parametrize("name", LEARNED)
-@pytest.mark.parametrize("n_snap", [n if n == 2 else pytest.param(n, marks=pytest.mark.slow) for n in SNAPSHOTS])
+@pytest.mark.parametrize("name,n_snap", [
+    (name, n) if (name, n) == ("learned-ml", 2) else pytest.param(name, n, marks=pytest.mark.slow)
+    for n in SNAPSHOTS for name in LEARNED])
 def test_noise_only_scenes_at_any_snapshot_count(name, n_snap, tiny_model):
     cfg, scenes = _noise_scenes(n_snap)
     settings = settings_for_scenario(cfg).with_grid(**SMALL)

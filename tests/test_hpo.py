@@ -179,6 +179,7 @@ def test_stale_trial_of_a_crashed_worker_is_failed(tmp_path):
 # ------------------------------------------------------------------------------------------
 # Trials and studies (tiny training)
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # several trials of tiny training runs (make test-slow)
 def test_fixed_trial_surrogate(tmp_path, compile_cache):
     settings = _settings(tmp_path)
     params = {"loss_scale.cell": 1.5, "loss_scale.aux": 0.7}
@@ -259,6 +260,7 @@ def test_surrogate_study_cli_and_export(tmp_path, compile_cache, space_file, cap
     assert "made with another epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # several trials of tiny training runs (make test-slow)
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_two_workers_share_a_journal_with_a_cap(tmp_path, compile_cache, monkeypatch):
     """Two spawned workers, total capped at 3 finished trials; a crashed worker's RUNNING trial
@@ -335,6 +337,7 @@ def test_postgres_study(tmp_path, compile_cache, postgres_url):
     assert TrainConfig.from_dict(rec["config"]) == hpo.apply_params(settings.base, rec["params"])
 
 
+@pytest.mark.slow  # several trials of tiny training runs (make test-slow)
 def test_hpo2_stage2_reruns_the_stage1_topk_exactly(tmp_path, compile_cache):
     s1 = _settings(tmp_path)
     s2 = _settings(tmp_path, objective="e2e", e2e_scenes=2)

@@ -78,6 +78,7 @@ def _csv_rows(path):
     return Path(path).read_text().strip().splitlines()
 
 
+@pytest.mark.slow  # trains a tiny backbone and refiner through the CLI: minutes on 2 cores (make test-slow)
 @pytest.mark.parametrize("method,ckpt", [("learned", "bb"), ("learned-refiner", "rf"), ("learned-ml", "bb")])
 def test_localize_learned_through_cli(run, method, ckpt, capsys):
     out = run / f"{method}.csv"
@@ -93,6 +94,7 @@ def test_localize_learned_through_cli(run, method, ckpt, capsys):
         assert "refiner map rejected in" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains a tiny backbone and refiner through the CLI: minutes on 2 cores (make test-slow)
 def test_finishing_flags_through_cli(run, capsys):
     """`--no-polish` / `--residual-passes` / `--no-map-threshold` / `--range-rescan` / `--map-refine` /
     `--continuation` reach `LearnedSettings`: the CLI's rows equal the library's with the same settings (and
@@ -185,6 +187,7 @@ def test_run_loader_matches_the_trainers_checkpointer(run, step):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # trains a tiny backbone and refiner through the CLI: minutes on 2 cores (make test-slow)
 def test_refiner_with_the_measurements_map_trains_exports_and_localizes(run, tmp_path):
     """A refiner reading two maps (R_blend's MVDR and the measurements' Bartlett) goes through
     training, checkpoint, export and `learned-refiner` like the one-map refiner."""

@@ -66,6 +66,7 @@ def test_shipped_records_load():
     assert cfg.backbone_config().widths == (16, 32, 64, 64) and cfg.backbone_config().beta == 0.25
 
 
+@pytest.mark.slow  # several tiny training runs: about a minute on 2 cores (make test-slow)
 def test_stage_is_chosen_once_with_its_backbone(tiny):
     """The stage comes from `cfg.stage`: Stage 2 needs the frozen backbone, Stage 1 refuses one."""
     assert Trainer(tiny, n_devices=1).stage.method == "learned"
@@ -87,6 +88,7 @@ def test_e2e_objective():
     assert e2e_objective({"rmse_xyz_all_m": float("nan"), "f1": float("nan")}) == pytest.approx(11.0)
 
 
+@pytest.mark.slow  # several tiny training runs: about a minute on 2 cores (make test-slow)
 def test_eight_devices_match_one(tiny):
     """Data parallel over 8 simulated CPU devices gives the loss and gradients of 1 device."""
     assert len(jax.devices()) >= 8
@@ -103,6 +105,7 @@ def test_eight_devices_match_one(tiny):
         Trainer(cfg.replace(batch_size=12), n_devices=8)
 
 
+@pytest.mark.slow  # several tiny training runs: about a minute on 2 cores (make test-slow)
 def test_resume_equals_straight_run(tiny, tmp_path):
     cfg = tiny.replace(val_peak_scenes=0)
     a = fit(cfg, tmp_path / "straight", n_devices=1, progress=False)
@@ -138,6 +141,7 @@ def test_nan_step_is_skipped_and_counted(tiny, tmp_path):
     assert all(np.all(np.isfinite(x)) for x in _leaves(state))
 
 
+@pytest.mark.slow  # several tiny training runs: about a minute on 2 cores (make test-slow)
 def test_overfit_small_pool(tiny, tmp_path):
     """64 fixed scenes: the training loss falls at least 10x (first step against the mean of
     the last 10)."""

@@ -56,6 +56,7 @@ __all__ = [
     "Method",
     "METHODS",
     "method_names",
+    "check_scene_shapes",
     "LocalizationResult",
     "localize",
     "settings_for_scenario",
@@ -281,6 +282,38 @@ def _no_data_no_detections(det: Detections, live: np.ndarray) -> Detections:
     return det._replace(valid=valid, score_db=np.where(valid, det.score_db, -np.inf).astype(det.score_db.dtype))
 
 
+def check_scene_shapes(scenes: Scene, geometry: ArrayGeometry) -> None:
+    """Host-side check that a batch of scenes is consistent with itself and with `geometry`
+    (JAX would clamp an out-of-range scene index or fail with an einsum message instead).
+
+    Raises:
+      ValueError: naming the arrays whose shapes disagree.
+    """
+    y = scenes.y
+    if y.ndim != 3:
+        raise ValueError(f"scenes.y: expected [S, L, M], got shape {tuple(y.shape)}")
+    s, l, m = (int(v) for v in y.shape)
+    n = int(geometry.positions.shape[0])
+    if l < 1 or m < 1:
+        raise ValueError(f"scenes.y: L = {l} snapshots and M = {m} measurements; both must be >= 1")
+    if scenes.full_array:
+        if m != n:
+            raise ValueError(f"scenes.y: M = {m} per snapshot in full-array mode, the geometry has N = {n} elements")
+    else:
+        if scenes.codes is None:
+            raise ValueError("scenes.codes: missing while scenes.H is given (RIS mode needs both)")
+        want = {"scenes.H": (s, m, n), "scenes.codes": (s, l, n)}
+        for name, arr in (("scenes.H", scenes.H), ("scenes.codes", scenes.codes)):
+            got = tuple(int(v) for v in arr.shape)
+            if got != want[name]:
+                raise ValueError(f"{name}: shape {got}, expected {want[name]} from scenes.y {tuple(y.shape)} "
+                                 f"and a geometry of N = {n} elements")
+    for name in ("phi", "theta", "r", "power", "mask", "noise_var", "snr_db"):
+        arr = getattr(scenes, name)
+        if arr is not None and arr.ndim >= 1 and int(arr.shape[0]) != s:
+            raise ValueError(f"scenes.{name}: {int(arr.shape[0])} scenes, scenes.y has {s}")
+
+
 def _check_applies(m: Method, scenes: Scene) -> None:
     full = scenes.full_array
     if m.full_array_only and not full:
@@ -337,12 +370,14 @@ def localize(
         no effect.
 
     Raises:
-      ValueError: unknown method, a method that does not apply to these scenes, devices not of
+      ValueError: unknown method, scenes whose arrays disagree in shape (with each other or with
+        `geometry`: `check_scene_shapes`), a method that does not apply to these scenes, devices not of
         this process, or (distributed) processes with different scenes or device counts.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
     m = METHODS[method]
+    check_scene_shapes(scenes, geometry)
     _check_applies(m, scenes)
     t0 = time.perf_counter()
     n_scenes = int(scenes.y.shape[0])
