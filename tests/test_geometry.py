@@ -25,7 +25,7 @@ def _upa_reference(nh, nv, spacing_h, spacing_v):
     return pos
 
 
-@pytest.mark.parametrize("nh, nv, sh, sv", [(3, 4, 0.1, 0.2), (12, 12, 0.15, 0.15), (1, 5, 0.3, 0.07)])
+@pytest.mark.parametrize("nh, nv, sh, sv", [(3, 4, 0.1, 0.2), (12, 12, 0.15, 0.15), (5, 1, 0.3, 0.07)])
 def test_upa_ordering_and_coordinates(nh, nv, sh, sv):
     g = upa(nh, nv, sh, sv, wavelength=0.3)
     assert isinstance(g, ArrayGeometry)
@@ -65,14 +65,24 @@ def test_from_positions_keeps_positions_as_given():
 def test_linear_flag():
     assert not upa(4, 3, 0.15, 0.15, wavelength=0.3).linear
     assert ula(6, 0.15, wavelength=0.3).linear
-    # Collinear custom positions along an oblique line, off the origin.
+    # Collinear custom positions along y, off the origin.
     t = np.linspace(-1.0, 2.0, 6)[:, None]
-    line = np.array([0.5, 0.2, -0.1]) + t * np.array([0.3, 0.6, -0.2])
+    line = np.array([0.5, 0.2, -0.1]) + t * np.array([0.0, 0.6, 0.0])
     assert from_positions(line, 0.3).linear
     assert from_positions(line[:2], 0.3).linear  # two points are always on one line
     bent = line.copy()
     bent[3] += np.array([0.0, 0.0, 1e-3])
     assert not from_positions(bent, 0.3).linear
+
+
+@pytest.mark.parametrize("direction", [(0.3, 0.6, -0.2), (0.0, 0.0, 1.0), (1.0, 0.0, 0.0)])
+def test_a_line_off_the_y_axis_is_refused(direction):
+    """Only a line along y leaves elevation known (conventions section 1); another line resolves
+    the cone angle to itself, which no grid here describes: refused, naming the direction."""
+    t = np.linspace(-1.0, 2.0, 6)[:, None]
+    line = np.array([0.5, 0.2, -0.1]) + t * np.asarray(direction)
+    with pytest.raises(ValueError, match=r"^positions: a linear array must lie along y"):
+        from_positions(line, 0.3)
 
 
 def test_derived_quantities():

@@ -49,8 +49,23 @@ def scene_pssr_db(power_db: np.ndarray, phi, theta, valid, grid: Grid, *, exclus
 
 
 def truth_crb(scenes: Scene, geometry, *, model: str = "exact"):
-    """Expected-power CRB std of every true source, or None when the scenes lack what it needs
-    (truth, powers, a known noise variance)."""
+    """Expected-power CRB std of every true source (`rismvdr.physics.crb.crb_scenes`).
+
+    A scene whose Fisher matrix is singular (two sources at one position, a zero-power source,
+    too few measurements) has an infinite bound at every source; the metrics treat that scene's
+    CRB as undefined and compute the test set's CRB figures from the other scenes
+    (`n_scenes_crb_undefined`), so one such scene does not turn the set's RMSE / sqrt(CRB) into 0.
+
+    Args:
+      scenes: batched `Scene` with truth, powers and `noise_var`.
+      geometry: the scenes' array.
+      model: steering model of the bound.
+
+    Returns:
+      `CRBStd` with `[S, Kmax]` arrays (radians, metres; NaN for padding and parameters not
+      bounded, `inf` in a scene that is not identifiable), or None when the scenes lack what it
+      needs (truth, a positive noise variance).
+    """
     if scenes.mask.shape[-1] == 0:
         return None
     nv = np.asarray(scenes.noise_var)
@@ -68,7 +83,8 @@ def evaluate_detections(scenes: Scene, phi, theta, r, valid, *, score_db=None, p
       scenes: batched `Scene` with truth (phi/theta/r/mask) and `snr_db` (NaN: no SNR bins).
       phi, theta, r, valid: `[S, K]` detections (radians, metres, bool).
       pssr: optional `[S]` per-scene PSSR (dB).
-      crb: optional `CRBStd` with `[S, Kmax]` arrays (from `truth_crb`).
+      crb: optional `CRBStd` with `[S, Kmax]` arrays (from `truth_crb`); a scene whose bound is
+        not finite is left out of the CRB figures and counted in `n_scenes_crb_undefined`.
     """
     if scenes.mask.shape[-1] == 0:
         raise ValueError("scenes: evaluation needs the truth (gt_phi, gt_theta, gt_r)")

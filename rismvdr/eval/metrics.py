@@ -34,7 +34,13 @@ Conventions (fixed here, shared by every method):
 * **CRB**: with per-source `sqrt(CRB)` arrays, over the TPs of a group,
   `sqrt_crb_<p> = sqrt(mean(sqrt_crb^2))` (root-mean CRB of the matched true sources) and
   `rmse_over_sqrt_crb_<p> = sqrt(mean(err^2)) / sqrt(mean(sqrt_crb^2))`, both means over the
-  same TP pairs (`err` of the estimate, `sqrt_crb` of its true source).
+  same TP pairs (`err` of the estimate, `sqrt_crb` of its true source). A scene whose bound is
+  not finite at one of its true sources (`inf` from a singular Fisher matrix: coincident
+  sources, a zero-power source, too few measurements; or NaN) has an undefined CRB: its pairs
+  carry NaN bounds and are left out of both means (the group's figures come from its other
+  scenes), and `n_scenes_crb_undefined` counts such scenes. A parameter whose bound is NaN at
+  every true source (theta of a linear array, r of the far model) is not bounded and marks no
+  scene undefined.
 * **Breakdowns**: `per_k` groups scenes by their true number of sources K (keys "0", "1", ...),
   `per_snr_bin` by SNR in bins aligned to multiples of the bin width (default 5 dB), keys like
   "[-5,0)" (lower edge inclusive). Each group holds the same numbers as the overall dict.
@@ -345,6 +351,7 @@ class _Matched(NamedTuple):
     n_gt: np.ndarray  # [S] int
     tp: np.ndarray  # [S] int
     snr_db: np.ndarray | None  # [S]
+    crb_undefined: np.ndarray  # [S] bool: the scene's bound is not finite at a true source
 
 
 def _optional(name: str, x, shape: tuple[int, ...], *, finite: bool) -> np.ndarray | None:
@@ -380,6 +387,7 @@ def _match_all(
         if c is not None and np.any(gm & (c < 0)):
             raise ValueError(f"{n}: negative sqrt(CRB)")
         crbs.append(c)
+    crbs, crb_undefined = _undefined_crb_scenes(crbs, gm)
 
     pair_idx, diffs, n_est, n_gt = _match_arrays(est, ev, gt, gm, gates)
     e_p, e_t, e_r, pos_err, is_tp = _pair_errors(est, gt, pair_idx, diffs, gates)
@@ -395,7 +403,22 @@ def _match_all(
         sqrt_crb_r=nan if crbs[2] is None else crbs[2][s, j],
     )
     tp = np.bincount(s[is_tp], minlength=n_scenes).astype(np.int64)
-    return _Matched(pairs, n_est, n_gt, tp, snr)
+    return _Matched(pairs, n_est, n_gt, tp, snr, crb_undefined)
+
+
+def _undefined_crb_scenes(crbs, gm):
+    """Scenes whose bound is undefined, and the bounds with those scenes' entries NaN.
+
+    A scene is undefined when a bounded parameter's `sqrt(CRB)` is not finite at one of its true
+    sources (`gm`); a parameter is bounded when its array is given and not NaN at every true
+    source. The whole scene goes (its Fisher matrix is joint over its sources).
+    """
+    undefined = np.zeros(gm.shape[0], bool)
+    for c in crbs:
+        if c is not None and np.any(gm & ~np.isnan(c)):
+            undefined |= np.any(gm & ~np.isfinite(c), axis=1)
+    out = [None if c is None else np.where(undefined[:, None], np.nan, c) for c in crbs]
+    return out, undefined
 
 
 def match_pairs(
@@ -462,7 +485,7 @@ def _ratio(num: int, den: int) -> float:
     return float(num) / den if den > 0 else float("nan")
 
 
-def _summary(pairs: PairTable, sel_pairs: np.ndarray, n_est, n_gt, tp, pssr) -> dict[str, Any]:
+def _summary(pairs: PairTable, sel_pairs: np.ndarray, n_est, n_gt, tp, pssr, crb_undefined) -> dict[str, Any]:
     """The section-7 numbers of one group. `sel_pairs`: bool `[P]`; the rest: the group's scenes."""
     deg = 180.0 / np.pi
     tp_s, fp_s, fn_s = int(np.sum(tp)), int(np.sum(n_est - tp)), int(np.sum(n_gt - tp))
@@ -475,7 +498,11 @@ def _summary(pairs: PairTable, sel_pairs: np.ndarray, n_est, n_gt, tp, pssr) -> 
     sel_tp = sel_pairs & pairs.is_tp
     pos_tp = pairs.pos_err[sel_tp]
     rmse = {p: _rms(getattr(pairs, f"err_{p}")[sel_tp]) for p in ("phi", "theta", "r")}
-    root_crb = {p: _rms(getattr(pairs, f"sqrt_crb_{p}")[sel_tp]) for p in ("phi", "theta", "r")}
+    root_crb, rmse_crb = {}, {}
+    for p in ("phi", "theta", "r"):  # over the TPs whose bound is defined (finite)
+        bound = getattr(pairs, f"sqrt_crb_{p}")
+        sel_crb = sel_tp & np.isfinite(bound)
+        root_crb[p], rmse_crb[p] = _rms(bound[sel_crb]), _rms(getattr(pairs, f"err_{p}")[sel_crb])
     finite_pssr = pssr[np.isfinite(pssr)] if pssr is not None else np.zeros(0)
 
     def quantile(q):
@@ -510,9 +537,10 @@ def _summary(pairs: PairTable, sel_pairs: np.ndarray, n_est, n_gt, tp, pssr) -> 
         "sqrt_crb_phi_deg": root_crb["phi"] * deg,
         "sqrt_crb_theta_deg": root_crb["theta"] * deg,
         "sqrt_crb_r_m": root_crb["r"],
-        "rmse_over_sqrt_crb_phi": over(rmse["phi"], root_crb["phi"]),
-        "rmse_over_sqrt_crb_theta": over(rmse["theta"], root_crb["theta"]),
-        "rmse_over_sqrt_crb_r": over(rmse["r"], root_crb["r"]),
+        "rmse_over_sqrt_crb_phi": over(rmse_crb["phi"], root_crb["phi"]),
+        "rmse_over_sqrt_crb_theta": over(rmse_crb["theta"], root_crb["theta"]),
+        "rmse_over_sqrt_crb_r": over(rmse_crb["r"], root_crb["r"]),
+        "n_scenes_crb_undefined": int(np.sum(crb_undefined)),
     }
 
 
@@ -538,8 +566,9 @@ def evaluate(
       scene_pssr_db: `[S]` per-scene PSSR in dB (see `pssr_db`); non-finite values are left
         out of the PSSR summaries.
       sqrt_crb_phi, sqrt_crb_theta: `[S, Kt]` sqrt(CRB) of each true source, radians.
-      sqrt_crb_r: `[S, Kt]` sqrt(CRB), metres. NaN propagates to the ratio (NaN); an
-        infinite bound (unidentifiable parameter) gives a ratio of 0.
+      sqrt_crb_r: `[S, Kt]` sqrt(CRB), metres. A scene whose bound is not finite (`inf`:
+        not identifiable, or NaN) at one of its true sources, in a parameter bounded elsewhere,
+        is left out of the CRB figures and counted in `n_scenes_crb_undefined`.
       gates: detection gates (SI units).
       snr_bin_db: width of the SNR bins, dB; bins are `[j w, (j+1) w)`.
 
@@ -549,7 +578,8 @@ def evaluate(
       rmse_phi_deg, rmse_theta_deg, rmse_r_m, median_pos_err_m, p90_pos_err_m, rmse_xyz_all_m,
       mean_pssr_db, median_pssr_db, sqrt_crb_phi_deg, sqrt_crb_theta_deg, sqrt_crb_r_m,
       rmse_over_sqrt_crb_phi, rmse_over_sqrt_crb_theta, rmse_over_sqrt_crb_r` (NaN where there
-      is nothing to average or the input was not given), plus `gates`
+      is nothing to average or the input was not given), `n_scenes_crb_undefined` (scenes
+      left out of the CRB figures; 0 without a bound), plus `gates`
       (`{phi_deg, theta_deg, r_m}`), `per_k` (`{"K": {same numbers}}`) and `per_snr_bin`
       (`{"[lo,hi)": {same numbers}}`, empty without `snr_db`). Definitions: module docstring.
 
@@ -577,7 +607,7 @@ def evaluate(
     def group(scene_sel: np.ndarray) -> dict[str, Any]:
         return _summary(
             pairs, scene_sel[pairs.scene], mt.n_est[scene_sel], mt.n_gt[scene_sel], mt.tp[scene_sel],
-            None if pssr is None else pssr[scene_sel],
+            None if pssr is None else pssr[scene_sel], mt.crb_undefined[scene_sel],
         )
 
     out = group(np.ones(n_scenes, bool))

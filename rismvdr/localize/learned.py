@@ -370,8 +370,13 @@ def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
 @_reused
 def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
     """A jitted `(backbone_params, refiner_params, scenes) -> (Detections, Spectrum25D, fallback)`
-    of `learned-refiner` (fallback `[B]` bool: the refiner map was rejected by the guardrails or
-    the model has no refiner, and the `learned` detections were used)."""
+    of `learned-refiner` (fallback `[B]` bool: the refiner map was rejected by the guardrails, and
+    the `learned` detections were used).
+
+    Raises:
+      ValueError: the model has no refiner.
+    """
+    _require_refiner(model)
     grid = settings.grid(geometry.linear)
     det_cfg = learned_detector(settings)  # its gates, k_max, candidates and 3-D refinement (map_refine)
     prec = settings.precision
@@ -382,8 +387,6 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         thresholds = _thresholds(settings, geometry, scenes)
         _, spec, base = _learned_detections(m, geometry, settings, grid, scenes)
         b = spec.power.shape[0]
-        if not model.has_refiner:
-            return finish_detections(m, geometry, settings, thresholds, scenes, base), spec, jnp.full((b,), True)
         rcfg = model.refiner_cfg
         rgrid = refiner_grid(model.backbone_cfg, rcfg)
         # The refiner sees the maps it was trained on (R_blend with its own slot threshold, ...).
@@ -407,7 +410,38 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
 # ------------------------------------------------------------------------------------------
 # Registry methods (`make(scenes, geometry, settings, model) -> Runner`)
 # ------------------------------------------------------------------------------------------
-def _checked(model: LearnedModel | None, scenes: Scene) -> LearnedModel:
+def _check_measurements(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings) -> None:
+    """Refuse scenes whose measurements cannot carry the finishing stage's fit and F test.
+
+    The polish fits up to `k_max` sources, each with a complex symbol per snapshot and its
+    position (3 real parameters; 2 on a linear array, whose theta is known), and the F test
+    needs M > k_max and a residual beyond that fit: `2 M L > k_max (2 L + 3)`. With fewer
+    measurements the fit interpolates `y` and every detection passes the test (or scores NaN).
+
+    Raises:
+      ValueError: naming M, L and the smallest M that would do.
+    """
+    n_snap, n_meas = (int(v) for v in scenes.y.shape[-2:])
+    k_max = int(settings.detector.k_max)
+    n_pos = 2 if geometry.linear else 3
+    m_min = max(k_max + 1, (k_max * (2 * n_snap + n_pos)) // (2 * n_snap) + 1)
+    if n_meas < m_min:
+        raise ValueError(f"scenes: M = {n_meas} measurements per snapshot (L = {n_snap} snapshots) are too few for "
+                         f"the learned methods' fit and F test of up to k_max = {k_max} sources; they need "
+                         f"M >= {m_min} here (or a smaller k_max)")
+
+
+def _require_refiner(model: LearnedModel) -> LearnedModel:
+    """`model` if it has a refiner; `learned-refiner` would otherwise be `learned` in every scene."""
+    if not model.has_refiner:
+        raise ValueError(f"model: {model.source} has no refiner; use 'learned' or a run of train-refiner")
+    return model
+
+
+def _checked(model: LearnedModel | None, scenes: Scene, geometry: ArrayGeometry,
+             settings: LocalizerSettings) -> LearnedModel:
+    """The model (default: the shipped weights) once the scenes fit it and the learned methods."""
+    _check_measurements(scenes, geometry, settings)
     model = load_learned() if model is None else model
     check_scenes(model, scenes)
     return model
@@ -415,8 +449,13 @@ def _checked(model: LearnedModel | None, scenes: Scene) -> LearnedModel:
 
 def learned_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
                    model: LearnedModel | None = None) -> Runner:
-    """`learned` (default model: the shipped weights); no extras."""
-    model = _checked(model, scenes)
+    """`learned` (default model: the shipped weights); no extras.
+
+    Raises:
+      ValueError: scenes the model was not trained for, or too few measurements per snapshot
+        (M) for the fit and F test of the finishing stage.
+    """
+    model = _checked(model, scenes, geometry, settings)
     jitted = make_learned_runner(model, geometry, settings)
 
     def run(batch: Scene):
@@ -428,8 +467,13 @@ def learned_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSe
 
 def refiner_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
                    model: LearnedModel | None = None) -> Runner:
-    """`learned-refiner`; extras: `fallback` `[B]` bool."""
-    model = _checked(model, scenes)
+    """`learned-refiner`; extras: `fallback` `[B]` bool.
+
+    Raises:
+      ValueError: a model without a refiner (a backbone-only run or export), scenes the model was
+        not trained for, or too few measurements per snapshot (M).
+    """
+    model = _require_refiner(_checked(model, scenes, geometry, settings))
     jitted = make_refiner_runner(model, geometry, settings)
 
     def run(batch: Scene):

@@ -26,8 +26,9 @@ class ArrayGeometry:
       positions: `[N, 3]` element positions in metres (array frame, x = boresight); NumPy
         float64 when built by the constructors below, a jax array once passed through jit.
       wavelength: carrier wavelength in metres (scalar).
-      linear: True when all elements lie on one line; elevation is then not identifiable
-        and grids, detection and the CRB work on (phi, r) with theta known.
+      linear: True when all elements lie on one line (along y: `from_positions` refuses any
+        other line); elevation is then not identifiable and grids, detection and the CRB work
+        on (phi, r) with theta known.
     """
 
     positions: jax.Array
@@ -67,12 +68,34 @@ jax.tree_util.register_dataclass(
 )
 
 
+#: Largest sine of the angle between a linear array and the y axis that still counts as along y.
+_ALONG_Y_TOL = 1e-6
+
+
 def _is_collinear(positions: np.ndarray, tol: float = 1e-9) -> bool:
     centred = positions - positions.mean(axis=0, keepdims=True)
     if positions.shape[0] < 3:
         return True
     s = np.linalg.svd(centred, compute_uv=False)
     return bool(s[1] <= tol * max(s[0], 1e-300))
+
+
+def _check_along_y(positions: np.ndarray) -> None:
+    """Refuse a linear array whose line is not along y (conventions section 1).
+
+    A line resolves the cone angle to itself, which is the azimuth with elevation known only
+    when the line is the y axis; along any other direction, holding theta known and searching
+    (phi, r) would be wrong.
+    """
+    if positions.shape[0] < 2:
+        return  # one element: no direction
+    centred = positions - positions.mean(axis=0, keepdims=True)
+    d = np.linalg.svd(centred)[2][0]  # the line's unit direction
+    d = d if d[np.argmax(np.abs(d))] > 0 else -d
+    if np.hypot(d[0], d[2]) > _ALONG_Y_TOL:
+        shown = ", ".join(f"{v:.3g}" for v in np.round(d, 3) + 0.0)
+        raise ValueError(f"positions: a linear array must lie along y (conventions section 1); these elements lie "
+                         f"along ({shown})")
 
 
 def from_positions(positions, wavelength: float) -> ArrayGeometry:
@@ -83,7 +106,9 @@ def from_positions(positions, wavelength: float) -> ArrayGeometry:
       wavelength: carrier wavelength in metres, > 0.
 
     Raises:
-      ValueError: naming `positions` or `wavelength` if shapes or values are invalid.
+      ValueError: naming `positions` or `wavelength` if shapes or values are invalid, or if the
+        elements lie on one line that is not along y (conventions section 1: a linear array
+        lies along y, with elevation known).
     """
     p = np.asarray(positions, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] < 1:
@@ -95,8 +120,11 @@ def from_positions(positions, wavelength: float) -> ArrayGeometry:
         np.fill_diagonal(d, np.inf)
         if np.min(d) <= 0:
             raise ValueError("positions: two elements share the same position")
+    linear = _is_collinear(p)
+    if linear:
+        _check_along_y(p)
     # Host (NumPy) leaves: constants under any trace, moved to the device when used.
-    return ArrayGeometry(p, np.asarray(float(wavelength)), _is_collinear(p))
+    return ArrayGeometry(p, np.asarray(float(wavelength)), linear)
 
 
 def upa(nh: int, nv: int, spacing_h: float, spacing_v: float, *, wavelength: float) -> ArrayGeometry:
