@@ -549,3 +549,150 @@ def test_checkpoint_problem_names_nothing_for_an_intact_step(backbone_run):
     for s in (3, 6, 9, 12):
         assert checkpoint_problem(backbone_run[0] / "checkpoints" / str(s)) is None
     assert checkpoint_problem(backbone_run[0] / "checkpoints" / "99") == "the step directory is missing"
+
+
+@pytest.mark.parametrize("how", ["largest ocdbt data file deleted", "largest ocdbt data file truncated"])
+def test_checkpoint_problem_names_a_missing_or_truncated_data_file(backbone_run, tmp_path, how):
+    """A data file the state's OCDBT tree points into, deleted or cut short, is found from the
+    files alone (Orbax is never asked to restore the step) and named."""
+    from rismvdr.localize.weights import checkpoint_problem
+
+    src = backbone_run[0] / "checkpoints" / "12"
+    damaged = {f"state/{f.relative_to(src / 'state')}" for f in largest_data_files(src)}
+    run, _ = _damaged_copy(backbone_run, tmp_path, how)
+    problem = checkpoint_problem(run / "checkpoints" / "12")
+    word = "missing" if "deleted" in how else "truncated"
+    assert problem is not None, how
+    file, what = problem.split(": ", 1)
+    assert file in damaged and what.startswith(word), problem
+
+
+_ORPHANED_READS = textwrap.dedent("""
+    import asyncio, contextlib, sys, time
+
+    import tensorstore as ts
+
+    from rismvdr.localize.weights import quiet_restore
+
+    async def read(future):
+        return await future
+
+    async def fail():
+        await asyncio.sleep(0.01)
+        raise ValueError("a damaged file")
+
+    async def restore(futures):
+        await asyncio.gather(fail(), *(read(f) for f in futures))
+
+    pairs = [ts.Promise.new() for _ in range(20)]  # TensorStore reads still in flight
+    try:
+        with quiet_restore() if sys.argv[1] == "quiet" else contextlib.nullcontext():
+            loop = asyncio.new_event_loop()  # as Orbax runs each restore: a fresh loop, closed at once
+            try:
+                loop.run_until_complete(restore([future for _, future in pairs]))
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+    except ValueError:
+        pass
+    for promise, _ in pairs:  # the reads finish after the loop has closed
+        promise.set_result(None)
+    time.sleep(0.2)
+    print("done")
+""")
+
+
+def test_quiet_restore_finishes_the_reads_a_failed_restore_leaves_behind():
+    """One read of a restore fails while others are in flight: under `quiet_restore` those are
+    cancelled before the loop closes, so nothing is printed when they finish (without it, each
+    prints "RuntimeError: Event loop is closed")."""
+    runs = {mode: subprocess.run([sys.executable, "-c", _ORPHANED_READS, mode], capture_output=True, text=True,
+                                 timeout=120, env=subprocess_env(1), cwd=REPO)
+            for mode in ("loud", "quiet")}
+    assert runs["loud"].stdout.strip() == "done" and "Event loop is closed" in runs["loud"].stderr
+    assert runs["quiet"].returncode == 0 and runs["quiet"].stdout.strip() == "done", runs["quiet"].stderr
+    assert runs["quiet"].stderr == ""
+
+
+_RESTORE_LATEST = textwrap.dedent("""
+    import logging, sys
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from rismvdr.train.checkpoint import restore_run
+
+    state, _, _ = restore_run(sys.argv[1], step="latest")
+    print(int(state["train"]["step"]))
+""")
+
+
+def test_a_state_that_fails_to_restore_is_skipped_with_one_line(backbone_run, tmp_path):
+    """A data file of the right length but garbled passes the file checks and fails in Orbax:
+    the step is skipped with one warning line, and nothing else of the failed restore (tracebacks,
+    TensorStore specs, absl or asyncio logs) reaches stderr."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(backbone_run[0], run)
+    for f in largest_data_files(run / "checkpoints" / "12"):
+        f.write_bytes(bytes((7 * i + 3) % 256 for i in range(f.stat().st_size)))
+    proc = subprocess.run([sys.executable, "-c", _RESTORE_LATEST, str(run / "checkpoints")], capture_output=True,
+                          text=True, timeout=120, env=subprocess_env(1), cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "9", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING rismvdr.localize.weights: checkpoint step 12 "), lines
+    assert "(state" in lines[0] and len(lines[0]) < 600, lines[0]
+
+
+def _rismvdr(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rismvdr.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=600, env=subprocess_env(1), cwd=REPO)
+
+
+def _assert_no_noise(stderr: str) -> None:
+    for line in stderr.splitlines():
+        assert not any(word in line for word in ("Traceback", "Event loop is closed", "tensorstore", "absl")), line
+
+
+@pytest.mark.slow
+def test_cli_resume_and_localize_past_a_damaged_checkpoint_warn_in_one_line(tmp_path):
+    """`rismvdr train --resume` and `rismvdr localize --checkpoint` on a run whose latest
+    checkpoint lost its largest data file: one warning line naming the step and the file, and
+    no tracebacks, TensorStore specs or Orbax logs; with no intact checkpoint, a one-line error."""
+    import shutil
+
+    run = tmp_path / "run"
+    train = _rismvdr("train", "--config", "tiny", "--workdir", run, "--set", "val_scenes=4",
+                     "--set", "val_peak_scenes=2", "-q")
+    assert train.returncode == 0, train.stderr
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [3, 6]
+    for f in largest_data_files(run / "checkpoints" / "6"):
+        f.unlink()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+
+    resume = _rismvdr("train", "--resume", "--workdir", run, "-q")
+    assert resume.returncode == 0, resume.stderr
+    _assert_no_noise(resume.stderr)
+    named = [line for line in resume.stderr.splitlines() if "step 6 " in line]
+    assert len(named) == 2, resume.stderr  # the step skipped, then deleted to be saved again
+    assert named[0].startswith("WARNING rismvdr.localize.weights: checkpoint step 6 ") and "(state/" in named[0]
+    assert "deleting damaged checkpoint step 6 " in named[1]
+
+    scenes = tmp_path / "scenes.npz"
+    assert _rismvdr("simulate", "--scenes", "1", "--out", scenes).returncode == 0
+    localize = ["localize", scenes, "--method", "learned", "--checkpoint", damaged, "--checkpoint-step", "latest",
+                "--out", tmp_path / "det.csv", "-q"]
+    loc = _rismvdr(*localize)
+    assert loc.returncode == 0, loc.stderr
+    _assert_no_noise(loc.stderr)
+    lines = loc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING rismvdr.localize.weights: checkpoint step 6 "), lines
+
+    (damaged / "checkpoints" / "3" / "commit_success.txt").unlink()
+    loc = _rismvdr(*localize)
+    assert loc.returncode != 0
+    _assert_no_noise(loc.stderr)
+    lines = loc.stderr.splitlines()
+    assert [line.split(" in ")[0] for line in lines[:2]] == [
+        "WARNING rismvdr.localize.weights: checkpoint step 6", "WARNING rismvdr.localize.weights: checkpoint step 3"]
+    assert len(lines) == 3 and lines[2].startswith("rismvdr localize: error: ") and "no intact checkpoint" in lines[2]

@@ -10,18 +10,25 @@ pytree), `config` (the run's record as JSON: `stage`, `train`, `backbone`, `refi
 `run_metrics` (the validation metrics as JSON, non-finite values as null).
 
 A checkpoint is trusted only once verified: Orbax's commit marker (`commit_success.txt`)
-present, `state/_METADATA` and the JSON items present and parseable (`checkpoint_problem`),
-and the state restoring without error. `first_intact` tries candidate steps in order and
-falls back past a damaged one with a one-line warning naming its step and file; when none is
-intact it raises a one-line `ValueError`. `rismvdr.train.checkpoint` uses the same rule.
+present, `state/_METADATA` and the JSON items present and parseable, every data file the
+state's OCDBT tree points into present and long enough (`checkpoint_problem`), and the state
+restoring without error. `first_intact` tries candidate steps in order and falls back past a
+damaged one with a one-line warning naming its step and file, and nothing else: what Orbax,
+TensorStore and asyncio would print about a failed restore is held back (`quiet_restore`);
+when no step is intact it raises a one-line `ValueError`. `rismvdr.train.checkpoint` uses the
+same rule.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -35,7 +42,8 @@ from rismvdr.models.params import ModelDef, split_model
 from rismvdr.models.refiner import RefinerConfig, make_refiner
 
 __all__ = ["LearnedModel", "load_learned", "default_weights_dir", "BEST_METRIC", "best_step", "COMMIT_MARKER",
-           "checkpoint_problem", "restore_error", "first_intact"]
+           "checkpoint_problem", "restore_error", "first_intact", "quiet_restore", "held_logs",
+           "not_read_only_notice"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -123,13 +131,80 @@ def _json_problem(path: Path, required: bool) -> str | None:
     return None if isinstance(value, dict) else f"not a JSON object ({type(value).__name__})"
 
 
+def _ocdbt_location(location: str) -> tuple[str, int]:
+    """``"<kind>:<base path>:<relative path>:<offset>:<length>"`` (an OCDBT dump's location of a
+    node or value) as (the file relative to the database root, the byte just past the record)."""
+    head, offset, length = location.rsplit(":", 2)
+    _, base, relative = head.split(":", 2)
+    return base + relative, int(offset) + int(length)
+
+
+def _ocdbt_problem(root: Path, name: str) -> str | None:
+    """What is missing from the OCDBT database at `root` (called `name` in the answer), or None.
+
+    Walks the newest version's B+tree (manifest and nodes: small) and checks that every file a
+    node or value points into exists and reaches the end of that record; the values themselves
+    are not read. Answers name the file: ``"state/ocdbt.process_0/d/<id>: missing"``.
+    """
+    try:
+        import tensorstore as ts  # deferred: only run directories need it (Orbax's dependency)
+
+        dump = ts.ocdbt.dump
+        base = ts.KvStore.open({"driver": "file", "path": str(root) + "/"}).result()
+    except (ImportError, AttributeError):  # pragma: no cover - a TensorStore without OCDBT dumps
+        return None
+    sizes: dict[str, int | None] = {}
+
+    def file_problem(location: str) -> str | None:
+        relative, end = _ocdbt_location(location)
+        if relative not in sizes:
+            path = root / relative
+            sizes[relative] = path.stat().st_size if path.is_file() else None
+        if sizes[relative] is None:
+            return f"{name}/{relative}: missing"
+        if sizes[relative] < end:
+            return f"{name}/{relative}: truncated ({sizes[relative]} bytes, records up to byte {end})"
+        return None
+
+    def read(what: str, location: str | None = None):
+        try:
+            return dump(base, location).result(), None
+        except Exception as exc:  # noqa: BLE001 - TensorStore raises ValueError and others
+            return None, f"{name}/{what}: not a readable OCDBT record ({restore_error(exc, root)})"
+
+    manifest, problem = read("manifest.ocdbt")
+    if problem:
+        return problem
+    versions = manifest.get("versions") or []
+    pending = [versions[-1]["root"].get("location")] if versions else []
+    while pending:
+        location = pending.pop()
+        if location is None:  # an empty tree
+            continue
+        problem = file_problem(location)
+        if problem:
+            return problem
+        node, problem = read(_ocdbt_location(location)[0], location)
+        if problem:
+            return problem
+        for entry in node.get("entries", ()):
+            if "location" in entry:  # a child node
+                pending.append(entry["location"])
+            elif "indirect_value" in entry:  # a value stored in a data file
+                problem = file_problem(entry["indirect_value"])
+                if problem:
+                    return problem
+    return None
+
+
 def checkpoint_problem(step_dir: str | Path) -> str | None:
     """What is wrong with the files of one checkpoint step directory, or None if they look intact.
 
     Cheap (no array is read): the commit marker (a step without it never finished saving),
-    `state/_METADATA` and `state/manifest.ocdbt`, and the JSON items `config` and (when
+    `state/_METADATA` and `state/manifest.ocdbt`, every data file the state's OCDBT tree points
+    into (present, and as long as its records need), and the JSON items `config` and (when
     present) `run_metrics`. The answer names the file: ``"state/_METADATA: missing"``.
-    Whether the arrays themselves read back is known only by restoring (`first_intact`).
+    Whether the arrays themselves decode is known only by restoring (`first_intact`).
     """
     step_dir = Path(step_dir)
     if not step_dir.is_dir():
@@ -145,7 +220,7 @@ def checkpoint_problem(step_dir: str | Path) -> str | None:
         problem = _json_problem(step_dir / item / _JSON_ITEM_FILE, required)
         if problem:
             return f"{item}/{_JSON_ITEM_FILE}: {problem}"
-    return None
+    return _ocdbt_problem(step_dir / _STATE, _STATE)
 
 
 _STATUS = re.compile(r"\b(?:NOT_FOUND|FAILED_PRECONDITION|OUT_OF_RANGE|DATA_LOSS|INVALID_ARGUMENT|UNKNOWN|INTERNAL|"
@@ -177,6 +252,149 @@ def restore_error(exc: BaseException, step_dir: str | Path) -> str:
     return f"{where}{type(inner).__name__}: {first}"
 
 
+#: The loggers that speak for Orbax (through absl) and for the event loops it runs.
+_ORBAX_LOGGERS = ("absl", "asyncio")
+
+
+class _Hold(logging.Filter):
+    """A logger filter that keeps every record back (in `records`) instead of letting it out."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def not_read_only_notice(record: logging.LogRecord) -> bool:
+    """False for the warning Orbax logs on opening a directory read-only (asked for: no news)."""
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def held_logs(keep: Callable[[logging.LogRecord], bool] = lambda record: True) -> Iterator[None]:
+    """Hold back what Orbax (absl) and asyncio log while the block runs.
+
+    Args:
+      keep: which held records to let out, in order, once the block has finished without an
+        exception; none are let out when it raises.
+    """
+    hold = _Hold()
+    loggers = [logging.getLogger(name) for name in _ORBAX_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hold)
+    for record in hold.records:
+        if keep(record):
+            logging.getLogger(record.name).handle(record)
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task]) -> None:
+    """Cancel the unfinished `tasks` of `loop`, run it until they end, and retrieve every
+    task's exception, so that nothing of theirs is left to print once the loop is closed."""
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
+    tasks.clear()
+
+
+def _finishing_loop(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+    """`loop`, made to finish its tasks (`_finish_tasks`) before it closes.
+
+    Orbax runs each restore on a fresh event loop and closes it as soon as the restore returns
+    or raises. When one read fails, the reads still in flight stay behind as tasks of a closed
+    loop: their TensorStore callbacks then raise "Event loop is closed" in TensorStore's threads
+    and their exceptions are reported as never retrieved.
+    """
+    tasks: list[asyncio.Task] = []
+    factory = loop.get_task_factory()
+
+    def task_factory(owner, coro, **kwargs):
+        task = factory(owner, coro, **kwargs) if factory else asyncio.Task(coro, loop=owner, **kwargs)
+        tasks.append(task)
+        return task
+
+    close = loop.close
+
+    def finish_and_close():
+        if not loop.is_closed() and not loop.is_running():
+            _finish_tasks(loop, tasks)
+        close()
+
+    try:
+        loop.close = finish_and_close
+    except AttributeError:  # pragma: no cover - a loop type without instance attributes (uvloop)
+        return loop
+    loop.set_task_factory(task_factory)
+    return loop
+
+
+def _finishing_policy(inner):
+    """An event loop policy that is `inner` (its loops, its current loop), except that the loops
+    it makes finish their tasks before closing (`_finishing_loop`)."""
+
+    class Policy(asyncio.AbstractEventLoopPolicy):
+        def get_event_loop(self):
+            return inner.get_event_loop()
+
+        def set_event_loop(self, loop):
+            inner.set_event_loop(loop)
+
+        def new_event_loop(self):
+            return _finishing_loop(inner.new_event_loop())
+
+    return Policy()
+
+
+_policy_lock = threading.Lock()
+_policy_users = 0  # the `quiet_restore` blocks running: the first installs the policy, the last removes it
+_previous_policy = None
+
+
+def _set_policy(policy) -> None:
+    with warnings.catch_warnings():  # event loop policies are deprecated from Python 3.14
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(policy)
+
+
+@contextlib.contextmanager
+def quiet_restore() -> Iterator[None]:
+    """Run one Orbax restore attempt without letting a failure print anything of its own.
+
+    While the block runs, the event loops Orbax creates finish (cancel) their unfinished tasks
+    before closing, and what Orbax and asyncio log is held back: let out if the block succeeds,
+    dropped if it raises (the caller reports the failure in one line).
+    """
+    global _policy_users, _previous_policy
+    with _policy_lock:
+        if _policy_users == 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                _previous_policy = asyncio.get_event_loop_policy()
+                _set_policy(_finishing_policy(_previous_policy))
+        _policy_users += 1
+    try:
+        with held_logs():
+            yield
+    finally:
+        with _policy_lock:
+            _policy_users -= 1
+            if _policy_users == 0:
+                _set_policy(_previous_policy)
+                _previous_policy = None
+
+
 def first_intact(directory: str | Path, candidates: Iterable[int], restore: Callable[[int], _T]) -> tuple[int, _T]:
     """Restore the first intact checkpoint among `candidates` (steps, in order of preference).
 
@@ -196,7 +414,8 @@ def first_intact(directory: str | Path, candidates: Iterable[int], restore: Call
         problem = checkpoint_problem(step_dir)
         if problem is None:
             try:
-                return step, restore(step)
+                with quiet_restore():
+                    return step, restore(step)
             except Exception as exc:  # noqa: BLE001 - a damaged file raises anything from TensorStore/Orbax
                 problem = restore_error(exc, step_dir)
         problems.append(f"step {step}: {problem}")
@@ -221,12 +440,13 @@ def _restore_run(directory: Path, step: str | int | None) -> tuple[Any, dict, di
     if not (step is None or is_int or step in ("latest", "best")):
         raise ValueError(f"step: expected None, 'latest', 'best' or an int, got {step!r}")
     directory = Path(directory).expanduser().absolute()
-    manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
-        item_handlers={_STATE: ocp.StandardCheckpointHandler(), _CONFIG: ocp.JsonCheckpointHandler(),
-                       _METRICS: ocp.JsonCheckpointHandler()},
-    )
+    with held_logs(keep=not_read_only_notice):  # read-only is what was asked for
+        manager = ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+            item_handlers={_STATE: ocp.StandardCheckpointHandler(), _CONFIG: ocp.JsonCheckpointHandler(),
+                           _METRICS: ocp.JsonCheckpointHandler()},
+        )
     try:
         steps = sorted(int(s) for s in manager.all_steps())
         if not steps:

@@ -22,8 +22,9 @@ leaves the previous finalised step intact; a later writer removes the temporary 
 Restores that pick a step themselves (`Checkpointer.restore_latest`, `restore_run` with
 ``"latest"``/``"best"``) trust a checkpoint only once verified (the rule of
 `rismvdr.localize.weights.first_intact`: Orbax's commit marker, the metadata and JSON items
-parseable, the state restoring): a damaged or unfinished step is skipped with a one-line
-warning naming it and the file, and a `ValueError` says when no step is intact.
+parseable, the data files the state points into present, the state restoring): a damaged or
+unfinished step is skipped with a one-line warning naming it and the file, and nothing else
+of the failed attempt reaches the terminal; a `ValueError` says when no step is intact.
 
 >>> import jax.numpy as jnp, tempfile
 >>> d = tempfile.mkdtemp()
@@ -50,7 +51,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rismvdr.localize.weights import best_step, checkpoint_problem, first_intact
+from rismvdr.localize.weights import (
+    best_step,
+    checkpoint_problem,
+    first_intact,
+    held_logs,
+    not_read_only_notice,
+)
 
 try:  # Orbax >= 0.11: retention as composable preservation policies.
     from orbax.checkpoint.checkpoint_managers import preservation_policy as _policies
@@ -312,15 +319,16 @@ class Checkpointer:
         else:  # Older Orbax: keep everything, prune by hand in `_prune`.
             options.update(cleanup_tmp_directories=True, keep_checkpoints_without_metrics=True)
             logger.info("Orbax without preservation policies: pruning checkpoints by hand")
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(**options),
-            item_handlers={
-                _STATE: ocp.StandardCheckpointHandler(),
-                _CONFIG: ocp.JsonCheckpointHandler(),
-                _METRICS: ocp.JsonCheckpointHandler(),
-            },
-        )
+        with held_logs(keep=not_read_only_notice):  # read-only is what was asked for
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(**options),
+                item_handlers={
+                    _STATE: ocp.StandardCheckpointHandler(),
+                    _CONFIG: ocp.JsonCheckpointHandler(),
+                    _METRICS: ocp.JsonCheckpointHandler(),
+                },
+            )
 
     def _orbax_rank(self, metrics) -> float:
         """Orbax's ranking key; a missing or non-finite metric ranks worst (as +-inf)."""
@@ -525,9 +533,10 @@ class Checkpointer:
         """The newest intact checkpoint: ``(step, state)``, with its config checked readable.
 
         A damaged or unfinished step (no commit marker, a missing or unparseable metadata file,
-        a state that does not restore) is skipped with a one-line warning naming its step and
-        file. With `discard_damaged` (a writer resuming a run), the damaged steps newer than the
-        one restored are deleted, so the resumed run can save those steps again.
+        a missing or truncated data file, a state that does not restore) is skipped with a
+        one-line warning naming its step and file, and nothing else. With `discard_damaged` (a
+        writer resuming a run), the damaged steps newer than the one restored are deleted, so
+        the resumed run can save those steps again.
 
         Raises:
           FileNotFoundError: no finalised checkpoint.
