@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 from importlib import metadata
+from typing import NoReturn
 
 from rismvdr.cli import bench, demo, evaluate, export, hpo, localize, methods, plot, simulate, train
 from rismvdr.cli.common import (
@@ -45,7 +46,7 @@ from rismvdr.cli.common import (
     one_line,
 )
 
-__all__ = ["main", "build_parser", "COMMANDS", "RENAMED"]
+__all__ = ["main", "build_parser", "OneLineErrorParser", "COMMANDS", "RENAMED"]
 
 #: The command modules, in the order `rismvdr --help` lists them.
 COMMANDS = (simulate, localize, evaluate, plot, demo, bench, train, hpo, export, methods)
@@ -54,9 +55,18 @@ COMMANDS = (simulate, localize, evaluate, plot, demo, bench, train, hpo, export,
 RENAMED = {"hpo2": ("hpo", "two-stage"), "export": ("export-model",)}
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose refusals (an unknown flag, a value of the wrong type, a choice
+    not offered) are one line on stderr with exit status 2, like every other bad input; its
+    subparsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `rismvdr` parser: global flags and one subparser per command (no JAX is loaded)."""
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="rismvdr",
         description="Near-field multi-source localization (azimuth, elevation, range; number of sources unknown) "
                     "through a reconfigurable intelligent surface or a planar array.",

@@ -19,9 +19,10 @@ from rismvdr.io.atomic import check_output_dir, check_output_file
 __all__ = [
     "METHOD_NAMES", "DEFAULT_METHOD", "CONTINUATIONS", "CONFIG_NAMES", "DEFAULT_SPACE", "CACHE_DIR_ENV",
     "COMPILE_CACHE_ENV", "pairs", "outputs", "check_outputs", "check_output_file", "check_output_dir",
-    "check_finite_flags", "one_line", "step_arg", "add_localizer_flags", "check_localizer_flags",
-    "localizer_settings", "learned_model", "RERUN", "add_distributed_flags", "maybe_distributed",
-    "report_lost_process",
+    "check_finite_flags", "SEED_MAX", "check_counts", "check_positive", "check_step", "one_line", "step_arg",
+    "add_localizer_flags", "BOX_FLAGS", "check_localizer_flags",
+    "localizer_settings", "learned_model", "RERUN", "add_distributed_flags", "check_distributed_flags",
+    "maybe_distributed", "report_lost_process",
 ]
 
 # ------------------------------------------------------------------------------------------
@@ -110,6 +111,51 @@ def check_finite_flags(args: argparse.Namespace) -> None:
                 raise ValueError(f"--{name.replace('_', '-')}: must be a finite number, got {v}")
 
 
+#: The largest seed a command takes: JAX's and NumPy's generators keep 32 bits of a seed, so a
+#: larger one would silently alias a smaller one (2**32 would be the test set's seed 0).
+SEED_MAX = 2**32 - 1
+
+
+def check_counts(args: argparse.Namespace, ranges: dict[str, tuple[int, int | None]]) -> None:
+    """Each integer flag of `ranges` that was given lies in its (min, max) (max None: no bound).
+
+    Args:
+      args: the parsed flags.
+      ranges: flag as spelled on the command line (`"--batch-size"`) -> (min, max).
+
+    Raises:
+      ValueError: "--batch-size: must be an integer >= 1, got 0" (one line).
+    """
+    for flag, (low, high) in ranges.items():
+        value = getattr(args, _dest(flag), None)
+        if value is None or (value >= low and (high is None or value <= high)):
+            continue
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{flag}: must be an integer {allowed}, got {value}")
+
+
+def check_positive(args: argparse.Namespace, units: dict[str, str]) -> None:
+    """Each number flag of `units` (flag -> its unit) that was given is > 0.
+
+    Raises:
+      ValueError: "--timeout-s: must be > 0 s, got 0" (one line).
+    """
+    for flag, unit in units.items():
+        value = getattr(args, _dest(flag), None)
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag}: must be > 0{' ' + unit if unit else ''}, got {value:g}")
+
+
+def check_step(flag: str, text: str | None) -> None:
+    """A checkpoint step flag holds 'best', 'latest' or a step number (`step_arg`).
+
+    Raises:
+      ValueError: "--step: expected 'best', 'latest' or a step number >= 0, got '-3'".
+    """
+    if text is not None and text not in ("best", "latest") and not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{flag}: expected 'best', 'latest' or a step number >= 0, got {text!r}")
+
+
 def one_line(e: BaseException) -> str:
     """An expected error as one line; an OSError names its file ("x.csv: Permission denied")."""
     if isinstance(e, OSError) and e.strerror:
@@ -183,33 +229,68 @@ def add_localizer_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="scenes per jitted call (count, default 32)")
 
 
+#: The search-box flags: flag -> (the `GridSpec` / `SceneConfig` field it replaces, the box's limits).
+BOX_FLAGS = {"--phi-range-deg": ("phi_deg", -90.0, 90.0), "--theta-range-deg": ("theta_deg", -90.0, 90.0),
+             "--r-range-m": ("r_m", 0.0, math.inf)}
+
+
 def check_localizer_flags(args: argparse.Namespace) -> None:
     """The localizer flags' checks that need no library (run before the scene file is read)."""
-    if args.residual_passes is not None and args.residual_passes < 0:
-        raise ValueError(f"--residual-passes: must be an integer >= 0, got {args.residual_passes}")
+    for flag, (field, low, high) in BOX_FLAGS.items():
+        box = getattr(args, _dest(flag))
+        if box is None:
+            continue
+        lo, hi = box
+        unit = "degrees" if flag.endswith("-deg") else "metres"
+        if lo > hi:
+            raise ValueError(f"{flag}: {field}: expected MIN <= MAX, got {lo:g} {hi:g}")
+        if lo < low or hi > high or (high == math.inf and lo <= low):  # GridSpec's limits; a range is > 0
+            raise ValueError(f"{flag}: {field}: the search box must lie in ({low:g}, {high:g}) {unit}, "
+                             f"got {lo:g} {hi:g}")
+    check_positive(args, {"--phi-step-deg": "degrees", "--theta-step-deg": "degrees"})
+    check_counts(args, {"--planes": (1, None), "--k-max": (1, None), "--batch-size": (1, None),
+                        "--residual-passes": (0, None)})
+    for flag in ("--threshold-db", "--mad-z"):
+        value = getattr(args, _dest(flag))
+        if value is not None and value < 0:
+            raise ValueError(f"{flag}: must be >= 0, got {value:g}")
     if args.range_rescan is not None and (args.range_rescan < 0 or 0 < args.range_rescan < 3):
         raise ValueError(f"--range-rescan: must be 0 (off) or an integer >= 3, got {args.range_rescan}")
+    check_step("--checkpoint-step", args.checkpoint_step)
     if args.continuation == "backbone" and getattr(args, "method", None) == "learned-ml":
         raise ValueError("--continuation backbone: learned-ml is learned with the 'backprojection' continuation; "
                          "use --method learned for the backbone's")
 
 
 def localizer_settings(args: argparse.Namespace, sf):
-    """Localizer settings: the scene file's scenario box if recorded, then the flags."""
-    from rismvdr.io import scenario_from_meta  # deferred: the library loads JAX
+    """Localizer settings: the scene file's scenario (its box, steering model and gate) if
+    recorded, with the flags over it (a box flag replaces the file's box before it is checked).
+
+    Raises:
+      SceneFileError: the file's scenario gives settings that cannot be (its box wider than the
+        front half-space, say), naming the file, the key `meta` and the field.
+    """
+    from rismvdr.io import SceneFileError, scenario_from_meta  # deferred: the library loads JAX
     from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario  # deferred: as above
 
-    cfg = scenario_from_meta(sf.meta)
-    base = settings_for_scenario(cfg) if cfg is not None else LocalizerSettings()
+    box = {field: tuple(getattr(args, _dest(flag))) for flag, (field, _, _) in BOX_FLAGS.items()
+           if getattr(args, _dest(flag)) is not None}
+    cfg = scenario_from_meta(sf.meta, source=args.scenes)
+    base = LocalizerSettings()
+    if cfg is not None:
+        try:
+            base = settings_for_scenario(dataclasses.replace(cfg, **box))
+        except ValueError as e:
+            problem = one_line(e)
+            flag = next((f for f, (field, _, _) in BOX_FLAGS.items() if problem.startswith(f"{field}:")), None)
+            hint = f"; {flag} MIN MAX searches another box" if flag else ""
+            raise SceneFileError(args.scenes, "meta", f"config.{problem} (the file's scenario){hint}") from None
     det_kw = {k: v for k, v in dict(
         threshold_mode=args.threshold_mode, threshold_db=args.threshold_db, mad_z=args.mad_z,
         k_max=args.k_max, refine=None if not args.no_refine else False, significance=args.significance,
     ).items() if v is not None}
     grid_kw = {k: v for k, v in dict(
-        phi_deg=args.phi_range_deg and tuple(args.phi_range_deg),
-        theta_deg=args.theta_range_deg and tuple(args.theta_range_deg),
-        r_m=args.r_range_m and tuple(args.r_range_m),
-        phi_step_deg=args.phi_step_deg, theta_step_deg=args.theta_step_deg, n_planes=args.planes,
+        **box, phi_step_deg=args.phi_step_deg, theta_step_deg=args.theta_step_deg, n_planes=args.planes,
     ).items() if v is not None}
     kw = {k: v for k, v in dict(
         steering_model=args.steering_model, precision=args.precision, batch_size=args.batch_size,
@@ -254,12 +335,17 @@ def add_distributed_flags(p: argparse.ArgumentParser, *, what: str) -> None:
                    "and the others stop with an error (default %(default)s)")
 
 
+def check_distributed_flags(args: argparse.Namespace) -> None:
+    """`--distributed-timeout-s` is at least 1 s (before JAX loads)."""
+    if args.distributed_timeout_s < 1:
+        raise ValueError(f"--distributed-timeout-s: must be an integer >= 1 s, got {args.distributed_timeout_s}")
+
+
 def maybe_distributed(args: argparse.Namespace) -> None:
     """Join the `--distributed` run (coordinator, process count and id from the environment)."""
     if not getattr(args, "distributed", False):
         return
-    if args.distributed_timeout_s < 1:
-        raise ValueError(f"--distributed-timeout-s: must be >= 1 s, got {args.distributed_timeout_s}")
+    check_distributed_flags(args)
     from rismvdr.train.distributed import initialize  # deferred: JAX's distributed runtime
 
     advice = RERUN if args.command == "localize" else "restart every process with --resume"

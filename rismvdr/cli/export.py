@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from rismvdr.cli.common import outputs, step_arg
+from rismvdr.cli.common import check_counts, check_step, outputs, step_arg
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "check", "run"]
 
 
 def add_parser(sub) -> None:
@@ -26,6 +26,14 @@ def add_parser(sub) -> None:
                     "the model (0 to 1; calibrate it on a validation set, never on the test set; default: the run's)")
     outputs(ex, dirs=("out",), inputs=("WORKDIR",))
     ex.set_defaults(handler=__name__)
+
+
+def check(args: argparse.Namespace) -> None:
+    check_step("--step", args.step)
+    check_counts(args, {"--record-check": (1, None)})
+    t = args.refiner_peak_threshold
+    if t is not None and not 0.0 < t < 1.0:
+        raise ValueError(f"--refiner-peak-threshold: must lie in (0, 1) (a probability), got {t:g}")
 
 
 def run(args: argparse.Namespace) -> int:

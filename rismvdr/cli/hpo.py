@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rismvdr.cli.common import DEFAULT_SPACE, outputs
+from rismvdr.cli.common import DEFAULT_SPACE, SEED_MAX, check_counts, check_positive, outputs
 from rismvdr.cli.train import add_config_flags
 from rismvdr.eval.objective import E2E_SCENES, E2E_SEED, F1_WEIGHT, TEST_SEED, XYZ_NORM_M
 
-__all__ = ["SUBCOMMANDS", "add_parser", "run"]
+__all__ = ["SUBCOMMANDS", "add_parser", "check", "run"]
 
 #: The subcommands of `rismvdr hpo`.
 SUBCOMMANDS = ("run", "two-stage", "export", "trials")
@@ -131,6 +131,20 @@ def _add_trials(hsub) -> None:
     outputs(ht, files=("out",), inputs=("--storage",))
 
 
+def check(args: argparse.Namespace) -> None:
+    if args.hpo_command in ("export", "trials"):
+        check_counts(args, {"--trial": (0, None)})
+        return
+    check_counts(args, {"--workers": (1, None), "--e2e-scenes": (1, None), "--e2e-seed": (0, SEED_MAX),
+                        "--max-skipped-steps": (0, None), "--sampler-seed": (0, SEED_MAX), "--devices": (1, None),
+                        "--heartbeat-s": (1, None), "--grace-s": (1, None), "--trials": (1, None),
+                        "--epochs": (1, None), "--stage1-trials": (1, None), "--stage1-epochs": (1, None),
+                        "--stage2-topk": (1, None), "--stage2-epochs": (1, None)})
+    check_positive(args, {"--xyz-norm-m": "metres"})
+    if args.f1_weight < 0:
+        raise ValueError(f"--f1-weight: must be >= 0, got {args.f1_weight:g}")
+
+
 def run(args: argparse.Namespace) -> int:
     return {"run": _run, "two-stage": _two_stage, "export": _export, "trials": _trials}[args.hpo_command](args)
 
@@ -142,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     kw = _common(args)
     settings = hpo.make_settings(kw["config"], overrides=args.set or [], space=kw["space"], workdir=args.workdir,
                                  epochs=args.epochs, objective=args.objective, **kw["settings"])
+    _open(args, kw)
     study_name = args.study or settings.base.name
     study = hpo.run_study(settings, study_name=study_name, n_trials=args.trials, pruner=args.pruner,
                           sampler_seed=args.sampler_seed, **kw["run"])
@@ -158,6 +173,7 @@ def _two_stage(args: argparse.Namespace) -> int:
                            epochs=args.stage1_epochs, objective="surrogate", **kw["settings"])
     s2 = hpo.make_settings(s1.base, space=kw["space"], workdir=args.workdir, epochs=args.stage2_epochs,
                            objective="e2e", **kw["settings"])
+    _open(args, kw)
     name = args.study or s1.base.name
     _, study2 = hpo.run_hpo2(s1, s2, study_name=name, stage1_trials=args.stage1_trials, topk=args.stage2_topk,
                              pruner=args.pruner, sampler_seed=args.sampler_seed, **kw["run"])
@@ -169,18 +185,15 @@ def _two_stage(args: argparse.Namespace) -> int:
 
 def _common(args: argparse.Namespace) -> dict:
     """What `run` and `two-stage` share: the config and space files, ObjectiveSettings fields and
-    run_study keywords."""
+    run_study keywords (nothing is opened or written: `_open`)."""
     import optuna  # deferred: Optuna, for the hpo commands only
 
     import rismvdr.hpo as hpo  # deferred: Optuna and the trainer, for the hpo commands only
     from rismvdr.configs import config_file, space_file  # deferred: loads Flax and JAX
-    from rismvdr.io import enable_compile_cache  # deferred: loads JAX
 
     storage = args.storage or hpo.default_storage(args.workdir)
     cache = args.compile_cache or str(Path(args.workdir) / "jax_cache")
     cache = None if args.compile_cache in ("none", "") else cache
-    if args.workers == 1:
-        enable_compile_cache(cache)  # trials run in this process
     verbosity = optuna.logging.INFO if args.verbose else optuna.logging.WARNING
     optuna.logging.set_verbosity(verbosity)
     settings = dict(e2e_scenes=args.e2e_scenes, e2e_seed=args.e2e_seed, xyz_norm_m=args.xyz_norm_m,
@@ -188,6 +201,17 @@ def _common(args: argparse.Namespace) -> dict:
     run_kw = dict(storage=storage, workers=args.workers, heartbeat_interval=args.heartbeat_s,
                   grace_period=args.grace_s, compile_cache=cache, verbosity=verbosity)
     return {"config": config_file(args.config), "space": space_file(args.space), "settings": settings, "run": run_kw}
+
+
+def _open(args: argparse.Namespace, kw: dict) -> None:
+    """After every check that reads only files: the storage can be opened, then the compilation
+    cache directory (the first thing written) is set up for trials run in this process."""
+    from rismvdr.hpo.storage import check_storage  # deferred: Optuna, for the hpo commands only
+    from rismvdr.io import enable_compile_cache  # deferred: loads JAX
+
+    check_storage(kw["run"]["storage"], flag="--storage" if args.storage else "--workdir")
+    if args.workers == 1:
+        enable_compile_cache(kw["run"]["compile_cache"])  # trials run in this process
 
 
 def _summary(study, args: argparse.Namespace) -> None:
@@ -209,9 +233,13 @@ def _summary(study, args: argparse.Namespace) -> None:
 def _storage(args: argparse.Namespace) -> str:
     import rismvdr.hpo as hpo  # deferred: Optuna and the trainer, for the hpo commands only
 
+    from rismvdr.hpo.storage import check_storage  # deferred: Optuna, for the hpo commands only
+
     if args.storage is None and args.workdir is None:
         raise ValueError("--workdir or --storage: required (where the study lives)")
-    return args.storage or hpo.default_storage(args.workdir)
+    storage = args.storage or hpo.default_storage(args.workdir)
+    check_storage(storage, flag="--storage" if args.storage else "--workdir")
+    return storage
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from rismvdr.cli.common import (
     RERUN,
     add_distributed_flags,
     add_localizer_flags,
+    check_distributed_flags,
     check_localizer_flags,
     learned_model,
     localizer_settings,
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
 
 def check(args: argparse.Namespace) -> None:
     check_localizer_flags(args)
+    check_distributed_flags(args)
 
 
 def run(args: argparse.Namespace) -> int:

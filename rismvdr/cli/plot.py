@@ -8,6 +8,7 @@ from rismvdr.cli.common import (
     DEFAULT_METHOD,
     METHOD_NAMES,
     add_localizer_flags,
+    check_counts,
     check_localizer_flags,
     learned_model,
     localizer_settings,
@@ -44,7 +45,60 @@ def add_parser(sub) -> None:
 
 def check(args: argparse.Namespace) -> None:
     if args.what == "scene":
+        check_counts(args, {"--index": (0, None)})
         check_localizer_flags(args)
+
+
+#: The per-SNR-bin numbers `plot snr` draws (`rismvdr.eval.plots.plot_snr_curves`).
+SNR_CURVE_KEYS = ("f1", "median_pos_err_m", "rmse_phi_deg")
+
+
+def snr_metrics(metrics: dict, path: str) -> dict[str, dict]:
+    """The method -> metrics that `plot snr` draws from one JSON file: the metrics of `rismvdr
+    evaluate` (one method, named by its `method` key, else the file name) or a report's
+    `{"methods": {method: metrics}}` (`rismvdr demo`'s metrics.json), each with the per-SNR
+    breakdown checked.
+
+    Raises:
+      ValueError: one line naming the file and what is missing: no `per_snr_bin` (not a metrics
+        file, or scenes without SNR), a bin key that is not `[lo,hi)` in dB, a bin without one of
+        `SNR_CURVE_KEYS` or with a value that is not a number or null.
+    """
+    if isinstance(metrics.get("methods"), dict) and "per_snr_bin" not in metrics:
+        found = {str(k): v for k, v in metrics["methods"].items()}
+        keys = {name: f"key 'methods.{name}.per_snr_bin'" for name in found}
+    else:
+        name = metrics.get("method")
+        found = {name if isinstance(name, str) and name else Path(path).stem: metrics}
+        keys = dict.fromkeys(found, "key 'per_snr_bin'")
+    if not found:
+        raise ValueError(f"METRICS: {path}: key 'methods': empty, no method's metrics to draw")
+    for name, m in found.items():
+        key = keys[name]
+        per = m.get("per_snr_bin") if isinstance(m, dict) else None
+        if per is None:
+            raise ValueError(f"METRICS: {path}: {key}: missing, no per-SNR breakdown to draw (the metrics JSON "
+                             "of `rismvdr evaluate` has one)")
+        if not isinstance(per, dict):
+            raise ValueError(f"METRICS: {path}: {key}: expected a JSON object of SNR bins, got "
+                             f"{type(per).__name__}")
+        if not per:
+            raise ValueError(f"METRICS: {path}: {key}: empty, no SNR bins to draw (the scene file had no "
+                             "'snr_db')")
+        for b, row in per.items():
+            try:
+                lo, hi = (float(v) for v in b.strip().removeprefix("[").removesuffix(")").split(","))
+            except ValueError:
+                lo = hi = float("nan")
+            if not lo < hi:
+                raise ValueError(f"METRICS: {path}: {key}: bin {b!r} is not '[lo,hi)' in dB")
+            for k in SNR_CURVE_KEYS:
+                if not isinstance(row, dict) or k not in row:
+                    raise ValueError(f"METRICS: {path}: {key}: bin {b}: {k!r} missing")
+                v = row[k]
+                if not (v is None or isinstance(v, (int, float)) and not isinstance(v, bool)):
+                    raise ValueError(f"METRICS: {path}: {key}: bin {b}: {k!r} not a number or null ({v!r})")
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         ms = {}
         for path in args.metrics:
-            m = read_json(path, "metrics")
-            ms[m.get("method", Path(path).stem)] = m
+            for name, m in snr_metrics(read_json(path, "METRICS"), path).items():
+                ms[name if name not in ms else f"{name} ({path})"] = m
         plots.plot_snr_curves(args.out, ms, title="per-SNR-bin metrics")
     print(f"wrote {args.out}")
     return 0

@@ -5,10 +5,10 @@ import argparse
 import dataclasses
 import time
 
-from rismvdr.cli.common import outputs
+from rismvdr.cli.common import SEED_MAX, check_counts, outputs
 from rismvdr.overrides import parse_overrides
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "check", "run"]
 
 #: Scenes per jitted call: `rismvdr.physics.simulate.simulate`'s default (tests/test_cli.py checks it).
 BATCH_SIZE = 256
@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
                    help="scenes per jitted call (memory bound; results do not depend on it; default %(default)s)")
     outputs(s, files=("out",))
     s.set_defaults(handler=__name__)
+
+
+def check(args: argparse.Namespace) -> None:
+    check_counts(args, {"--scenes": (1, None), "--seed": (0, SEED_MAX), "--batch-size": (1, None)})
 
 
 def run(args: argparse.Namespace) -> int:

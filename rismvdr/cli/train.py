@@ -7,13 +7,16 @@ from pathlib import Path
 from rismvdr.cli.common import (
     CONFIG_NAMES,
     add_distributed_flags,
+    check_counts,
+    check_distributed_flags,
+    check_step,
     maybe_distributed,
     outputs,
     report_lost_process,
     step_arg,
 )
 
-__all__ = ["add_parser", "add_config_flags", "train_config", "run"]
+__all__ = ["add_parser", "add_config_flags", "check", "train_config", "run"]
 
 
 def add_config_flags(p: argparse.ArgumentParser, *, base: str, required: bool = False) -> None:
@@ -59,6 +62,13 @@ def add_parser(sub) -> None:
     tr.add_argument("--backbone", required=True, help="backbone run directory (or exported model directory)")
     tr.add_argument("--backbone-step", default="best", help="'best', 'latest' or a step number (default best)")
     _train_flags(tr, stage="refiner")
+
+
+def check(args: argparse.Namespace) -> None:
+    check_counts(args, {"--devices": (1, None), "--stop-at": (1, None)})
+    check_distributed_flags(args)
+    if args.command == "train-refiner":
+        check_step("--backbone-step", args.backbone_step)
 
 
 def train_config(args: argparse.Namespace):

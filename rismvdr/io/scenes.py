@@ -15,13 +15,15 @@ code). S scenes, L snapshots, M measurements per snapshot, N surface elements:
 | `gt_r` | float64 `[S, Kmax]` | optional truth, metres, NaN-padded |
 | `gt_power` | float64 `[S, Kmax]` | optional truth, linear, NaN-padded (needs the three above) |
 | `snr_db` | float64 `[S]` | extension, optional: the SNR the simulator was asked for, dB |
-| `meta` | str scalar (`<U`) | extension, optional: a JSON object (scenario name, seed, ...) |
+| `meta` | str scalar (`<U`) | extension, optional: a JSON object (scenario name, seed, `config`, ...) |
 
 `H` and `codes` come together (RIS mode) or not at all (full-array mode). A truth slot is a
 source in all of `gt_phi`/`gt_theta`/`gt_r` (and `gt_power` when present) or NaN in all of them.
 Complex keys may be complex128 in a user's file (read as complex64); real keys may be float32
-or integer (read as float64). Unknown keys are ignored with a warning. A malformed file raises
-`SceneFileError` with a one-line message `"{path}: key '{key}': {problem}"`.
+or integer (read as float64). Unknown keys are ignored with a warning. `meta`'s `config`, when
+present, is the `SceneConfig` the file was simulated from: an object whose fields have their
+types (`scenario_from_meta`). A malformed file raises `SceneFileError` with a one-line message
+`"{path}: key '{key}': {problem}"`.
 
 `save_scenes` writes through `atomic_write`: a crash never leaves a half-written file.
 """
@@ -32,10 +34,11 @@ import json
 import logging
 import math
 import os
+import typing
 import zipfile
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +71,9 @@ _REAL = ("wavelength", "positions", "noise_var", "snr_db") + _TRUTH
 #: Every key a scene file may hold, in the order they are written (conventions section 8, then extensions).
 SCENE_KEYS = ("wavelength", "positions", "y", "H", "codes", "noise_var") + _TRUTH + ("snr_db", "meta")
 _CODE_TOL = 1e-3  # allowed deviation of |c| from 1
+#: The `SceneConfig` fields that name one of a few choices (`Literal`), with their choices.
+_CHOICES = {name: typing.get_args(hint) for name, hint in typing.get_type_hints(SceneConfig).items()
+            if typing.get_origin(hint) is Literal}
 
 
 class SceneFileError(ValueError):
@@ -343,24 +349,88 @@ def _check_finite(a, key, fail):
 
 
 def _validate_meta(meta, fail) -> dict | None:
-    """`meta` as a dict: from a 0-d str array (file) or a dict (in memory)."""
+    """`meta` as a dict: from a 0-d str array (file) or a dict (in memory); its `config`, when
+    present, is checked by `_check_meta_config`."""
     if meta is None:
         return None
     if isinstance(meta, Mapping):
         try:
-            return json.loads(json.dumps(to_jsonable(meta), allow_nan=False))
+            value = json.loads(json.dumps(to_jsonable(meta), allow_nan=False))
         except (TypeError, ValueError) as e:
             fail("meta", f"not JSON-serialisable: {e}")
-    a = np.asarray(meta)
-    if a.dtype.kind != "U" or a.ndim != 0:
-        fail("meta", f"expected a str scalar holding a JSON object, got dtype {a.dtype}, shape {list(a.shape)}")
-    try:
-        value = json.loads(str(a.item()))
-    except ValueError as e:
-        fail("meta", f"not valid JSON ({e})")
-    if not isinstance(value, dict):
-        fail("meta", f"expected a JSON object, got {type(value).__name__}")
+    else:
+        a = np.asarray(meta)
+        if a.dtype.kind != "U" or a.ndim != 0:
+            fail("meta", f"expected a str scalar holding a JSON object, got dtype {a.dtype}, shape {list(a.shape)}")
+        try:
+            value = json.loads(str(a.item()))
+        except ValueError as e:
+            fail("meta", f"not valid JSON ({e})")
+        if not isinstance(value, dict):
+            fail("meta", f"expected a JSON object, got {_json_type(value)}")
+    _check_meta_config(value.get("config"), fail)
     return value
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type (object, array, string, number, boolean, null)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field_type_problem(default, value) -> str | None:
+    """What is wrong with the JSON `value` of a `SceneConfig` field whose default is `default`
+    (None: nothing). Types only: the values are checked where they are used."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if isinstance(default, float):
+        return None if _finite_number(value) else "expected a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "expected a string"
+    if isinstance(default, tuple):
+        ok = isinstance(value, list) and len(value) == len(default) and all(_finite_number(v) for v in value)
+        return None if ok else f"expected [min, max], {len(default)} finite numbers"
+    return None
+
+
+def _check_meta_config(config, fail) -> None:
+    """`meta["config"]` (the scenario a file was simulated from, `scenario_from_meta`): absent,
+    null or a JSON object whose keys that name `SceneConfig` fields hold values of those fields'
+    types (`positions`: null or `[[x, y, z], ...]` in metres; a field of a few choices, such as
+    `steering_model`, one of them). Other keys are ignored; numbers are not range-checked here
+    (a command's flags may replace the search box)."""
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        fail("meta", f"config: expected a JSON object (the scenario's fields), got {_json_type(config)}")
+    for f in dataclasses.fields(SceneConfig):
+        if f.name not in config:
+            continue
+        value = config[f.name]
+        if f.name == "positions":
+            ok = value is None or (isinstance(value, list) and len(value) >= 1 and all(
+                isinstance(row, list) and len(row) == 3 and all(_finite_number(c) for c in row) for row in value))
+            problem = None if ok else "expected null or [[x, y, z], ...], rows of 3 finite numbers (metres)"
+        elif f.name in _CHOICES:
+            ok = isinstance(value, str) and value in _CHOICES[f.name]
+            problem = None if ok else f"expected one of {', '.join(map(repr, _CHOICES[f.name]))}"
+        else:
+            problem = _field_type_problem(f.default, value)
+        if problem:
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            fail("meta", f"config.{f.name}: {problem}, got {_json_type(value)} {shown}")
 
 
 _DEFLATE_MAX_RATIO = 1032  # the most a deflate stream can expand (zlib's bound)
@@ -578,25 +648,46 @@ def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
     )
 
 
-def scenario_from_meta(meta: Mapping[str, Any] | None) -> SceneConfig | None:
+def scenario_from_meta(meta: Mapping[str, Any] | None, *, source: str = "SceneFile") -> SceneConfig | None:
     """The scenario a scene file was simulated from, decoded from its `meta["config"]`.
 
     `rismvdr simulate` records the whole `SceneConfig` there; a file from elsewhere may have
-    no `meta`, no `config`, or one this version cannot build: the answer is then None (the
-    caller falls back to its defaults). Keys `SceneConfig` does not have are ignored.
+    no `meta` or no `config` (or a null one): the answer is then None (the caller falls back to
+    its defaults). Keys `SceneConfig` does not have are ignored. The values are not
+    range-checked: the caller's settings check what they use (a command's flags may replace the
+    scenario's search box first).
+
+    Args:
+      meta: a scene file's `meta` (`SceneFile.meta`), or None.
+      source: the file it came from, named in errors.
+
+    Raises:
+      SceneFileError: `meta` is not a JSON object, or its `config` is not one, or a field of
+        `config` has the wrong type (one line naming `source`, the key `meta` and the field).
 
     >>> scenario_from_meta({"config": {"name": "seed", "k_max": 3}}).k_max
     3
     >>> scenario_from_meta({"scenario": "seed"}) is None
     True
     """
-    if not meta or "config" not in meta:
+    if meta is None:
+        return None
+
+    def fail(key, problem):
+        raise SceneFileError(source, key, problem)
+
+    if not isinstance(meta, Mapping):
+        fail("meta", f"expected a JSON object, got {_json_type(meta)}")
+    try:  # as a file holds it: tuples as lists, NumPy numbers as Python ones
+        meta = json.loads(json.dumps(to_jsonable(meta), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        fail("meta", f"not JSON-serialisable: {e}")
+    config = meta.get("config")
+    _check_meta_config(config, fail)
+    if config is None:
         return None
     fields = {f.name for f in dataclasses.fields(SceneConfig)}
     cfg = {k: (tuple(tuple(r) for r in v) if k == "positions" and v is not None else
                tuple(v) if isinstance(v, list) else v)
-           for k, v in meta["config"].items() if k in fields}
-    try:
-        return SceneConfig(**cfg)
-    except (TypeError, ValueError):
-        return None
+           for k, v in config.items() if k in fields}
+    return SceneConfig(**cfg)
