@@ -1,13 +1,14 @@
-"""`rismvdr bench accuracy` (accuracy sweeps) and `rismvdr bench speed` (throughput and memory)."""
+"""`rismvdr bench accuracy` (accuracy sweeps), `rismvdr bench speed` (throughput and memory) and
+`rismvdr bench latency` (how long one command takes, start-up included)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 
-from rismvdr.cli.common import METHOD_NAMES, outputs
+from rismvdr.cli.common import METHOD_NAMES, SEED_MAX, check_counts, check_positive, outputs
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "check", "run"]
 
 # The library's names and defaults that the parser shows (tests/test_cli.py checks each):
 #: `rismvdr.bench.sweeps`: SWEEPS, DEFAULT_SWEEPS, SCENES_PER_POINT, SCENES_PER_POINT_QUICK.
@@ -18,14 +19,21 @@ SCENES_PER_POINT_QUICK = 16
 #: `rismvdr.bench.speed.PARTS` and `run_speed`'s defaults.
 PARTS = ("spectrum", "detect", "methods", "train")
 SPEED_DEFAULTS = dict(seed=0, precision="highest", max_chunk_mb=256.0, timeout_s=600.0)
+#: `rismvdr.bench.latency`: `run_latency`'s defaults, QUICK_METHODS, and `default_methods()` (the
+#: methods that apply to a seed-scenario file: all but the full-array-only `mvdr-sample`).
+LATENCY_DEFAULTS = dict(repeats=3, timeout_s=600.0)
+LATENCY_QUICK_METHODS = ("somp-ml", "learned")
+LATENCY_METHODS = tuple(m for m in METHOD_NAMES if m != "mvdr-sample")
 
 
 def add_parser(sub) -> None:
     be = sub.add_parser("bench", help="benchmarks: `bench accuracy` (F1, errors and RMSE / sqrt(CRB) against "
-                        "SNR, K and L, per method) and `bench speed` (scenes/s and peak memory)")
+                        "SNR, K and L, per method), `bench speed` (scenes/s and peak memory) and `bench latency` "
+                        "(seconds a user waits for one command)")
     bsub = be.add_subparsers(dest="bench", required=True, metavar="WHAT")
     _add_accuracy(bsub)
     _add_speed(bsub)
+    _add_latency(bsub)
 
 
 def _add_accuracy(bsub) -> None:
@@ -99,7 +107,58 @@ def _add_speed(bsub) -> None:
     bs.set_defaults(handler=__name__)
 
 
+def _add_latency(bsub) -> None:
+    bl = bsub.add_parser(
+        "latency", help="seconds a user waits for one command (start-up and compilation included), cold and "
+        "warm compilation cache, against `python -c 'import jax'` measured in the same series",
+        description="Times whole processes wall-clock: `rismvdr --help`, `rismvdr simulate` of 1 seed scene "
+                    "and `rismvdr localize` of that scene with each method, the last two with a cold "
+                    "compilation cache (a fresh empty RISMVDR_CACHE_DIR per run) and a warm one (the "
+                    "command's own directory, filled by its warm-up run). Every command gets a warm-up run, "
+                    "then --repeats timed runs; `python -c 'import jax'` runs right before each of them and "
+                    "each command's ratio is its median over the median of those reference runs. Writes "
+                    "latency.json (machine, load average before and after, every run's seconds) and "
+                    "latency.md (the table) to --out, and prints the table; a line per run on stderr.")
+    bl.add_argument("--out", required=True, help="report folder")
+    bl.add_argument("--methods", nargs="+", choices=LATENCY_METHODS, metavar="METHOD",
+                    help="methods of the localize commands (default: every method that applies to a "
+                    "seed-scenario file, the learned ones with the shipped weights; see `rismvdr methods`)")
+    bl.add_argument("--repeats", type=_at_least_one, default=LATENCY_DEFAULTS["repeats"],
+                    help="timed runs of every command, after one warm-up run (default %(default)s)")
+    bl.add_argument("--quick", action="store_true", help="1 timed run per command, methods "
+                    f"{' and '.join(LATENCY_QUICK_METHODS)} (unless --methods): 3-5 min on a 2-core CPU; the full run takes 20-30 min")
+    bl.add_argument("--timeout-s", type=float, default=LATENCY_DEFAULTS["timeout_s"], help="wall-clock limit "
+                    "of one run, seconds; a run past it is killed and recorded as a timeout (default %(default)g)")
+    bl.add_argument("-q", "--quiet", action="store_true", help="no progress line per run on stderr")
+    outputs(bl, dirs=("out",))
+    bl.set_defaults(handler=__name__)
+
+
+def _at_least_one(text: str) -> int:
+    """An integer flag of at least 1 (refused by argparse, before JAX loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check(args: argparse.Namespace) -> None:
+    check_counts(args, {"--scenes": (1, None), "--method-scenes": (1, None), "--method-batch": (1, None),
+                        "--seed": (0, SEED_MAX)})
+    check_positive(args, {"--max-chunk-mb": "MiB", "--timeout-s": "s", "--deadline-s": "s"})
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "latency":
+        from rismvdr.bench.latency import run_latency  # deferred: loads the library
+
+        run_latency(args.out, methods=args.methods, repeats=args.repeats, quick=args.quick,
+                    timeout_s=args.timeout_s, progress=not args.quiet,
+                    command=" ".join(["rismvdr", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None)
+        return 0
     if args.bench == "accuracy":
         from rismvdr.bench.accuracy import run_accuracy  # deferred: loads JAX
 
