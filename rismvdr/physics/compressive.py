@@ -56,7 +56,7 @@ from rismvdr.physics.covariance import adjoint_apply
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.spectra import Grid
 from rismvdr.physics.steering import steering
-from rismvdr.physics.linalg import abs2
+from rismvdr.physics.linalg import abs2, cho_solve
 
 __all__ = [
     "CompressiveConfig",
@@ -191,7 +191,7 @@ def _ls_factor(B, y, mask):
     gram = gram + jax.vmap(jnp.diag)(ridge.astype(gram.dtype))
     rhs = jnp.einsum("lmk,lm->lk", jnp.conj(B), y, precision=_HI)
     chol = jnp.linalg.cholesky(gram)
-    s = jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
+    s = cho_solve(chol, rhs[..., None])[..., 0]
     resid = y - jnp.einsum("lmk,lk->lm", B, s, precision=_HI)
     return B, chol, s, resid
 
@@ -337,7 +337,7 @@ def vp_residual_jacobian(y, E, geometry: ArrayGeometry, z, steps, mask, *, model
     bv = jnp.einsum("lmi,ljmk->likj", jnp.conj(B), v, precision=_HI)  # B^H dB_k s_k: [L, K, K, 3]
     c = jnp.einsum("ljmk,lm->lkj", jnp.conj(dB), e, precision=_HI)  # dB_k^H e: [L, K, 3]
     rhs = bv - jnp.eye(k, dtype=y.dtype)[None, :, :, None] * c[:, None, :, :]
-    sol = jax.scipy.linalg.cho_solve((chol, True), rhs.reshape(l, k, 3 * k))
+    sol = cho_solve(chol, rhs.reshape(l, k, 3 * k))
     de = jnp.einsum("lmi,lix->lmx", B, sol, precision=_HI) - jnp.transpose(v, (0, 2, 3, 1)).reshape(l, -1, 3 * k)
     resid = jnp.concatenate([jnp.real(e).reshape(-1), jnp.imag(e).reshape(-1)])
     jac = jnp.concatenate([jnp.real(de).reshape(-1, 3 * k), jnp.imag(de).reshape(-1, 3 * k)])
@@ -480,7 +480,7 @@ def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, mod
         Bo, chol, _, e = _ls_factor(B, y, others)  # e = P_perp(others) y
         a_u = steering(geometry, phi[k], theta[k], 1.0 / u, model=model, dtype=y.dtype)  # [U, N]
         g = jnp.broadcast_to(apply_operators(E, a_u.T), (l,) + (y.shape[1], u.shape[0]))  # [L, M, U]
-        coef = jax.scipy.linalg.cho_solve((chol, True), jnp.einsum("lmk,lmu->lku", jnp.conj(Bo), g, precision=_HI))
+        coef = cho_solve(chol, jnp.einsum("lmk,lmu->lku", jnp.conj(Bo), g, precision=_HI))
         gp = g - jnp.einsum("lmk,lku->lmu", Bo, coef, precision=_HI)  # P_perp(others) g
         gn = jnp.sum(abs2(gp), axis=1)  # [L, U]
         explained = abs2(jnp.einsum("lmu,lm->lu", jnp.conj(gp), e, precision=_HI))

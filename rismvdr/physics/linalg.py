@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["real_dtype", "abs2", "herm", "hermitise", "eye_like"]
+__all__ = ["real_dtype", "abs2", "herm", "hermitise", "eye_like", "cho_solve"]
 
 
 def real_dtype(x):
@@ -38,3 +38,19 @@ def hermitise(R) -> jax.Array:
 def eye_like(R) -> jax.Array:
     """Identity broadcast to `R`'s shape `[..., N, N]` and dtype (no implicit rank promotion)."""
     return jnp.broadcast_to(jnp.eye(R.shape[-1], dtype=R.dtype), R.shape)
+
+
+def cho_solve(chol, b, *, lower: bool = True) -> jax.Array:
+    """Solve `A x = b` from the Cholesky factor `chol` `[..., n, n]` of `A`, `b` `[..., n, k]`,
+    with the batch axes of both broadcast to one shape first.
+
+    `jax.scipy.linalg.cho_solve` broadcasts them itself, but the CPU lowering of jax 0.9 (what
+    Python 3.11 installs) refuses a factor shared along a batch axis (`[1, n, n]` against
+    `[L, n, k]`: "Batching dimension corresponds to two sizes"); broadcasting first gives every
+    jax the same batched call.
+    """
+    batch = jnp.broadcast_shapes(chol.shape[:-2], b.shape[:-2])
+    chol = jnp.broadcast_to(chol, batch + chol.shape[-2:])
+    b = jnp.broadcast_to(b, batch + b.shape[-2:])
+    return jax.scipy.linalg.cho_solve((chol, lower), b)
+
