@@ -8,70 +8,11 @@ True
 """
 import warnings
 
-from rismvdr.io import (
-    CACHE_DIR_ENV,
-    COMPILE_CACHE_ENV,
-    DETECTION_COLUMNS,
-    MAP_KEYS,
-    SCENE_KEYS,
-    DetectionsFileError,
-    SceneFile,
-    SceneFileError,
-    Terminated,
-    atomic_write,
-    check_output_dir,
-    check_output_file,
-    compile_cache_dir,
-    enable_compile_cache,
-    enable_default_compile_cache,
-    load_scenes,
-    read_detections_csv,
-    read_json,
-    read_maps,
-    remove_stale_temporaries,
-    replaced_together,
-    save_scenes,
-    scenario_from_meta,
-    scene_file_from_scenes,
-    scenes_from_file,
-    sigterm_raises,
-    to_jsonable,
-    write_detections_csv,
-    write_json,
-    write_maps,
-)
+import rismvdr.io
 
-__all__ = [
-    "SCENE_KEYS",
-    "DETECTION_COLUMNS",
-    "SceneFileError",
-    "DetectionsFileError",
-    "SceneFile",
-    "scene_file_from_scenes",
-    "scenes_from_file",
-    "scenario_from_meta",
-    "MAP_KEYS",
-    "write_maps",
-    "read_maps",
-    "save_scenes",
-    "load_scenes",
-    "write_detections_csv",
-    "read_detections_csv",
-    "write_json",
-    "read_json",
-    "to_jsonable",
-    "atomic_write",
-    "replaced_together",
-    "remove_stale_temporaries",
-    "sigterm_raises",
-    "Terminated",
-    "check_output_file",
-    "check_output_dir",
-    "CACHE_DIR_ENV",
-    "COMPILE_CACHE_ENV",
-    "compile_cache_dir",
-    "enable_compile_cache",
-    "enable_default_compile_cache",
-]
+#: The names this module held; `rismvdr.io` has more (the directory lock), not re-exported here.
+__all__ = [name for name in rismvdr.io.__all__
+           if name not in ("LOCK_NAME", "DirectoryLockedError", "directory_lock")]
+globals().update({name: getattr(rismvdr.io, name) for name in __all__})
 
 warnings.warn("rismvdr.files is deprecated; import from rismvdr.io", DeprecationWarning, stacklevel=2)

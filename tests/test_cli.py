@@ -71,6 +71,7 @@ def test_localize_evaluate_plot(scene_file, tmp_path, capsys):
     assert png2.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow  # the whole demo through the CLI (make test-slow; tests/test_bench.py runs its parts)
 def test_demo_report(tmp_path, capsys):
     out = tmp_path / "report"
     rc, stdout, err = _run(["demo", "--out", out, "--scenes", 3, "--methods", "mvdr-oracle", "mvdr-mf"], capsys)

@@ -388,6 +388,7 @@ def test_ml_rescan_leaves_a_wrong_range_basin():
     assert float(jnp.sum(jnp.abs(e) ** 2)) < 1e-5 * float(jnp.sum(jnp.abs(sc.y) ** 2))
 
 
+@pytest.mark.slow  # a batch of rescans on the seed scenario (make test-slow)
 def test_rescan_batch_never_explains_less_and_keeps_the_sources():
     """On noisy scenes started near the truth (directions 0.5 deg off, ranges 30 % off), the kept
     fit per scene has no more residual energy and no fewer sources than the given one; and
@@ -439,7 +440,7 @@ def test_backprojected_scores_match_numpy(full_array):
         np.testing.assert_allclose(got, n * np.asarray(atom_scores(D, norms, jnp.asarray(resid))), rtol=1e-12)
 
 
-@pytest.mark.parametrize("scenario", ["seed", "full"])
+@pytest.mark.parametrize("scenario", ["seed", pytest.param("full", marks=pytest.mark.slow)])  # full: L = 64
 def test_continue_batch_adds_the_missing_source_and_stops(scenario):
     """60 dB scenes of 3 sources (RIS mode and full-array mode), fitted with 2 (the third missing):
     the continuation adds the third at the truth and nothing more; a complete fit comes back with

@@ -1,7 +1,7 @@
 """The `rismvdr` command line.
 
 Commands: `simulate`, `localize`, `evaluate`, `plot scene|snr`, `methods`, `demo`,
-`bench accuracy|speed`, `train`, `train-refiner`, `hpo run|two-stage|export|trials` and
+`bench accuracy|speed|latency`, `train`, `train-refiner`, `hpo run|two-stage|export|trials` and
 `export-model`. Each lives in its own module here (`rismvdr.cli.<command>`, `common` for the
 flags they share) with its `add_parser(subparsers)` and its `run(args)`; `build_parser`
 assembles them and `main` runs one.
