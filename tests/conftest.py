@@ -31,3 +31,25 @@ import tempfile  # noqa: E402
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("RISMVDR_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "rismvdr-test-jax-cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny_model():
+    """The `tiny` config's backbone and refiner, initialised and not trained: for the tests whose
+    subject is a threshold, a shape or a refusal rather than what a trained network proposes."""
+    from flax import nnx  # noqa: PLC0415 (after the XLA flags above)
+
+    from rismvdr.configs.tiny import get_config
+    from rismvdr.localize.weights import LearnedModel
+    from rismvdr.models.backbone import Backbone
+    from rismvdr.models.params import split_model
+    from rismvdr.models.refiner import make_refiner
+
+    tc = get_config()
+    bcfg = tc.backbone_config()
+    bdef, bp = split_model(Backbone(bcfg, rngs=nnx.Rngs(0)))
+    rdef, rp = split_model(make_refiner(tc.refiner, nnx.Rngs(0)))
+    return LearnedModel(bcfg, bdef, tuple(bp), tc.refiner, rdef, tuple(rp), "untrained tiny", {})

@@ -16,15 +16,9 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from scipy import stats
 
-from rismvdr.configs.tiny import get_config
 from rismvdr.localize.registry import METHODS, localize, settings_for_scenario
-from rismvdr.localize.weights import LearnedModel
-from rismvdr.models.backbone import Backbone
-from rismvdr.models.params import split_model
-from rismvdr.models.refiner import make_refiner
 from rismvdr.physics.compressive import CompressiveConfig
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -34,15 +28,6 @@ SNAPSHOTS = (2, 4, 16, 64)
 ALARMS_MAX = int(stats.binom.ppf(0.999, N_NOISE, CompressiveConfig().pfa))
 SMALL = dict(phi_step_deg=4.0, theta_step_deg=4.0, n_planes=4)
 LEARNED = [name for name, m in METHODS.items() if m.learned]
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    tc = get_config()
-    bcfg = tc.backbone_config()
-    bdef, bp = split_model(Backbone(bcfg, rngs=nnx.Rngs(0)))
-    rdef, rp = split_model(make_refiner(tc.refiner, nnx.Rngs(0)))
-    return LearnedModel(bcfg, bdef, tuple(bp), tc.refiner, rdef, tuple(rp), "untrained tiny", {})
 
 
 def _noise_scenes(n_snap: int):
@@ -56,10 +41,11 @@ def _noise_scenes(n_snap: int):
 @pytest.mark.parametrize("name,n_snap", [
     (name, n) if (name, n) == ("learned-ml", 2) else pytest.param(name, n, marks=pytest.mark.slow)
     for n in SNAPSHOTS for name in LEARNED])
-def test_noise_only_scenes_at_any_snapshot_count(name, n_snap, tiny_model):
+def test_noise_only_scenes_at_any_snapshot_count(name, n_snap, untrained_tiny_model):
     cfg, scenes = _noise_scenes(n_snap)
     settings = settings_for_scenario(cfg).with_grid(**SMALL)
-    res = localize(name, scenes, scenario_geometry(cfg), settings, progress=False, keep_maps=False, model=tiny_model)
+    res = localize(name, scenes, scenario_geometry(cfg), settings, progress=False, keep_maps=False,
+                   model=untrained_tiny_model)
     valid = np.asarray(res.detections.valid)
     alarms = int(np.sum(valid.any(-1)))
     assert alarms <= ALARMS_MAX, f"{name}, L = {n_snap}: detections in {alarms} of {N_NOISE} noise-only scenes"

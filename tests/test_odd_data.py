@@ -17,18 +17,12 @@ import math
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from rismvdr.configs.tiny import get_config
 from rismvdr.eval import metrics
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
 from rismvdr.io import to_jsonable
 from rismvdr.localize.learned import learned_method, learned_ml_method, make_refiner_runner, refiner_method
 from rismvdr.localize.registry import localize, settings_for_scenario
-from rismvdr.localize.weights import LearnedModel
-from rismvdr.models.backbone import Backbone
-from rismvdr.models.params import split_model
-from rismvdr.models.refiner import make_refiner
 from rismvdr.physics.geometry import from_positions, ula, upa
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -141,15 +135,10 @@ def test_a_column_upa_is_refused_and_lines_along_y_stay_linear():
 # Learned methods: a model without a refiner, too few measurements
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def models():
+def models(untrained_tiny_model):
     """Untrained tiny models (no training): with and without the refiner."""
-    tc = get_config()
-    bcfg = tc.backbone_config()
-    bdef, bp = split_model(Backbone(bcfg, rngs=nnx.Rngs(0)))
-    rdef, rp = split_model(make_refiner(tc.refiner, nnx.Rngs(0)))
-    full = LearnedModel(bcfg, bdef, tuple(bp), tc.refiner, rdef, tuple(rp), "untrained tiny", {})
-    backbone_only = LearnedModel(bcfg, bdef, tuple(bp), None, None, None, "untrained tiny", {})
-    return full, backbone_only
+    full = untrained_tiny_model
+    return full, full._replace(refiner_cfg=None, refiner_def=None, refiner_params=None)
 
 
 def _setup(n_scenes=2, **overrides):

@@ -231,7 +231,8 @@ def _per_device(run: Callable, sharding: jax.sharding.Sharding | None) -> Callab
     stays per device); on CPU devices the devices' rows run one block after another on the
     first device (`_in_turn`).
 
-    Why not `shard_map` on CPU devices: jaxlib 0.10's CPU LAPACK kernels split a batched call
+    Why not `shard_map` on CPU devices (why it was chosen; jaxlib 0.10 is excluded now): jaxlib
+    0.10's CPU LAPACK kernels split a batched call
     (`cholesky`, `triangular_solve`, ...) whose batch x cost reaches 2e5 FLOP into pieces on
     XLA's intra-op thread pool and block their pool thread until the pieces ran. That pool has
     max(cores, devices) threads and is shared by every simulated CPU device; 8 devices running
@@ -360,7 +361,7 @@ def localize(
         batch is padded with its last scene): default this process's accelerators
         (`jax.local_devices()`; on the CPU one device). Each device's rows run alone: at once on
         accelerators (`shard_map`), detections agreeing with one device's to float32 rounding;
-        one block after another on CPU devices (jaxlib 0.10 deadlocks otherwise, `_per_device`),
+        one block after another on CPU devices (simulated devices share the cores; `_per_device`),
         the detections of one device exactly (`tests/test_distributed.py`, slow).
       distributed: under several processes (`jax.process_count() > 1`,
         `rismvdr.train.distributed.initialize`), every process calls with the same scenes and
