@@ -15,7 +15,7 @@ import numpy as np
 
 from rismvdr.physics._validation import check_finite, check_positive
 
-__all__ = ["ArrayGeometry", "upa", "ula", "from_positions"]
+__all__ = ["ArrayGeometry", "upa", "ula", "from_positions", "bs_ula"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,3 +154,31 @@ def ula(n: int, spacing: float, *, wavelength: float) -> ArrayGeometry:
     y = (np.arange(n) - (n - 1) / 2.0) * spacing
     pos = np.stack([np.zeros(n), y, np.zeros(n)], axis=-1)
     return from_positions(pos, wavelength)
+
+
+def bs_ula(n: int, spacing: float, distance: float, azimuth: float, elevation: float) -> np.ndarray:
+    """Element positions of a base-station ULA facing the surface (conventions section 9).
+
+    The centre sits at `distance * [cos(el) cos(az), cos(el) sin(az), sin(el)]` from the surface's
+    origin; the axis is horizontal and perpendicular to that direction, `[-sin(az), cos(az), 0]`,
+    so the array is broadside to the surface's centre. Element `m` is at
+    `centre + (m - (n - 1) / 2) * spacing * axis`.
+
+    Args:
+      n: number of elements (M), >= 1.
+      spacing: element spacing, metres, > 0.
+      distance: metres, > 0.
+      azimuth, elevation: radians.
+
+    Returns:
+      `[n, 3]` float64 positions, metres.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
+    check_positive("spacing", spacing)
+    check_positive("distance", distance)
+    ce = np.cos(elevation)
+    centre = distance * np.array([ce * np.cos(azimuth), ce * np.sin(azimuth), np.sin(elevation)])
+    axis = np.array([-np.sin(azimuth), np.cos(azimuth), 0.0])
+    offsets = (np.arange(int(n)) - (int(n) - 1) / 2.0) * float(spacing)
+    return centre[None, :] + offsets[:, None] * axis[None, :]

@@ -27,9 +27,10 @@ from typing import Any, Literal
 import numpy as np
 
 from rismvdr.defaults import K_MAX, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
-from rismvdr.physics.geometry import ArrayGeometry, from_positions, ula, upa
+from rismvdr.physics.geometry import ArrayGeometry, bs_ula, from_positions, ula, upa
 
-__all__ = ["Gates", "DEFAULT_GATES", "SceneConfig", "SCENARIOS", "get_scenario", "scenario_geometry"]
+__all__ = ["Gates", "DEFAULT_GATES", "SceneConfig", "SCENARIOS", "DEPLOYMENT_FIELDS", "get_scenario",
+           "scenario_geometry", "bs_positions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ class SceneConfig:
     mode: Literal["ris", "full"] = "ris"  # RIS (y = G_l x + n) or full array (y = x + n)
     n_bs: int = 16  # M, BS antennas (ignored in full mode, where M = N)
     n_snapshots: int = 16  # L
-    channel: Literal["iid"] = "iid"  # H entries CN(0, 1/N)
+    channel: Literal["iid", "los", "rician"] = "iid"  # H: CN(0, 1/N) entries, line of sight, or Rician
     codebook: Literal["random", "dft"] = "random"  # RIS codes: uniform phases or 2-D DFT beams
     # --- sources --------------------------------------------------------------------------
     k_min: int = 1
@@ -116,6 +117,19 @@ class SceneConfig:
     gate_theta_deg: float = 5.0
     gate_r_m: float = 1.0
     n_candidates: int = 64  # pool for sequential rejection sampling of separated sources
+    # --- deployment (conventions section 9; every field's default keeps the seed's regime) -------------
+    bs_distance_m: float = 4.0  # BS array centre to the surface centre, metres (los, rician)
+    bs_azimuth_deg: float = 40.0  # direction of the BS centre seen from the surface centre
+    bs_elevation_deg: float = 0.0
+    bs_array: Literal["ula"] = "ula"  # horizontal ULA of n_bs elements, broadside facing the surface
+    bs_spacing_m: float | None = None  # BS element spacing, metres (None: half wavelength)
+    rician_k_factor: float = 10.0  # K-factor (linear) of `channel='rician'`
+    deployment_seed: int | None = None  # fixes the channel and impairments across scenes (None: 0 for
+    #   los/rician/impairments; an iid channel is then drawn per scene)
+    code_bits: int = 0  # RIS phase resolution: 0 continuous, b >= 1 rounds to multiples of 2 pi / 2^b
+    code_phase_error_deg: float = 0.0  # static per-element phase offset of the surface, Gaussian std, deg
+    element_failure: float = 0.0  # fraction of elements stuck at one phase whatever the code, in [0, 1)
+    channel_nmse_db: float | None = None  # stored H = true H + CN error at this NMSE (None: exact H)
     # --- numerics -------------------------------------------------------------------------
     dtype: Literal["complex64", "complex128"] = "complex64"
 
@@ -199,6 +213,101 @@ class SceneConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0")
         scenario_geometry(self)  # validates spacing / positions
+        _validate_deployment(self)
+
+    @property
+    def is_deployment(self) -> bool:
+        """True when the channel is fixed by a deployment (los, rician): the noise is then the
+        deployment's fixed floor (conventions section 9), not re-normalised per scene."""
+        return self.mode == "ris" and self.channel in ("los", "rician")
+
+    @property
+    def has_impairments(self) -> bool:
+        """True when any impairment of conventions section 9 is switched on."""
+        return (self.code_phase_error_deg > 0 or self.element_failure > 0
+                or self.channel_nmse_db is not None)
+
+    def as_dict(self) -> dict:
+        """The config as a JSON-ready dict, leaving out the deployment fields at their defaults
+        (so files and reports of the seed's regime are the same as before those fields existed)."""
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in DEPLOYMENT_FIELDS and out[f.name] == f.default:
+                del out[f.name]
+        return out
+
+
+#: Fields of conventions section 9; `SceneConfig.as_dict` leaves them out at their defaults.
+DEPLOYMENT_FIELDS = ("bs_distance_m", "bs_azimuth_deg", "bs_elevation_deg", "bs_array", "bs_spacing_m",
+                     "rician_k_factor", "deployment_seed", "code_bits", "code_phase_error_deg",
+                     "element_failure", "channel_nmse_db")
+
+
+def bs_positions(cfg: SceneConfig) -> np.ndarray:
+    """`[M, 3]` float64 positions of the BS elements of a deployment, metres, in the surface's frame
+    (conventions section 9): a ULA of `n_bs` elements (spacing `bs_spacing_m`, half a wavelength by
+    default) centred at `bs_distance_m` toward (`bs_azimuth_deg`, `bs_elevation_deg`) from the
+    surface's centre, broadside facing it: its axis is horizontal and perpendicular to that
+    direction, `[-sin(az), cos(az), 0]`."""
+    spacing = cfg.wavelength / 2.0 if cfg.bs_spacing_m is None else float(cfg.bs_spacing_m)
+    return bs_ula(cfg.n_bs, spacing, cfg.bs_distance_m, np.deg2rad(cfg.bs_azimuth_deg),
+                  np.deg2rad(cfg.bs_elevation_deg))
+
+
+def _optional_number(cfg, name: str, lo: float | None = None) -> None:
+    v = getattr(cfg, name)
+    if v is None:
+        return
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    if not ok or not math.isfinite(float(v)):
+        raise ValueError(f"{name}: expected a finite number or None, got {v!r}")
+    if lo is not None and float(v) <= lo:
+        raise ValueError(f"{name}: must be > {lo}, got {v!r}")
+
+
+def _validate_deployment(cfg: SceneConfig) -> None:
+    """The fields of conventions section 9: one `ValueError` naming the first bad field."""
+    if cfg.channel not in ("iid", "los", "rician"):
+        raise ValueError(f"channel: expected 'iid', 'los' or 'rician', got {cfg.channel!r}")
+    if cfg.channel != "iid" and cfg.mode != "ris":
+        raise ValueError(f"channel: {cfg.channel!r} needs mode='ris' (full-array mode has no channel)")
+    if cfg.bs_array != "ula":
+        raise ValueError(f"bs_array: expected 'ula', got {cfg.bs_array!r}")
+    _optional_number(cfg, "bs_spacing_m", lo=0.0)
+    _optional_number(cfg, "channel_nmse_db")
+    if cfg.deployment_seed is not None and (
+            not isinstance(cfg.deployment_seed, (int, np.integer)) or isinstance(cfg.deployment_seed, bool)
+            or cfg.deployment_seed < 0):
+        raise ValueError(f"deployment_seed: expected an integer >= 0 or None, got {cfg.deployment_seed!r}")
+    if cfg.code_bits < 0:
+        raise ValueError(f"code_bits: expected an integer >= 0 (0 = continuous phases), got {cfg.code_bits!r}")
+    if cfg.code_bits > 16:
+        raise ValueError(f"code_bits: at most 16 (use 0 for continuous phases), got {cfg.code_bits!r}")
+    if cfg.rician_k_factor < 0:
+        raise ValueError(f"rician_k_factor: must be >= 0 (linear), got {cfg.rician_k_factor!r}")
+    if cfg.code_phase_error_deg < 0:
+        raise ValueError(f"code_phase_error_deg: must be >= 0, got {cfg.code_phase_error_deg!r}")
+    if not 0.0 <= cfg.element_failure < 1.0:
+        raise ValueError(f"element_failure: must lie in [0, 1), got {cfg.element_failure!r}")
+    if cfg.has_impairments and cfg.mode != "ris":
+        raise ValueError("code_phase_error_deg, element_failure, channel_nmse_db: impairments of the surface "
+                         "and channel need mode='ris'")
+    if cfg.code_bits and cfg.mode != "ris":
+        raise ValueError("code_bits: needs mode='ris' (full-array mode has no codes)")
+    if cfg.channel in ("los", "rician"):
+        if cfg.bs_distance_m <= 0:
+            raise ValueError(f"bs_distance_m: must be > 0, got {cfg.bs_distance_m!r}")
+        if not (-90.0 < cfg.bs_azimuth_deg < 90.0 and -90.0 < cfg.bs_elevation_deg < 90.0):
+            raise ValueError(f"bs_azimuth_deg, bs_elevation_deg: the BS must sit in front of the surface "
+                             f"(both in (-90, 90) deg), got {cfg.bs_azimuth_deg!r}, {cfg.bs_elevation_deg!r}")
+        surface = np.asarray(scenario_geometry(cfg).positions)
+        extent = float(np.max(np.linalg.norm(surface, axis=-1)))
+        if cfg.bs_distance_m <= extent:
+            raise ValueError(f"bs_distance_m: {cfg.bs_distance_m!r} m puts the BS inside the surface (its elements "
+                             f"reach {extent:.3g} m from the centre)")
+        if np.min(bs_positions(cfg)[:, 0]) <= 0:
+            raise ValueError("bs_distance_m, bs_azimuth_deg, bs_elevation_deg: part of the BS array lies behind "
+                             "the surface's plane (x <= 0)")
 
 
 def _check_field_types(cfg) -> None:
@@ -240,6 +349,11 @@ SCENARIOS: dict[str, SceneConfig] = {
     "seed": SceneConfig(name="seed"),
     "full": SceneConfig(name="full", mode="full", n_snapshots=64),
     # Near-field ULA benchmark of the literature (see the module docstring).
+    # A deployment (conventions section 9): the seed's surface and sources with a fixed line-of-sight BS,
+    # a 16-element half-wavelength ULA 4 m from the surface centre at 40 deg azimuth; the noise is
+    # the deployment's fixed floor.
+    "seed-los": SceneConfig(name="seed-los", channel="los", bs_distance_m=4.0, bs_azimuth_deg=40.0,
+                            bs_elevation_deg=0.0, deployment_seed=0),
     "ula15": SceneConfig(name="ula15", mode="full", array="ula", nh=15, spacing_h=0.15, n_snapshots=100,
                          k_min=2, k_max=2, snr_db=(10.0, 10.0), phi_deg=(-60.0, 60.0), theta_deg=(0.0, 0.0),
                          r_m=(3.5, 15.0), power_db=(0.0, 0.0)),
