@@ -177,3 +177,51 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
     with Checkpointer(work / "checkpoints", read_only=True) as c:
         assert c.latest_step() is not None and c.latest_step() >= 1
+
+
+# --- fine-tuning: Stage 1 started from a trained backbone ------------------------------------
+def test_init_from_starts_stage1_from_the_given_backbone(monkeypatch, untrained_tiny_model):
+    import rismvdr.train.trainer as trainer_mod
+    from rismvdr.configs.tiny import get_config
+
+    # a "trained" model: the untrained one with every leaf shifted, so a copy is recognisable
+    shifted = untrained_tiny_model._replace(backbone_params=tuple(p + 0.5 for p in untrained_tiny_model.backbone_params),
+                                            source="a trained tiny model")
+    monkeypatch.setattr(trainer_mod, "load_learned", lambda path=None, **kw: shifted)
+    stage = trainer_mod.BackboneStage(get_config().replace(init_from="runs/x"))
+    assert len(stage.params0) == len(shifted.backbone_params)
+    for a, b in zip(stage.params0, shifted.backbone_params):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert stage.record()["init_from"]["source"] == "a trained tiny model"
+    assert "init_from" not in trainer_mod.BackboneStage(get_config()).record()
+
+
+def test_init_from_refuses_another_backbone_and_refiner_stage(monkeypatch, untrained_tiny_model):
+    import dataclasses
+
+    import rismvdr.train.trainer as trainer_mod
+    from rismvdr.configs.tiny import get_config
+
+    other = untrained_tiny_model._replace(backbone_cfg=dataclasses.replace(untrained_tiny_model.backbone_cfg,
+                                                                          n_snapshots=99))
+    monkeypatch.setattr(trainer_mod, "load_learned", lambda path=None, **kw: other)
+    with pytest.raises(ValueError, match=r"init_from: .*differs in n_snapshots"):
+        trainer_mod.BackboneStage(get_config().replace(init_from="shipped"))
+
+    def missing(path=None, **kw):
+        raise FileNotFoundError("checkpoint: no model at 'nowhere'")
+
+    monkeypatch.setattr(trainer_mod, "load_learned", missing)
+    with pytest.raises(ValueError, match="init_from: checkpoint: no model at 'nowhere'"):
+        trainer_mod.BackboneStage(get_config().replace(init_from="nowhere"))
+    with pytest.raises(ValueError, match="init_from: fine-tuning starts Stage 1"):
+        get_config().replace(init_from="shipped", stage="refiner").validate()
+
+
+def test_seed_los_config_fits_the_shipped_backbone():
+    from rismvdr.configs.seed_los import get_config
+    from rismvdr.localize.weights import load_learned
+
+    cfg = get_config()
+    assert cfg.scenario == "seed-los" and cfg.init_from == "shipped"
+    assert load_learned().backbone_cfg == cfg.backbone_config()

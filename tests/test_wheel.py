@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGED_CONFIGS = ("seed", "seed_refiner", "tiny", "hpo_space", "hpo_space_beta0")
+PACKAGED_CONFIGS = ("seed", "seed_refiner", "seed_los", "tiny", "hpo_space", "hpo_space_beta0")
 
 pytestmark = pytest.mark.slow
 

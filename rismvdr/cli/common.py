@@ -37,7 +37,7 @@ DEFAULT_METHOD = "mvdr-als"
 #: `rismvdr.localize.settings.CONTINUATIONS`.
 CONTINUATIONS = ("backbone", "backprojection")
 #: `rismvdr.configs.CONFIGS`: the packaged training configs.
-CONFIG_NAMES = ("seed", "seed_refiner", "tiny")
+CONFIG_NAMES = ("seed", "seed_refiner", "seed_los", "tiny")
 #: `rismvdr.configs.DEFAULT_SPACE`: the search space of `hpo run` / `hpo two-stage`.
 DEFAULT_SPACE = "hpo_space"
 #: `rismvdr.io.CACHE_DIR_ENV` and `rismvdr.io.COMPILE_CACHE_ENV`.

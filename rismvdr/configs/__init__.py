@@ -4,6 +4,7 @@ Training configs (each module defines `get_config() -> TrainConfig`):
 
 - `seed`: Stage 1 (backbone) of the shipped model of the `seed` scenario;
 - `seed_refiner`: its Stage 2 (the SpectrumRefiner on the frozen backbone);
+- `seed_los`: the `seed` backbone fine-tuned on the line-of-sight deployment `seed-los`;
 - `tiny`: a seconds-long run for CI and smoke tests.
 
 Search spaces (each module defines `get_space()`, see `rismvdr.hpo`): `hpo_space`, the default
@@ -29,7 +30,7 @@ from rismvdr.train.config import TrainConfig, load_config
 __all__ = ["CONFIGS", "SPACES", "DEFAULT_SPACE", "config_file", "space_file", "load_named_config"]
 
 #: Packaged training configs, by name (modules of this package defining `get_config()`).
-CONFIGS = ("seed", "seed_refiner", "tiny")
+CONFIGS = ("seed", "seed_refiner", "seed_los", "tiny")
 #: Packaged search spaces, by name (modules of this package defining `get_space()`).
 SPACES = ("hpo_space", "hpo_space_beta0")
 #: The search space `rismvdr hpo` / `rismvdr hpo2` use when `--space` is not given.

@@ -123,10 +123,16 @@ class TrainConfig:
     keep_best: int = 3
     log_every: int = 10
     debug_nan_steps: tuple[int, ...] = ()  # testing aid: poison the loss at these steps (skipped)
+    init_from: str = ""  # Stage 1 fine-tuning: start from this model's backbone ("shipped", or a model or run
+    #   directory) instead of a random initialisation ("")
 
     def validate(self) -> None:
         if self.stage not in ("backbone", "refiner"):
             raise ValueError(f"stage: expected 'backbone' or 'refiner', got {self.stage!r}")
+        if not isinstance(self.init_from, str):
+            raise ValueError(f"init_from: expected a string ('', 'shipped' or a directory), got {self.init_from!r}")
+        if self.init_from and self.stage != "backbone":
+            raise ValueError("init_from: fine-tuning starts Stage 1 (stage='backbone') only")
         for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "log_every", "val_scenes",
                      "keep_best"):
             if int(getattr(self, name)) < 1:

@@ -50,7 +50,7 @@ from rismvdr.io import atomic_write
 from rismvdr.io.lock import directory_lock
 from rismvdr.localize.learned import als_samp_factor, refiner_grid, refiner_inputs
 from rismvdr.localize.registry import localize, settings_for_scenario
-from rismvdr.localize.weights import BEST_METRIC, LearnedModel
+from rismvdr.localize.weights import BEST_METRIC, LearnedModel, load_learned
 from rismvdr.models.backbone import Backbone, BackboneConfig
 from rismvdr.models.params import ModelDef, split_model
 from rismvdr.models.refiner import make_refiner
@@ -142,6 +142,9 @@ class BackboneStage:
         self.cfg = cfg
         self.bcfg = cfg.backbone_config()
         self.mdef, self.params0 = split_model(Backbone(self.bcfg, rngs=nnx.Rngs(cfg.seed)))
+        self.init_source = None
+        if cfg.init_from:
+            self.params0, self.init_source = initial_backbone(cfg.init_from, self.bcfg, self.params0)
         self.active = tuple(t for t in active_terms([p.weights for p in cfg.phases]) if t != "heatmap")
         # every backbone term (the contrast loss only when trained: it costs a Cholesky)
         self.val_terms = tuple(t for t in TERMS if t != "heatmap" and (t != "peak_contrast" or t in self.active))
@@ -155,10 +158,43 @@ class BackboneStage:
         return LearnedModel(self.bcfg, self.mdef, tuple(params), None, None, None, "training", {})
 
     def record(self) -> dict[str, Any]:
-        return {"backbone": self.bcfg.to_dict(), "refiner": None}
+        out = {"backbone": self.bcfg.to_dict(), "refiner": None}
+        if self.init_source is not None:
+            out["init_from"] = self.init_source
+        return out
 
     def payload(self) -> dict[str, Any]:
         return {}
+
+
+def initial_backbone(init_from: str, bcfg: BackboneConfig, params0: tuple) -> tuple[tuple, dict]:
+    """The backbone parameters a fine-tuning run starts from, and where they came from.
+
+    Args:
+      init_from: "shipped" (the packaged weights) or a model or run directory (`load_learned`).
+      bcfg: the backbone this run trains; the model's must be the same (same architecture,
+        geometry, measurement shape and search box), else the run would silently reshape it.
+      params0: the randomly initialised leaves (their shapes and dtypes are checked).
+
+    Returns:
+      (parameter leaves, `{"source", "train", "metrics"}` of the starting model for the record).
+
+    Raises:
+      ValueError: naming `init_from` when nothing loads there or the model does not fit `bcfg`.
+    """
+    try:
+        model = load_learned(None if init_from == "shipped" else init_from)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"init_from: {exc}") from exc
+    if model.backbone_cfg != bcfg:
+        mine, theirs = bcfg.to_dict(), model.backbone_cfg.to_dict()
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ValueError(f"init_from: the model at {model.source} is another backbone than this run's "
+                         f"(differs in {', '.join(diff)}); copy its model settings into the config")
+    leaves = tuple(model.backbone_params)
+    if [(np.shape(a), jnp.dtype(a.dtype)) for a in leaves] != [(np.shape(a), jnp.dtype(a.dtype)) for a in params0]:
+        raise ValueError(f"init_from: the parameters at {model.source} do not fit this backbone")
+    return leaves, {"source": model.source, "train": model.info.get("train"), "metrics": model.info.get("metrics")}
 
 
 class RefinerStage:
