@@ -253,7 +253,7 @@ REQUIRED = {"simulate": [*OUT], "localize": ["s.npz", *OUT], "evaluate": ["s.npz
             "hpo two-stage": ["--config", "tiny", "--workdir", "{tmp}/w", "--stage1-trials", "2", "--stage2-topk", "1"],
             "hpo export": ["--study", "s", "--workdir", "{tmp}/w", "--out", "{tmp}/b.json"],
             "hpo trials": ["--study", "s", "--workdir", "{tmp}/w", "--out", "{tmp}/t.csv"],
-            "export-model": ["run", "--out", "{tmp}/m"]}
+            "export-model": ["run", "--out", "{tmp}/m"], "design codes": ["--out", "{tmp}/c.npz"]}
 
 
 def _integer_flags(parser, words=()):

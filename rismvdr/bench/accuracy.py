@@ -15,6 +15,13 @@ Suites:
   (`rismvdr.bench.accuracy_report.attach_bound`). With `--methods`, the bound runs only when
   named (else `f1_bound` is None and the tables show '-').
 
+Deployment sweeps (`rismvdr.bench.sweeps`: `deploy`, `nmse`, `phase_error`, `failure`): a point with
+designed codes simulates its test set through one codebook designed for its deployment and
+resolution (`rismvdr.physics.design.design_scenario_codes` at `DESIGN_SNR_DB`, seeded by the run's
+seed; designed once per channel belief and resolution, written to `out/codes/`). Points whose
+scenario, codes and test set are the same (e.g. `phase_error` 0 deg and `failure` 0) are localized
+once; the others reuse the records.
+
 The sweeps, their values and the `--quick` thinning are `rismvdr.bench.sweeps`; the report
 files are `rismvdr.bench.accuracy_report`. For each point `run_accuracy` decides the methods
 that run (those that apply; learned methods only where the shipped model fits: RIS mode, the
@@ -27,7 +34,6 @@ one line per method on stderr as it starts and finishes (`progress_line`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -47,6 +53,7 @@ from rismvdr.bench.sweeps import (
     BOUND_METHOD,
     CPU_SKIPS,
     DEFAULT_SWEEPS,
+    DESIGN_SNR_DB,
     K_VALUES,
     K_VALUES_QUICK,
     L_VALUES,
@@ -67,8 +74,9 @@ from rismvdr.bench.sweeps import (
 )
 from rismvdr.eval import metrics
 from rismvdr.eval.evaluation import evaluate_detections, truth_crb
-from rismvdr.io import to_jsonable, write_json
+from rismvdr.io import save_codebook, to_jsonable, write_json
 from rismvdr.localize.registry import METHODS, localize, method_names, settings_for_scenario
+from rismvdr.physics.design import design_scenario_codes, judge_codes
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 
@@ -168,13 +176,44 @@ def _point_label(point: BenchPoint) -> str:
     return point.sweep if point.value is None else f"{point.sweep} {point.variable}={point.value:g}"
 
 
+class _Designs:
+    """The designed codebooks of a run, one per (channel belief, resolution), written to
+    `out/codes/` with what the design reached on held-out positions against random codes."""
+
+    def __init__(self, out: Path, seed: int):
+        self.out, self.seed, self.books = out / "codes", seed, {}
+
+    def codes(self, cfg) -> np.ndarray:
+        key = (cfg.channel, cfg.deployment_seed, cfg.channel_nmse_db, cfg.code_bits)
+        if key not in self.books:
+            t0 = time.perf_counter()
+            design, problem = design_scenario_codes(cfg, snr_db=DESIGN_SNR_DB, key=jax.random.key(self.seed),
+                                                    bits=cfg.code_bits)
+            judged = judge_codes(design.codes, problem["geometry"], problem["H"], problem["box"], problem["noise_var"],
+                                 key=jax.random.key(self.seed + 1), bits=cfg.code_bits, model=problem["model"])
+            designed, random = ({k: float(np.nanmedian(v)) for k, v in std._asdict().items()}
+                                for std in (judged.designed, judged.random))
+            name = f"designed_{cfg.code_bits}bit" + (f"_nmse{cfg.channel_nmse_db:g}dB" if cfg.channel_nmse_db
+                                                     is not None else "")
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_codebook(self.out / f"{name}.npz", design.codes, phases=design.phases, meta=dict(
+                scenario=cfg.name, config=cfg.as_dict(), bits=cfg.code_bits, design_snr_db=DESIGN_SNR_DB,
+                seed=self.seed, median_sqrt_crb_designed=designed, median_sqrt_crb_random=random,
+                held_out_positions=len(judged.positions), seconds=time.perf_counter() - t0, generator="rismvdr bench accuracy"))
+            log.info("designed %s in %.0f s", name, time.perf_counter() - t0)
+            self.books[key] = design.codes
+        return self.books[key]
+
+
 def _run_point(point: BenchPoint, cfg, geometry, todo: list[str], *, base_cfg, n_scenes: int, seed: int, model,
-               progress: bool) -> list[dict]:
+               progress: bool, designs: _Designs | None = None) -> list[dict]:
     """Simulate the point's test set, localize it with each method of `todo`, evaluate against
     the truth and the CRB: one record per method that ran (a learned method whose model was
     not trained for the point is skipped). `progress`: a line per method on stderr when that
-    is not a terminal (`progress_line`)."""
-    scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes)
+    is not a terminal (`progress_line`). A point with designed codes takes its codebook from
+    `designs`."""
+    codes = designs.codes(cfg) if point.codes == "designed" else None
+    scenes = simulate(cfg, jax.random.fold_in(jax.random.key(seed), point_seed(point)), n_scenes, codes=codes)
     crb = truth_crb(scenes, geometry, model=cfg.steering_model)
     # the r sweep draws sources in a range bin but searches the base scenario's whole box
     settings = settings_for_scenario(cfg.replace(r_m=base_cfg.r_m) if point.sweep == "r" else cfg)
@@ -200,6 +239,14 @@ def _run_point(point: BenchPoint, cfg, geometry, todo: list[str], *, base_cfg, n
             progress_line(f"{_point_label(point)}: {name}: {n_scenes} scenes in {res.seconds:.1f} s, "
                           f"F1 {fmt_number(ev['f1'], '.2f')}")
     return records
+
+
+def _relabelled(record: dict, point: BenchPoint) -> dict:
+    """A record of an earlier point with the same test set, codes and scenario, under `point`'s
+    sweep and value (seconds: those of the run it was measured in)."""
+    rec = dict(record, sweep=point.sweep, variable=point.variable, value=point.value, suite=record["suite"])
+    rec["same_as"] = f"{record['sweep']} {record['value']}"
+    return to_jsonable(rec)
 
 
 def _write_partial(out: Path, records: list[dict], base_cfg, n_scenes: int, seed: int) -> None:
@@ -264,6 +311,7 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
     records = _resumed_records(out / "accuracy.json", base_cfg, n_scenes, seed) if resume else []
     n_resumed, skipped = len(records), []
     done = {(r["sweep"], r["value"], r["method"]) for r in records}
+    designs, ran = _Designs(out, seed), {}
     bar = tqdm(points, desc="bench points", unit="point", disable=None if progress else True)
     for point in bar:
         cfg = get_scenario(point.scenario or scenario, **point.overrides)
@@ -272,8 +320,14 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
         todo = _methods_at(point, cfg, geometry, ula_names if point.sweep == "ula" else names, model, done, skipped)
         if not todo:
             continue
-        new = _run_point(point, cfg, geometry, todo, base_cfg=base_cfg, n_scenes=n_scenes, seed=seed, model=model,
-                         progress=progress)
+        same = (cfg, point.codes, point_seed(point))  # the same test set, codes and scenario: run once
+        earlier = {r["method"]: r for r in ran.get(same, [])}
+        new = [_relabelled(earlier[m], point) for m in todo if m in earlier]
+        rest = [m for m in todo if m not in earlier]
+        if rest:
+            new += _run_point(point, cfg, geometry, rest, base_cfg=base_cfg, n_scenes=n_scenes, seed=seed,
+                              model=model, progress=progress, designs=designs)
+        ran.setdefault(same, []).extend(new)
         records.extend(new)
         attach_bound(records)  # f1_bound / f1_over_bound of this point's records (the bound may run last)
         f1s = ", ".join(f"{r['method']} {fmt_number(r['f1'], '.2f')}" for r in new)
@@ -285,6 +339,6 @@ def run_accuracy(out, *, n_scenes: int | None = None, seed: int = 0, methods=Non
                 sweeps=list(sweeps), snr_values_db=list(snr_values_db), l_values=list(l_values),
                 r_bins_m=[list(b) for b in (R_BINS_QUICK_M if quick else R_BINS_M)], b2_methods=list(B2_METHODS),
                 bound_method=BOUND_METHOD, wall_s=time.perf_counter() - t0,
-                base_config=dataclasses.asdict(base_cfg), generator="rismvdr bench accuracy", skipped=skipped,
+                base_config=base_cfg.as_dict(), generator="rismvdr bench accuracy", skipped=skipped,
                 resumed_records=n_resumed)
     return _write_result(out, records, meta, len(points))

@@ -7,7 +7,8 @@ sweep, method x value, with the bound row and an `F1 / bound` table; per-SNR-bin
 bound where a point spans several SNR bins; the `ula` sweep with its setup and an RMSE /
 sqrt(CRB) table), `accuracy_summary.md` (one compact table, the one the README includes), and
 PNG plots (`f1_vs_snr.png`, `f1_vs_range.png` with the bound as a black dashed curve,
-`rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`).
+`rmse_phi_vs_snr_k1.png`, `position_error_cdf_base.png`, `ula_rmse_vs_snr.png`, and for the
+deployment sweeps `f1_vs_codes.png` and `f1_vs_impairments.png`).
 `write_report` rebuilds all but the JSON from the JSON.
 
 The bound: `BOUND_METHOD` (`ml-oracle`) is the ML refinement started at the true
@@ -29,7 +30,15 @@ import numpy as np
 
 from rismvdr.bench.plots import plot_f1, plot_rmse_snr, plot_ula
 from rismvdr.bench.report import fmt_number, write_records_csv
-from rismvdr.bench.sweeps import B2_METHODS, BOUND_METHOD, SWEEPS, ULA_SCENARIO
+from rismvdr.bench.sweeps import (
+    B2_METHODS,
+    BOUND_METHOD,
+    DEPLOY_SCENARIO,
+    DESIGN_SNR_DB,
+    IMPAIRMENT_CODE_BITS,
+    SWEEPS,
+    ULA_SCENARIO,
+)
 from rismvdr.eval.plots import plot_error_cdf
 from rismvdr.io import atomic_write
 from rismvdr.localize.registry import settings_for_scenario
@@ -173,7 +182,17 @@ def _markdown(records: list[dict], meta: dict) -> str:
                   r="F1 against source range (bin midpoint, m; every source of a scene in the bin), SNR 10 dB, "
                     "K = 3; the search box stays 0.5 - 10 m",
                   ula=f"Near-field ULA (`{ULA_SCENARIO}`, full array, comparable to the literature): "
-                      "F1 against SNR (dB)")
+                      "F1 against SNR (dB)",
+                  deploy_random=f"Deployment `{DEPLOY_SCENARIO}` (fixed line-of-sight BS, fixed noise floor), random "
+                                "codes per scene: F1 against code_bits (0 = continuous)",
+                  deploy_designed=f"Deployment `{DEPLOY_SCENARIO}`, one codebook designed against the CRB at "
+                                  f"{DESIGN_SNR_DB:g} dB: F1 against code_bits (0 = continuous)",
+                  nmse=f"Deployment `{DEPLOY_SCENARIO}`, designed {IMPAIRMENT_CODE_BITS}-bit codes: F1 against the "
+                       "channel-estimation error channel_nmse_db (dB)",
+                  phase_error=f"Deployment `{DEPLOY_SCENARIO}`, designed {IMPAIRMENT_CODE_BITS}-bit codes: F1 against "
+                              "the surface's static phase error code_phase_error_deg (deg, std)",
+                  failure=f"Deployment `{DEPLOY_SCENARIO}`, designed {IMPAIRMENT_CODE_BITS}-bit codes: F1 against the "
+                          "fraction of stuck elements element_failure")
     lines = ["# rismvdr accuracy bench", "",
              f"`{meta['scenario']}` scenario, {meta['n_scenes']} scenes per point, seed {meta['seed']}; "
              f"gates 5 deg / 5 deg / 1 m; default detector. B1: blind (each method finds K); "
@@ -327,6 +346,15 @@ def write_report(out, result: dict | None = None) -> list[str]:
     if plot_f1(out / "f1_vs_range.png", records, dict(r=("K = 3, SNR 10 dB", "source range bin midpoint (m)")),
                bound=BOUND_METHOD):
         written.append("f1_vs_range.png")
+    if plot_f1(out / "f1_vs_codes.png", records, dict(
+            deploy_random=("random codes", "code_bits (0 = continuous)"),
+            deploy_designed=("designed codes", "code_bits (0 = continuous)")), bound=BOUND_METHOD):
+        written.append("f1_vs_codes.png")
+    if plot_f1(out / "f1_vs_impairments.png", records, dict(
+            nmse=("channel-estimation error", "channel_nmse_db (dB)"),
+            phase_error=("surface phase error", "code_phase_error_deg (deg)"),
+            failure=("stuck elements", "element_failure (fraction)")), bound=BOUND_METHOD):
+        written.append("f1_vs_impairments.png")
     if plot_rmse_snr(out / "rmse_phi_vs_snr_k1.png", records):
         written.append("rmse_phi_vs_snr_k1.png")
     if plot_ula(out / "ula_rmse_vs_snr.png", records):

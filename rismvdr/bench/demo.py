@@ -16,7 +16,6 @@ With `--methods`, the bound runs only when named.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def run_demo(out, *, n_scenes: int = 200, seed: int = 0, methods=None, scenario:
     t0 = time.perf_counter()
     print(f"simulating {n_scenes} '{cfg.name}' scenes (seed {seed}) ...", flush=True)
     scenes = simulate(cfg, jax.random.key(seed), n_scenes)
-    meta = dict(scenario=cfg.name, seed=seed, n_scenes=n_scenes, config=dataclasses.asdict(cfg),
+    meta = dict(scenario=cfg.name, seed=seed, n_scenes=n_scenes, config=cfg.as_dict(),
                 generator="rismvdr demo")
     save_scenes(out / "scenes.npz", scene_file_from_scenes(scenes, geometry, meta=meta))
     crb = truth_crb(scenes, geometry, model=cfg.steering_model)

@@ -17,14 +17,12 @@ __all__ = ["plot_f1", "plot_rmse_snr", "plot_ula", "plot_speed_ratios"]
 
 
 def _series(records, sweep, key):
-    """method -> (values, metric) of one sweep."""
-    out: dict[str, tuple[list, list]] = {}
+    """method -> (values, metric) of one sweep, in increasing value."""
+    out: dict[str, list] = {}
     for r in records:
         if r["sweep"] == sweep:
-            xs, ys = out.setdefault(r["method"], ([], []))
-            xs.append(r["value"])
-            ys.append(math.nan if r.get(key) is None else r[key])
-    return out
+            out.setdefault(r["method"], []).append((r["value"], math.nan if r.get(key) is None else r[key]))
+    return {m: tuple(map(list, zip(*sorted(pairs, key=lambda p: (p[0] is None, p[0] or 0))))) for m, pairs in out.items()}
 
 
 def plot_f1(path, records, panels: dict[str, tuple[str, str]], *, bound: str | None = None) -> bool:

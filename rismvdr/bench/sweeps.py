@@ -20,6 +20,19 @@ every point; every record carries its F1 at the same point (`f1_bound`) and the 
 (`f1_over_bound`). It is reported under its own suite, `bound`. With `--methods`, the bound
 runs only when named.
 
+Deployment sweeps (conventions section 9; not among the defaults: `--sweeps deploy nmse phase_error
+failure`), all on the `seed-los` deployment (`DEPLOY_SCENARIO`: the seed's surface and sources, a
+fixed line-of-sight BS, the deployment's fixed noise floor), each point the same sources, symbols
+and noise (one test set per run, `point_seed` of `DEPLOY_SEED_KEY`), so points differ only in
+their codes or impairment:
+
+* `deploy` (`deploy_random`, `deploy_designed`): random codes and codes designed against the CRB
+  (`rismvdr.physics.design`, at `DESIGN_SNR_DB`), continuous, 2-bit and 1-bit (`code_bits`).
+* `nmse`: channel-estimation error `channel_nmse_db` in `NMSE_VALUES_DB`;
+  `phase_error`: the surface's static phase error `code_phase_error_deg` in `PHASE_ERROR_VALUES_DEG`;
+  `failure`: the fraction of stuck elements `element_failure` in `FAILURE_VALUES`; each with
+  designed 2-bit codes (`IMPAIRMENT_CODE_BITS`), the surface a deployment would install.
+
 `--quick` (under 10 minutes on a 2-core CPU) thins every sweep: SNR -10, 0, 10, 20 dB, K 1, 3,
 5, L 4, 16, 32, range bins 0.5-2, 4-6, 8-10 m, `SCENES_PER_POINT_QUICK` scenes per point and
 the methods of `QUICK_METHODS`; its points are points of the full run, with the same test sets.
@@ -32,11 +45,25 @@ from typing import NamedTuple
 __all__ = ["SWEEPS", "DEFAULT_SWEEPS", "SCENES_PER_POINT", "SCENES_PER_POINT_QUICK", "ULA_SCENARIO",
            "ULA_METHODS", "SNR_VALUES_DB", "K_VALUES", "L_VALUES", "R_BINS_M", "SNR_VALUES_QUICK_DB",
            "K_VALUES_QUICK", "L_VALUES_QUICK", "R_BINS_QUICK_M", "QUICK_METHODS", "B2_METHODS", "BOUND_METHOD",
-           "CPU_SKIPS", "suite_of",
+           "CPU_SKIPS", "suite_of", "DEPLOY_SCENARIO", "DEPLOY_SWEEPS", "DEPLOY_SEED_KEY", "CODE_BITS_VALUES",
+           "DESIGN_SNR_DB", "NMSE_VALUES_DB", "PHASE_ERROR_VALUES_DEG", "FAILURE_VALUES", "IMPAIRMENT_CODE_BITS",
            "BenchPoint", "bench_points", "point_seed"]
 
 #: Sweep names accepted by `--sweeps` (`snr` is `snr_k1` and `snr_k3`).
-SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula")
+SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula", "deploy", "deploy_random", "deploy_designed",
+          "nmse", "phase_error", "failure")
+#: The deployment sweeps (run when named in `--sweeps`; `deploy` is `deploy_random` and `deploy_designed`).
+DEPLOY_SWEEPS = ("deploy", "deploy_random", "deploy_designed", "nmse", "phase_error", "failure")
+#: Their scenario, the key of their one test set, and the values they sweep.
+DEPLOY_SCENARIO = "seed-los"
+DEPLOY_SEED_KEY = "seed-los"
+CODE_BITS_VALUES = (0, 2, 1)
+NMSE_VALUES_DB = (-30.0, -20.0, -10.0)
+PHASE_ERROR_VALUES_DEG = (0.0, 5.0, 10.0, 20.0)
+FAILURE_VALUES = (0.0, 0.05, 0.1)
+#: The design SNR of the designed codes (dB), and the resolution of the impairment sweeps' codes.
+DESIGN_SNR_DB = 0.0
+IMPAIRMENT_CODE_BITS = 2
 #: Sweeps run when none are named (also by `--quick`).
 DEFAULT_SWEEPS = ("base", "snr", "k", "l", "r", "ula")
 #: Scenes per point (a fresh test set each), and with `--quick`.
@@ -88,6 +115,8 @@ class BenchPoint(NamedTuple):
     value: float | int | None
     overrides: dict
     scenario: str | None = None
+    codes: str = "random"  # "random" (drawn per scene) or "designed" (`rismvdr.physics.design`, one codebook)
+    seed_key: str | None = None  # the points sharing a key share their test set (default: sweep and value)
 
 
 def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUES,
@@ -114,10 +143,29 @@ def bench_points(sweeps=SWEEPS, *, snr_values_db=SNR_VALUES_DB, l_values=L_VALUE
     if "ula" in sweeps:
         pts += [BenchPoint("ula", "snr_db", s, dict(snr_db=(float(s), float(s))), scenario=ULA_SCENARIO)
                 for s in snr_values_db]
+    return pts + _deploy_points(sweeps)
+
+
+def _deploy_points(sweeps) -> list[BenchPoint]:
+    """The points of the deployment sweeps among `sweeps` (see the module docstring)."""
+    def point(sweep, variable, value, overrides, codes):
+        return BenchPoint(sweep, variable, value, overrides, scenario=DEPLOY_SCENARIO, codes=codes,
+                          seed_key=DEPLOY_SEED_KEY)
+
+    pts = []
+    for codes in ("random", "designed"):
+        if "deploy" in sweeps or f"deploy_{codes}" in sweeps:
+            pts += [point(f"deploy_{codes}", "code_bits", b, dict(code_bits=b), codes) for b in CODE_BITS_VALUES]
+    impairments = (("nmse", "channel_nmse_db", NMSE_VALUES_DB), ("phase_error", "code_phase_error_deg",
+                   PHASE_ERROR_VALUES_DEG), ("failure", "element_failure", FAILURE_VALUES))
+    for sweep, field, values in impairments:
+        if sweep in sweeps:
+            pts += [point(sweep, field, v, {"code_bits": IMPAIRMENT_CODE_BITS, field: v}, "designed") for v in values]
     return pts
 
 
 def point_seed(point: BenchPoint) -> int:
     """A stable per-point integer folded into the bench seed: the same point gets the same test
-    set whatever other points or sweeps run."""
-    return zlib.crc32(f"{point.sweep}:{point.value}".encode()) & 0x7FFFFFFF
+    set whatever other points or sweeps run; points with one `seed_key` share theirs."""
+    text = point.seed_key if point.seed_key is not None else f"{point.sweep}:{point.value}"
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF

@@ -1,6 +1,6 @@
 """The `rismvdr` command line.
 
-Commands: `simulate`, `localize`, `evaluate`, `plot scene|snr`, `methods`, `demo`,
+Commands: `simulate`, `localize`, `evaluate`, `plot scene|snr`, `methods`, `demo`, `design codes`,
 `bench accuracy|speed|latency`, `train`, `train-refiner`, `hpo run|two-stage|export|trials` and
 `export-model`. Each lives in its own module here (`rismvdr.cli.<command>`, `common` for the
 flags they share) with its `add_parser(subparsers)` and its `run(args)`; `build_parser`
@@ -37,7 +37,7 @@ import sys
 from importlib import metadata
 from typing import NoReturn
 
-from rismvdr.cli import bench, demo, evaluate, export, hpo, localize, methods, plot, simulate, train
+from rismvdr.cli import bench, demo, design, evaluate, export, hpo, localize, methods, plot, simulate, train
 from rismvdr.cli.common import (
     CACHE_DIR_ENV,
     COMPILE_CACHE_ENV,
@@ -49,7 +49,7 @@ from rismvdr.cli.common import (
 __all__ = ["main", "build_parser", "OneLineErrorParser", "COMMANDS", "RENAMED"]
 
 #: The command modules, in the order `rismvdr --help` lists them.
-COMMANDS = (simulate, localize, evaluate, plot, demo, bench, train, hpo, export, methods)
+COMMANDS = (simulate, localize, evaluate, plot, demo, design, bench, train, hpo, export, methods)
 
 #: Old command words -> their new spelling; accepted for one release with a note on stderr.
 RENAMED = {"hpo2": ("hpo", "two-stage"), "export": ("export-model",)}

@@ -12,7 +12,8 @@ __all__ = ["add_parser", "check", "run"]
 
 # The library's names and defaults that the parser shows (tests/test_cli.py checks each):
 #: `rismvdr.bench.sweeps`: SWEEPS, DEFAULT_SWEEPS, SCENES_PER_POINT, SCENES_PER_POINT_QUICK.
-SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula")
+SWEEPS = ("base", "snr", "snr_k1", "snr_k3", "k", "l", "r", "ula", "deploy", "deploy_random", "deploy_designed",
+          "nmse", "phase_error", "failure")
 DEFAULT_SWEEPS = ("base", "snr", "k", "l", "r", "ula")
 SCENES_PER_POINT = 200
 SCENES_PER_POINT_QUICK = 16
@@ -59,7 +60,11 @@ def _add_accuracy(bsub) -> None:
                     "base set, SNR at K = 1 and 3 (snr = snr_k1 + snr_k3), K at 10 dB, L at 10 dB K = 3, r: source "
                     "range bins 0.5-2 .. 8-10 m at 10 dB K = 3 (search box unchanged), and ula: the "
                     "near-field full-array case of the literature (scenario ula15: 15-element half-wavelength ULA, "
-                    "L = 100, K = 2, r 3.5-15 m) against SNR, MUSIC and MVDR only, with RMSE / sqrt(CRB)")
+                    "L = 100, K = 2, r 3.5-15 m) against SNR, MUSIC and MVDR only, with RMSE / sqrt(CRB). "
+                    "Deployment sweeps (named only; on the seed-los deployment, every point the same sources and "
+                    "noise): deploy = deploy_random + deploy_designed (random and CRB-designed codes, continuous, "
+                    "2-bit, 1-bit), nmse (channel_nmse_db -30 -20 -10 dB), phase_error (code_phase_error_deg 0 5 10 "
+                    "20 deg) and failure (element_failure 0 0.05 0.1), the last three with designed 2-bit codes")
     ba.add_argument("--snr-db", type=float, nargs="+",
                     help="SNR values of the snr and ula sweeps, dB (default -10 to 25 in 5 dB steps; "
                     "--quick: -10 0 10 20)")

@@ -37,7 +37,7 @@ import importlib
 #: the atomic write, the lock and the signal handling load no JAX).
 _SOURCES = {
     **dict.fromkeys(("SCENE_KEYS", "SceneFileError", "SceneFile", "scene_file_from_scenes", "scenes_from_file",
-                     "scenario_from_meta", "save_scenes", "load_scenes"),
+                     "scenario_from_meta", "save_scenes", "load_scenes", "load_codebook", "save_codebook"),
                     "rismvdr.io.scenes"),
     **dict.fromkeys(("DETECTION_COLUMNS", "DetectionsFileError", "write_detections_csv", "read_detections_csv"),
                     "rismvdr.io.detections"),
@@ -69,6 +69,8 @@ __all__ = [
     "read_maps",
     "save_scenes",
     "load_scenes",
+    "load_codebook",
+    "save_codebook",
     "write_detections_csv",
     "read_detections_csv",
     "write_json",

@@ -14,7 +14,7 @@ code). S scenes, L snapshots, M measurements per snapshot, N surface elements:
 | `gt_phi`, `gt_theta` | float64 `[S, Kmax]` | optional truth, radians, NaN-padded |
 | `gt_r` | float64 `[S, Kmax]` | optional truth, metres, NaN-padded |
 | `gt_power` | float64 `[S, Kmax]` | optional truth, linear, NaN-padded (needs the three above) |
-| `snr_db` | float64 `[S]` | extension, optional: the SNR the simulator was asked for, dB |
+| `snr_db` | float64 `[S]` | extension, optional: SNR, dB (requested; realised over a deployment's floor) |
 | `meta` | str scalar (`<U`) | extension, optional: a JSON object (scenario name, seed, `config`, ...) |
 
 `H` and `codes` come together (RIS mode) or not at all (full-array mode). A truth slot is a
@@ -59,6 +59,8 @@ __all__ = [
     "scenario_from_meta",
     "save_scenes",
     "load_scenes",
+    "load_codebook",
+    "save_codebook",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ _REAL = ("wavelength", "positions", "noise_var", "snr_db") + _TRUTH
 #: Every key a scene file may hold, in the order they are written (conventions section 8, then extensions).
 SCENE_KEYS = ("wavelength", "positions", "y", "H", "codes", "noise_var") + _TRUTH + ("snr_db", "meta")
 _CODE_TOL = 1e-3  # allowed deviation of |c| from 1
+#: The `SceneConfig` fields whose default is None and whose value, when given, is an integer.
+_OPTIONAL_INTEGERS = ("deployment_seed",)
 #: The `SceneConfig` fields that name one of a few choices (`Literal`), with their choices.
 _CHOICES = {name: typing.get_args(hint) for name, hint in typing.get_type_hints(SceneConfig).items()
             if typing.get_origin(hint) is Literal}
@@ -105,7 +109,8 @@ class SceneFile:
       gt_phi, gt_theta: `[S, Kmax]` float64 true angles, radians, NaN-padded, or None.
       gt_r: `[S, Kmax]` float64 true ranges, metres, NaN-padded, or None.
       gt_power: `[S, Kmax]` float64 true powers, linear, NaN-padded, or None.
-      snr_db: `[S]` float64 requested SNR, dB, or None (extension key).
+      snr_db: `[S]` float64 SNR, dB (the requested one, or the realised one over a deployment's
+        noise floor, conventions section 9), or None (extension key).
       meta: JSON-compatible dict (scenario name, seed, ...), or None (extension key).
     """
 
@@ -425,6 +430,10 @@ def _check_meta_config(config, fail) -> None:
         elif f.name in _CHOICES:
             ok = isinstance(value, str) and value in _CHOICES[f.name]
             problem = None if ok else f"expected one of {', '.join(map(repr, _CHOICES[f.name]))}"
+        elif f.default is None:  # an optional number (None: the field's documented fallback)
+            integer = f.name in _OPTIONAL_INTEGERS
+            ok = value is None or (_finite_number(value) and (not integer or isinstance(value, int)))
+            problem = None if ok else f"expected null or {'an integer' if integer else 'a finite number'}"
         else:
             problem = _field_type_problem(f.default, value)
         if problem:
@@ -539,6 +548,59 @@ def load_scenes(path) -> SceneFile:
     return SceneFile(**_validate(raw, path))
 
 
+def load_codebook(path) -> np.ndarray:
+    """The RIS codebook of a codebook file: an `.npz` whose key `codes` holds `[L, N]` complex
+    codes (conventions section 9), read with `allow_pickle=False` and the scene files' guards.
+
+    Only the key is checked here; `rismvdr.physics.simulate.check_codebook` checks the codes
+    against a scenario (shape, finite, unit modulus). Other keys are ignored.
+
+    Raises:
+      SceneFileError: file missing or not an `.npz` archive, a bad member, no key `codes`
+        (one line naming the file and the key).
+    """
+    path = os.fspath(path)
+
+    def fail(key, problem):
+        raise SceneFileError(path, key, problem)
+
+    members = _npz_members(path, fail)
+    if "codes" not in members:
+        fail("codes", f"missing (a codebook file holds its [L, N] codes under 'codes'; found "
+                      f"{', '.join(map(repr, sorted(members))) or 'no arrays'})")
+    return members["codes"]
+
+
+def save_codebook(path, codes, *, phases=None, meta: dict | None = None) -> None:
+    """Write a codebook file (conventions section 9) atomically: `codes` `[L, N]` complex64, optional
+    `phases` `[L, N]` float64 (radians) and `meta` (a JSON object, as in scene files).
+
+    Raises:
+      ValueError: `codes` not a finite `[L, N]` array of unit-modulus entries (within 1e-3),
+        `phases` of another shape, or `meta` not JSON-serialisable.
+    """
+    path = os.fspath(path)
+    c = np.asarray(codes)
+    if c.ndim != 2 or 0 in c.shape:
+        raise ValueError(f"codes: expected [L, N], got shape {list(c.shape)}")
+    if not np.all(np.isfinite(c)) or np.max(np.abs(np.abs(c) - 1.0)) > 1e-3:
+        raise ValueError("codes: expected finite unit-modulus entries")
+    arrays = {"codes": np.ascontiguousarray(c, np.complex64)}
+    if phases is not None:
+        ph = np.asarray(phases, np.float64)
+        if ph.shape != c.shape:
+            raise ValueError(f"phases: expected the codes' shape {list(c.shape)}, got {list(ph.shape)}")
+        arrays["phases"] = ph
+    if meta is not None:
+        try:
+            text = json.dumps(to_jsonable(meta), sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"meta: not JSON-serialisable: {exc}") from exc
+        arrays["meta"] = np.asarray(text, dtype=np.str_)
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
 def save_scenes(path, sf: SceneFile) -> None:
     """Validate `sf` and write it as an uncompressed `.npz` with the dtypes of conventions section 8.
 
@@ -560,7 +622,8 @@ def save_scenes(path, sf: SceneFile) -> None:
         np.savez(fh, **arrays)
 
 
-def scene_file_from_scenes(scenes, geometry, *, meta: dict | None = None) -> SceneFile:
+def scene_file_from_scenes(scenes, geometry, *, meta: dict | None = None,
+                           shared: tuple[str, ...] = ()) -> SceneFile:
     """Convert the simulator's `Scene` (batched, jax arrays) to a validated `SceneFile`.
 
     Truth is NaN-padded where `scenes.mask` is False; `gt_power`, `noise_var` and `snr_db`
@@ -570,24 +633,39 @@ def scene_file_from_scenes(scenes, geometry, *, meta: dict | None = None) -> Sce
       scenes: `Scene` with `y` `[S, L, M]` (or `[L, M]`).
       geometry: the `ArrayGeometry` the scenes were simulated with.
       meta: optional JSON-compatible dict stored under `meta` (e.g. scenario name and seed).
+      shared: keys among `"H"`, `"codes"` that are the same for every scene (a deployment's fixed
+        channel, a given codebook): stored once, `H` as `[M, N]` and `codes` as `[L, N]`.
+
+    Raises:
+      ValueError: a key of `shared` that is not `"H"` or `"codes"`, or that differs between scenes.
     """
     host = jax.device_get(scenes)
     if np.ndim(host.y) == 2:
         host = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], host)
     mask = np.asarray(host.mask, bool)
+    for key in shared:
+        if key not in ("H", "codes"):
+            raise ValueError(f"shared: expected keys among 'H', 'codes', got {key!r}")
 
     def truth(a):
         return np.where(mask, np.asarray(a, np.float64), np.nan)
 
-    def opt(a, dtype):
-        return None if a is None else np.asarray(a, dtype)
+    def opt(a, dtype, key):
+        if a is None:
+            return None
+        a = np.asarray(a, dtype)
+        if key in shared:
+            if not np.all(a == a[:1]):
+                raise ValueError(f"shared: '{key}' differs between scenes; it cannot be stored once")
+            a = a[0]
+        return a
 
     fields = dict(
         wavelength=float(np.asarray(geometry.wavelength)),
         positions=np.asarray(geometry.positions, np.float64),
         y=np.asarray(host.y, np.complex64),
-        H=opt(host.H, np.complex64),
-        codes=opt(host.codes, np.complex64),
+        H=opt(host.H, np.complex64, "H"),
+        codes=opt(host.codes, np.complex64, "codes"),
         noise_var=np.asarray(host.noise_var, np.float64),
         gt_phi=truth(host.phi),
         gt_theta=truth(host.theta),
@@ -651,9 +729,11 @@ def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
 def scenario_from_meta(meta: Mapping[str, Any] | None, *, source: str = "SceneFile") -> SceneConfig | None:
     """The scenario a scene file was simulated from, decoded from its `meta["config"]`.
 
-    `rismvdr simulate` records the whole `SceneConfig` there; a file from elsewhere may have
-    no `meta` or no `config` (or a null one): the answer is then None (the caller falls back to
-    its defaults). Keys `SceneConfig` does not have are ignored. The values are not
+    `rismvdr simulate` records the `SceneConfig` there (`SceneConfig.as_dict`: the deployment
+    fields of conventions section 9 only where they differ from their defaults, so a field that
+    is absent takes its default); a file from elsewhere may have no `meta` or no `config` (or a
+    null one): the answer is then None (the caller falls back to its defaults). Keys
+    `SceneConfig` does not have are ignored. The values are not
     range-checked: the caller's settings check what they use (a command's flags may replace the
     scenario's search box first).
 

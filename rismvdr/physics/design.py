@@ -18,9 +18,10 @@ vmapped over the batch; then the projection to `bits` (`quantize_phases`; 0 = co
 Judged on held-out positions by the median sqrt(CRB) per parameter against random codes of the
 same resolution (`crb_medians`, `random_codes`).
 
-Singular points: a position whose bound is infinite (e.g. theta = +-90 deg, where azimuth is
-undefined) is left out of the mean, and a non-finite gradient entry is replaced by zero, so one
-such prior sample never stops the design.
+Singular points: a position whose bound is infinite (not identifiable: too few measurements, or
+a numerically singular Fisher matrix) is left out of the mean; the design takes per-position
+gradients and leaves such a position out of the gradient too, so its NaN never reaches the
+phases.
 
 Precision: computed in the dtype of the phases (float32 by default; float64 with
 `jax_enable_x64` when the phases are float64).
@@ -43,14 +44,17 @@ from rismvdr.physics.scenarios import SceneConfig, scenario_geometry
 
 __all__ = [
     "CodeDesign",
+    "CodeJudgement",
     "prior_box",
     "sample_positions",
     "random_codes",
     "crb_objective",
+    "crb_objective_and_grad",
     "design_codes",
     "design_scenario_codes",
     "crb_std_at",
     "crb_medians",
+    "judge_codes",
 ]
 
 #: Default Adam step size on the phases (radians per step).
@@ -97,7 +101,7 @@ def _check_box(box) -> np.ndarray:
 def _sample(key, box, n: int):
     """`[n, 3]` positions uniform in `box` (dtype of `box`)."""
     u = jax.random.uniform(key, (n, 3), box.dtype)
-    return box[:, 0] + u * (box[:, 1] - box[:, 0])
+    return box[None, :, 0] + u * (box[None, :, 1] - box[None, :, 0])
 
 
 def sample_positions(key, box, n: int, *, dtype=None) -> jax.Array:
@@ -165,6 +169,27 @@ def _objective_jit(phases, positions, geometry, h, noise_var, *, model, params):
     return _objective(phases, positions, geometry, h, noise_var, model=model, params=params)
 
 
+def _objective_and_grad(phases, positions, geometry, h, noise_var, *, model, params):
+    """`_objective` and its gradient `[L, N]`, both over the identifiable positions only.
+
+    Per-position gradients (vmap of grad), so a position whose bound or gradient is not finite
+    is dropped from both exactly, without its NaN reaching the others.
+    """
+    def one(ph, pos):
+        return _log_crb(ph, pos[None], geometry, h, noise_var, model=model, params=params)[0]
+
+    v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0))(phases, positions)
+    ok = jnp.isfinite(v) & jnp.all(jnp.isfinite(g), axis=(-2, -1))
+    n_ok = jnp.sum(ok)
+    scale = 1.0 / jnp.maximum(n_ok, 1).astype(v.dtype)
+    value = jnp.where(n_ok > 0, jnp.sum(jnp.where(ok, v, 0.0)) * scale, jnp.inf)
+    grad = jnp.sum(jnp.where(ok[:, None, None], g, 0.0), axis=0) * scale
+    return value, grad
+
+
+_objective_and_grad_jit = jax.jit(_objective_and_grad, static_argnames=("model", "params"))
+
+
 def _problem(geometry, H, noise_var, real):
     """Validate the fixed part of the problem and cast it to `real` (float32 or float64)."""
     if not isinstance(geometry, ArrayGeometry):
@@ -176,6 +201,12 @@ def _problem(geometry, H, noise_var, real):
     check_positive("noise_var", noise_var)
     cplx = jnp.complex128 if real == jnp.float64 else jnp.complex64
     return geometry.astype(real), jnp.asarray(H, cplx), jnp.asarray(noise_var, real)
+
+
+def _check_phases(phases, geometry) -> None:
+    check_ndim("phases", phases, 2)
+    check_shape("phases", phases, (None, geometry.n_elements))
+    check_finite("phases", phases)
 
 
 def _positions(positions, real):
@@ -220,11 +251,25 @@ def crb_objective(phases, positions, geometry: ArrayGeometry, H, noise_var, *, m
     params = _resolve_params(geometry, model, params)
     real = jnp.float64 if jnp.asarray(phases).dtype == jnp.float64 else jnp.float32
     g, h, nv = _problem(geometry, H, noise_var, real)
-    check_ndim("phases", phases, 2)
-    check_shape("phases", phases, (None, geometry.n_elements))
-    check_finite("phases", phases)
+    _check_phases(phases, geometry)
     return _objective_jit(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model,
                           params=params)
+
+
+def crb_objective_and_grad(phases, positions, geometry: ArrayGeometry, H, noise_var, *, model: str = "exact",
+                           params: Sequence[str] | None = None) -> tuple[jax.Array, jax.Array]:
+    """`crb_objective` and its gradient w.r.t. `phases` (`[L, N]`), as `design_codes` steps on them.
+
+    Per-position gradients, so a position whose bound is not identifiable (or whose gradient
+    is not finite) is left out of both the value and the gradient. Same arguments as
+    `crb_objective`.
+    """
+    params = _resolve_params(geometry, model, params)
+    real = jnp.float64 if jnp.asarray(phases).dtype == jnp.float64 else jnp.float32
+    g, h, nv = _problem(geometry, H, noise_var, real)
+    _check_phases(phases, geometry)
+    return _objective_and_grad_jit(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model,
+                                   params=params)
 
 
 # ---------------------------------------------------------------------------------- design ----
@@ -283,8 +328,7 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
     def step(state, i):
         ph, opt_state = state
         pos = _sample(jax.random.fold_in(step_key, i), box_j, int(batch))
-        value, grad = jax.value_and_grad(_objective)(ph, pos, g, h, nv, model=model, params=params)
-        grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+        value, grad = _objective_and_grad(ph, pos, g, h, nv, model=model, params=params)
         updates, opt_state = optimizer.update(grad, opt_state, ph)
         return (optax.apply_updates(ph, updates), opt_state), value
 
@@ -407,3 +451,45 @@ def crb_medians(codes, positions, geometry: ArrayGeometry, H, noise_var, *, mode
     """
     std = crb_std_at(codes, positions, geometry, H, noise_var, model=model, params=params)
     return CRBStd(*(float(np.median(x)) for x in std))
+
+
+class CodeJudgement(NamedTuple):
+    """sqrt(CRB) at held-out positions for the designed codes and for random codes.
+
+    Attributes:
+      positions: `[S, 3]` the held-out positions (phi, theta radians; r metres).
+      designed: `CRBStd` of `[S]` arrays with the designed codes.
+      random: `CRBStd` of `[S]` arrays with random codes of the same resolution, a fresh draw
+        per position (the simulator's default regime: random codes per scene).
+    """
+
+    positions: np.ndarray
+    designed: CRBStd
+    random: CRBStd
+
+
+def judge_codes(codes, geometry: ArrayGeometry, H, box, noise_var, *, key, bits: int, n_positions: int = 500,
+                model: str = "exact", params: Sequence[str] | None = None) -> CodeJudgement:
+    """sqrt(CRB) of designed codes against random codes of the same resolution, held-out positions.
+
+    Positions are drawn uniformly in `box` from `key` (use a key the design did not see); the
+    random codes (uniform phases rounded to `bits`) are drawn afresh for each position. The
+    score of conventions section 9 is the median of each over the positions
+    (`np.median(judgement.designed.phi)`, ...).
+
+    Args:
+      codes: `[L, N]` the designed codes.
+      geometry, H, noise_var, model, params: as `crb_objective`.
+      box: `[3, 2]` prior box, as `design_codes`.
+      key: PRNG key.
+      bits: resolution of the random codes (the design's).
+      n_positions: held-out positions (>= 1).
+    """
+    _check_bits(bits)
+    check_ndim("codes", codes, 2)
+    pos_key, code_key = jax.random.split(key)
+    positions = np.asarray(sample_positions(pos_key, box, n_positions, dtype=jnp.float32), np.float64)
+    rand = random_codes(code_key, np.shape(codes)[0], np.shape(codes)[1], bits, shape=(int(n_positions),))
+    kw = dict(model=model, params=params)
+    return CodeJudgement(positions, crb_std_at(codes, positions, geometry, H, noise_var, **kw),
+                         crb_std_at(rand, positions, geometry, H, noise_var, **kw))

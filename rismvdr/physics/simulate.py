@@ -240,7 +240,79 @@ def _truth_covariance_jit(geometry, phi, theta, r, power, *, model):
     return truth_covariance(a, power)
 
 
-def _simulate_one(cfg: SceneConfig, key):
+class _Fixed(NamedTuple):
+    """What stays the same across the scenes of one `simulate` call, as host arrays in the
+    config's precision (None where unused); the jitted simulator takes them as arguments."""
+
+    h_true: np.ndarray | None = None  # [M, N] channel generating y (None: drawn per scene)
+    h_known: np.ndarray | None = None  # [M, N] channel stored in the scene (None: as generated)
+    gain: np.ndarray | None = None  # [N] exp(1j phase_error) (None: no surface impairment)
+    failed: np.ndarray | None = None  # [N] bool, stuck elements
+    stuck: np.ndarray | None = None  # [N] exp(1j stuck_phase)
+    ref_gain: np.ndarray | None = None  # scalar ||H_true||_F^2 / M (the deployment's noise floor)
+    codes: np.ndarray | None = None  # [L, N] given codebook, rounded to code_bits
+
+
+def check_codebook(cfg: SceneConfig, codes, *, name: str = "codes") -> np.ndarray:
+    """A given RIS codebook checked against the scenario and rounded to `cfg.code_bits`.
+
+    Args:
+      cfg: RIS-mode scenario config.
+      codes: `[L, N]` unit-modulus codes (complex, or real +-1), `|c|` within `CODE_TOL` of 1.
+      name: how errors name the codebook (a CLI flag, say).
+
+    Returns:
+      `[L, N]` complex128 codes, phases rounded to `cfg.code_bits` (unchanged when 0).
+
+    Raises:
+      ValueError: full-array mode, wrong shape, non-numeric, non-finite or non-unit-modulus codes
+        (one line naming `name`).
+    """
+    if cfg.mode != "ris":
+        raise ValueError(f"{name}: full-array mode (mode='full') has no RIS codes")
+    a = np.asarray(codes)
+    l, n = cfg.n_snapshots, cfg.n_elements
+    if a.dtype.kind not in "fciu":
+        raise ValueError(f"{name}: expected complex unit-modulus codes, got dtype {a.dtype}")
+    if a.shape != (l, n):
+        raise ValueError(f"{name}: expected shape [L, N] = [{l}, {n}] for scenario {cfg.name!r}, got {list(a.shape)}")
+    a = a.astype(np.complex128)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: contains {int(np.sum(~np.isfinite(a)))} non-finite value(s)")
+    dev = float(np.max(np.abs(np.abs(a) - 1.0)))
+    if dev > CODE_TOL:
+        raise ValueError(f"{name}: not unit modulus (max ||c| - 1| = {dev:.3g} > {CODE_TOL:g})")
+    return quantize_codes(a, cfg.code_bits)
+
+
+def _fixed_inputs(cfg: SceneConfig, codes=None) -> _Fixed:
+    """The `_Fixed` arrays of a (validated) config and optional given codebook."""
+    if cfg.mode != "ris":
+        if codes is not None:
+            check_codebook(cfg, codes)  # raises: full-array mode has no codes
+        return _Fixed()
+    fixed = _deployment_inputs(cfg)
+    if codes is not None:
+        fixed = fixed._replace(codes=check_codebook(cfg, codes).astype(cfg.dtype))
+    return fixed
+
+
+@functools.lru_cache(maxsize=16)
+def _deployment_inputs(cfg: SceneConfig) -> _Fixed:
+    cdtype, real = np.dtype(cfg.dtype), cfg.real_dtype
+    dep = deployment(cfg)
+    fixed = _Fixed()
+    if dep.H_true is not None:
+        fixed = fixed._replace(h_true=dep.H_true.astype(cdtype), h_known=dep.H_known.astype(cdtype))
+    if cfg.code_phase_error_deg > 0 or cfg.element_failure > 0:
+        fixed = fixed._replace(gain=dep.surface_gain.astype(cdtype), failed=dep.failed,
+                               stuck=np.exp(1j * dep.stuck_phase).astype(cdtype))
+    if cfg.is_deployment:
+        fixed = fixed._replace(ref_gain=np.asarray(reference_power(dep.H_true, 1.0), real))
+    return fixed
+
+
+def _simulate_one(cfg: SceneConfig, key, fixed: _Fixed):
     cdtype = jnp.dtype(cfg.dtype)
     real = jnp.finfo(cdtype).dtype
     geometry = scenario_geometry(cfg).astype(real)
@@ -256,34 +328,64 @@ def _simulate_one(cfg: SceneConfig, key):
     s = draws.crandn((l, cfg.k_max), cdtype) * jnp.sqrt(power).astype(cdtype)[None, :]  # [L, K]
     x = jnp.matmul(s, a, precision=_HI)  # [L, N]: x_l = A s_l
     if cfg.mode == "ris":
-        h = draws.crandn((m, n), cdtype, var=1.0 / n)
-        codes = _ris_codes(cfg, draws, cdtype, real)
-        y_clean = jnp.matmul(codes * x, h.T, precision=_HI)  # [L, M]: H diag(c_l) x_l
+        h = draws.crandn((m, n), cdtype, var=1.0 / n)  # drawn even when a deployment fixes H
+        codes = _ris_codes(cfg, draws, cdtype, real)  # drawn even when codes are given
+        if fixed.codes is not None:
+            codes = jnp.asarray(fixed.codes, cdtype)  # rounded to code_bits on the host
+        else:
+            codes = quantize_codes(codes, cfg.code_bits)
+        h_stored = h
+        if fixed.h_true is not None:
+            h, h_stored = jnp.asarray(fixed.h_true, cdtype), jnp.asarray(fixed.h_known, cdtype)
+        elif cfg.channel_nmse_db is not None:
+            h_stored = h + _channel_error(jax.random.fold_in(key, CHANNEL_ERROR_STREAM), h, cfg.channel_nmse_db, real)
+        applied = codes
+        if fixed.gain is not None:
+            applied = jnp.where(fixed.failed[None, :], fixed.stuck[None, :], codes * fixed.gain[None, :])
+        y_clean = jnp.matmul(applied * x, h.T, precision=_HI)  # [L, M]: H diag(c_l) x_l
     else:
-        h, codes, y_clean = None, None, x
+        h_stored, codes, y_clean = None, None, x
     sig_pow = jnp.mean(jnp.abs(y_clean) ** 2)
-    noise_var = (sig_pow / 10.0 ** (snr_db / 10.0)).astype(real)
+    if cfg.is_deployment:  # the deployment's noise floor; the scene reports the SNR it realises
+        noise_var = (jnp.sum(power) * fixed.ref_gain / 10.0 ** (snr_db / 10.0)).astype(real)
+        snr_db = (10.0 * jnp.log10(sig_pow / noise_var)).astype(real)
+    else:
+        noise_var = (sig_pow / 10.0 ** (snr_db / 10.0)).astype(real)
     y = y_clean + draws.crandn((l, m), cdtype, var=noise_var)
     r_true = truth_covariance(a, power)
     scene = Scene(
-        y=y, H=h, codes=codes, noise_var=noise_var, snr_db=snr_db,
+        y=y, H=h_stored, codes=codes, noise_var=noise_var, snr_db=snr_db,
         phi=phi, theta=theta, r=r, power=power, mask=mask, R_true=r_true,
     )
     return scene, shortfall
 
 
-def simulate_scene(cfg: SceneConfig, key) -> Scene:
-    """One scene as a pure function of (cfg, key); jittable with `cfg` static, vmappable."""
-    return _simulate_one(cfg, key)[0]
+def _channel_error(key, h, nmse_db: float, real):
+    """Circular Gaussian error of power `10^(nmse_db/10) mean |h|^2` per entry, `h`'s shape."""
+    var = 10.0 ** (nmse_db / 10.0) * jnp.mean(jnp.abs(h) ** 2)
+    z = jax.random.normal(key, (2,) + h.shape, real) * jnp.sqrt(var / 2.0).astype(real)
+    return jax.lax.complex(z[0], z[1]).astype(h.dtype)
+
+
+def simulate_scene(cfg: SceneConfig, key, *, codes=None) -> Scene:
+    """One scene as a pure function of (cfg, key); jittable with `cfg` static, vmappable.
+
+    Args:
+      cfg: scenario config.
+      key: PRNG key.
+      codes: optional `[L, N]` RIS codebook (a concrete array, not traced), as for `simulate`.
+    """
+    return _simulate_one(cfg, key, _fixed_inputs(cfg, codes))[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _simulate_batch(cfg: SceneConfig, key, indices):
+def _simulate_batch(cfg: SceneConfig, key, indices, fixed: _Fixed):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
-    return jax.vmap(lambda k: _simulate_one(cfg, k))(keys)
+    return jax.vmap(lambda k: _simulate_one(cfg, k, fixed))(keys)
 
 
-def simulate(cfg: SceneConfig, key, n_scenes: int, *, batch_size: int = 256, start: int = 0) -> Scene:
+def simulate(cfg: SceneConfig, key, n_scenes: int, *, batch_size: int = 256, start: int = 0,
+             codes=None) -> Scene:
     """Simulate scenes `start .. start + n_scenes - 1` of the test set defined by (cfg, key).
 
     Args:
@@ -292,13 +394,17 @@ def simulate(cfg: SceneConfig, key, n_scenes: int, *, batch_size: int = 256, sta
       n_scenes: number of scenes, >= 1.
       batch_size: scenes per jitted call (bounds memory; results do not depend on it).
       start: index of the first scene.
+      codes: optional `[L, N]` RIS codebook used for every scene instead of drawn codes (RIS
+        mode): unit modulus (`|c|` within `CODE_TOL` of 1), rounded to `cfg.code_bits` like
+        drawn codes. The draws of the codes are still consumed, so each scene's sources,
+        symbols and noise are those it has with drawn codes.
 
     Returns:
       A batched `Scene` with leading axis `n_scenes`.
 
     Raises:
-      ValueError: bad arguments, complex128 without x64, or a box too small for K sources
-        separated by the detection gate.
+      ValueError: bad arguments (a bad codebook names `codes`), complex128 without x64, or a
+        box too small for K sources separated by the detection gate.
     """
     cfg.validate()
     if int(n_scenes) < 1:
@@ -307,6 +413,7 @@ def simulate(cfg: SceneConfig, key, n_scenes: int, *, batch_size: int = 256, sta
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     if cfg.dtype == "complex128" and not jax.config.jax_enable_x64:
         raise ValueError("dtype: complex128 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+    fixed = _fixed_inputs(cfg, codes)
     if isinstance(key, (int, np.integer)):
         key = jax.random.key(int(key))
     parts, shortfall = [], 0
@@ -314,7 +421,7 @@ def simulate(cfg: SceneConfig, key, n_scenes: int, *, batch_size: int = 256, sta
     for lo in range(start, start + n_scenes, batch_size):
         hi = min(lo + batch_size, start + n_scenes)
         idx = jnp.arange(lo, lo + batch_size, dtype=jnp.int32)  # fixed shape: one trace
-        scene, short = _simulate_batch(cfg, key, idx)
+        scene, short = _simulate_batch(cfg, key, idx, fixed)
         parts.append(scene[: hi - lo])
         shortfall = max(shortfall, int(jnp.max(short[: hi - lo])))
     if shortfall > 0:
