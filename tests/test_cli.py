@@ -399,7 +399,7 @@ def test_parser_mirrors_match_the_library():
     from rismvdr.eval.evaluation import evaluate_detections, evaluate_files
     from rismvdr.io import CACHE_DIR_ENV, COMPILE_CACHE_ENV
     from rismvdr.localize.registry import METHODS
-    from rismvdr.localize.settings import CONTINUATIONS
+    from rismvdr.localize.settings import CONTINUATIONS, SEARCHES
     from rismvdr.physics.scenarios import DEFAULT_GATES
     from rismvdr.physics.simulate import simulate as simulate_scenes
 
@@ -409,6 +409,7 @@ def test_parser_mirrors_match_the_library():
     assert common.METHOD_NAMES == tuple(METHODS) and common.DEFAULT_METHOD in METHODS
     assert common.CONTINUATIONS == tuple(CONTINUATIONS)
     assert common.CONFIG_NAMES == tuple(CONFIGS) and common.DEFAULT_SPACE == DEFAULT_SPACE
+    assert common.SEARCHES == tuple(SEARCHES)
     assert (common.CACHE_DIR_ENV, common.COMPILE_CACHE_ENV) == (CACHE_DIR_ENV, COMPILE_CACHE_ENV)
     assert simulate.BATCH_SIZE == default(simulate_scenes, "batch_size")
     assert evaluate.GATES == DEFAULT_GATES.as_report()

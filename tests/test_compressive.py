@@ -7,10 +7,13 @@
 - the F-test thresholds against SciPy;
 - the ML's closed-form variable-projection Jacobian against central differences of a NumPy
   float64 least-squares residual;
-- the least-squares range scan against a NumPy float64 brute force (one joint fit per candidate).
+- the least-squares range scan against a NumPy float64 brute force (one joint fit per candidate);
+- the early-stopped Levenberg-Marquardt against the fixed-count one, and the order re-test's while
+  loop against the fixed loop it replaced.
 """
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,11 +24,16 @@ from rismvdr.eval.metrics import match_scene
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.compressive import (
     CompressiveConfig,
+    apply_operators,
     f_thresholds,
+    ml_refine_fit,
+    order_retest,
     range_scan,
     scene_operators,
+    source_fstats,
     vp_residual_jacobian,
 )
+from rismvdr.physics.steering import steering
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
 from test_steering import ref_steering  # the float64 NumPy steering reference
@@ -148,6 +156,85 @@ def test_config_validation():
         CompressiveConfig(pfa=0.0).validate()
     with pytest.raises(ValueError, match="k_max"):
         CompressiveConfig(k_max=0).validate()
+    with pytest.raises(ValueError, match="ml_xtol"):
+        CompressiveConfig(ml_xtol=-1.0).validate()
+
+
+# --- early stopping of the Levenberg-Marquardt refinement and of the order re-test ---------------
+# Agreement of the early-stopped refinement with the fixed-count one, well inside the detection gate
+# (5 deg, 1 m): measured on 32 seed scenes of 3 sources started up to 2 deg and 20 % in 1/r off the
+# truth, at most 0.022 deg and 0.06 m apart, costs within 1.2e-5 relative, 5.7 iterations of 10 on average.
+EARLY_STOP_DEG, EARLY_STOP_M, EARLY_STOP_COST = 0.1, 0.2, 1e-4
+
+
+def _perturbed_starts(n, seed):
+    cfg = get_scenario("seed", k_min=3, k_max=3)
+    scenes = simulate(cfg, seed, n)
+    rng = np.random.default_rng(seed)
+    start = (scenes.phi + np.deg2rad(rng.uniform(-2, 2, scenes.phi.shape)),
+             scenes.theta + np.deg2rad(rng.uniform(-2, 2, scenes.phi.shape)),
+             1.0 / (rng.uniform(0.8, 1.2, scenes.r.shape) / scenes.r))
+    return cfg, scenes, tuple(jnp.asarray(x, jnp.float32) for x in start)
+
+
+def test_early_stopped_ml_agrees_with_the_fixed_count():
+    cfg, scenes, (p0, t0, r0) = _perturbed_starts(8, 5)
+    geometry = scenario_geometry(cfg).astype(np.float32)
+    grid = settings_for_scenario(cfg).dictionary_grid()
+    l, n = scenes.y.shape[1], geometry.n_elements
+
+    def run(ccfg):
+        def one(y, h, c, a, b, r, m):
+            return ml_refine_fit(y, scene_operators(h, c, l, n, y.dtype), geometry, grid, a, b, r, m, ccfg)
+        return [np.asarray(x) for x in jax.jit(jax.vmap(one))(scenes.y, scenes.H, scenes.codes, p0, t0, r0,
+                                                                scenes.mask)]
+
+    base = CompressiveConfig()
+    early, fixed = run(base), run(dataclasses.replace(base, ml_early_stop=False))
+    m = np.asarray(scenes.mask)
+    assert np.all(fixed[5] == base.ml_iters)
+    assert np.all(early[5] <= base.ml_iters) and np.mean(early[5]) < base.ml_iters  # some scenes stop early
+    assert np.max(np.rad2deg(np.abs(early[0] - fixed[0]))[m]) < EARLY_STOP_DEG
+    assert np.max(np.rad2deg(np.abs(early[1] - fixed[1]))[m]) < EARLY_STOP_DEG
+    assert np.max(np.abs(early[2] - fixed[2])[m]) < EARLY_STOP_M
+    np.testing.assert_allclose(early[3], fixed[3], rtol=EARLY_STOP_COST)
+    # the returned residual is that of the returned cost
+    np.testing.assert_allclose(np.sum(np.abs(early[4]) ** 2, axis=(-2, -1)), early[3], rtol=1e-4)
+
+
+def test_order_retest_matches_the_fixed_loop():
+    """The while loop drops the same sources as a loop over every slot that recomputes the F
+    statistics each time (the former kernel), and gives the same F statistics."""
+    cfg, scenes, _ = _perturbed_starts(4, 6)
+    geometry = scenario_geometry(cfg).astype(np.float32)
+    l, n = scenes.y.shape[1], geometry.n_elements
+    ccfg = CompressiveConfig()
+    thr = jnp.asarray(f_thresholds(scenes.y.shape[2], l, 5, 2000, ccfg))
+    rng = np.random.default_rng(0)
+    # 3 true sources and 2 random spurious ones per scene
+    extra = [np.deg2rad(rng.uniform(-50, 50, (4, 2))), np.deg2rad(rng.uniform(-25, 25, (4, 2))),
+             rng.uniform(2.0, 9.0, (4, 2))]
+    phi, theta, r = (jnp.asarray(np.concatenate([np.asarray(a), e], 1), jnp.float32)
+                     for a, e in zip((scenes.phi, scenes.theta, scenes.r), extra))
+    mask = jnp.ones((4, 5), bool)
+
+    def fixed_loop(y, B, mask):
+        def body(_, mask):
+            f, order = source_fstats(y, B, mask)
+            j = jnp.argmin(f)
+            drop = (order > 0) & (f[j] <= thr[jnp.clip(order - 1, 0, 4)])
+            return jnp.where(drop, mask & (jnp.arange(5) != j), mask)
+        mask = jax.lax.fori_loop(0, 5, body, mask)
+        return mask, jnp.where(mask, source_fstats(y, B, mask)[0], 0.0)
+
+    def both(y, h, c, p, t, rr, m):
+        B = apply_operators(scene_operators(h, c, l, n, y.dtype), steering(geometry, p, t, rr, dtype=y.dtype).T)
+        return order_retest(y, B, m, thr, ccfg), fixed_loop(y, B, m)
+
+    (mask_w, f_w), (mask_f, f_f) = jax.jit(jax.vmap(both))(scenes.y, scenes.H, scenes.codes, phi, theta, r, mask)
+    np.testing.assert_array_equal(mask_w, mask_f)
+    assert np.any(~np.asarray(mask_w))  # the test drops something
+    np.testing.assert_allclose(f_w, f_f, rtol=1e-5)
 
 
 # --- the bound methods -----------------------------------------------------------

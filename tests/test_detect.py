@@ -20,6 +20,7 @@ import pytest
 
 from rismvdr.eval import metrics
 from rismvdr.localize.detect import DetectorConfig, Detections, detect, detect_peaks_2d, gate_nms
+from rismvdr.localize.settings import GridSpec
 from rismvdr.physics.geometry import ula
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -165,6 +166,84 @@ def test_padded_output_layout(oracle):
         for row, v in zip(det.score_db, det.valid):
             assert np.all(np.diff(row[v]) <= 1e-6)
         assert np.all(np.isfinite(det.phi[det.valid]) & np.isfinite(det.r[det.valid]))
+
+
+# ------------------------------------------------------------------------------------------
+# Coarse-to-fine search
+# ------------------------------------------------------------------------------------------
+def coarse_grids(cfg):
+    """(coarse map grid, fine grid) of the scenario's box with the coarse-to-fine search."""
+    spec = GridSpec(phi_deg=cfg.phi_deg, theta_deg=cfg.theta_deg, r_m=cfg.r_m, search="coarse-to-fine")
+    return spec.search_grids()
+
+
+def test_search_grids():
+    cfg = ORACLE_CFG
+    full = GridSpec(phi_deg=cfg.phi_deg, theta_deg=cfg.theta_deg, r_m=cfg.r_m)
+    assert full.search_grids() == (full.grid(), None)
+    coarse, fine = coarse_grids(cfg)
+    assert fine == full.grid()
+    assert coarse.shape == (21, 41, 8)  # 3 deg x 3 deg x 8 planes over the seed box (61 x 121 x 16)
+    assert coarse.r[0] == fine.r[0] and coarse.r[-1] == fine.r[-1]
+    for kw, name in (({"search": "fast"}, "search"), ({"coarse_factor": 0.5}, "coarse_factor"),
+                     ({"coarse_planes": 0}, "coarse_planes")):
+        with pytest.raises(ValueError, match=name):
+            GridSpec(**kw)
+
+
+@pytest.fixture(scope="module")
+def coarse(oracle):
+    coarse_grid, fine = coarse_grids(oracle["cfg"])
+    spec = spectrum_25d(oracle["op"], grid_steering(oracle["geo"], coarse_grid, dtype=jnp.complex64))
+    det = host(detect(oracle["op"], spec, oracle["geo"], coarse_grid, DetectorConfig(), fine=fine))
+    return dict(grid=coarse_grid, fine=fine, spec=spec, det=det)
+
+
+def test_coarse_to_fine_finds_the_full_grid_peaks(oracle, coarse):
+    """Oracle scenes: the same count and the same peaks as the full grid's refined detections,
+    from a map with 1/18 of its points."""
+    det, full, scenes = coarse["det"], oracle["refined"], oracle["scenes"]
+    np.testing.assert_array_equal(det.count, full.count)
+    for s in range(N_ORACLE):
+        m = scene_match(det, scenes, s)
+        assert (m.fp, m.fn) == (0, 0), (s, m)
+        mf = scene_match(full, scenes, s)
+        by_truth = dict(zip(mf.gt_index.tolist(), mf.est_index.tolist()))
+        for gi, ei in zip(m.gt_index.tolist(), m.est_index.tolist()):
+            fi = by_truth[gi]
+            assert abs(det.phi[s, ei] - full.phi[s, fi]) < 0.05 * DEG
+            assert abs(det.theta[s, ei] - full.theta[s, fi]) < 0.05 * DEG
+            assert abs(det.r[s, ei] - full.r[s, fi]) < 0.02
+            assert abs(det.score_db[s, ei] - full.score_db[s, fi]) < 0.05
+    assert in_box(det, oracle["grid"])
+
+
+def test_coarse_to_fine_is_one_program_of_fixed_shapes(oracle, coarse):
+    traces = []
+
+    def run(op, spec):
+        traces.append(1)
+        return detect(op, spec, oracle["geo"], coarse["grid"], DetectorConfig(), fine=coarse["fine"])
+
+    jitted = jax.jit(run)
+    det = host(jitted(oracle["op"], coarse["spec"]))
+    for x in det:
+        chex.assert_shape(x, (N_ORACLE, DetectorConfig().k_max))
+    np.testing.assert_array_equal(det.valid, coarse["det"].valid)
+    # other data of the same shapes: no new trace
+    half = coarse["spec"]._replace(power=coarse["spec"].power * 0.5)
+    jitted(oracle["op"], half)
+    assert len(traces) == 1
+    assert np.all(np.diff(det.valid.astype(int), axis=-1) <= 0)
+    assert np.all(det.score_db[~det.valid] == -np.inf)
+
+
+def test_full_search_ignores_the_coarse_settings(oracle):
+    """The full grid path is the one it was: the coarse-to-fine fields change nothing in it."""
+    cfg = DetectorConfig(coarse_candidates=7, coarse_refine_iters=3)
+    det = host(detect(oracle["op"], oracle["spec"], oracle["geo"], oracle["grid"], cfg))
+    for a, b in zip(det, oracle["refined"]):
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------------------------------
@@ -394,6 +473,7 @@ def test_gate_nms_same_angle_different_range(dr, kept):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
     ("threshold_mode", "x"), ("k_max", 0), ("n_candidates", 2), ("refine_iters", -1),
+    ("coarse_candidates", 0), ("coarse_refine_iters", -1),
     ("threshold_db", float("nan")), ("mad_z", float("inf")), ("flat_db", -1.0),
 ])
 def test_bad_config_names_the_field(field, value):

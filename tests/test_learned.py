@@ -367,7 +367,7 @@ def test_ml_rescan_leaves_a_wrong_range_basin():
     on the optimum the ML started at the truth reaches, and the new fit is kept."""
     cfg, sc, geo, E = _noise_free(2, 5)
     grid = make_grid(cfg.phi_deg, cfg.theta_deg, cfg.r_m, phi_step_deg=2.0, theta_step_deg=2.0, n_planes=8)
-    ccfg = CompressiveConfig(k_max=5, ml_iters=30)
+    ccfg = CompressiveConfig(k_max=5, ml_iters=30, ml_early_stop=False)
     thr = f_thresholds(cfg.n_bs, cfg.n_snapshots, 5, int(np.prod(grid.shape)), ccfg)
     mask = jnp.asarray([True, True, False, False, False])
     pad = lambda x, fill: jnp.concatenate([x[:2], jnp.full((3,), fill, x.dtype)])  # noqa: E731
@@ -475,12 +475,13 @@ def test_continue_batch_adds_the_missing_source_and_stops(scenario):
 
 def test_learned_ml_is_learned_with_the_ml_continuation(run):
     """`learned-ml` = `learned` with `LearnedSettings.continuation` "backprojection" (same
-    detections); the continuation's choices are checked; `localize_from_start` refuses an unknown
-    `picks`."""
+    detections on the same map search); the continuation's choices are checked;
+    `localize_from_start` refuses an unknown `picks`."""
     scenes = scenes_from_file(load_scenes(run / "s.npz"))
     model = load_learned(run / "bb")
     geo = scenario_geometry(get_scenario("seed"))
-    base = settings_for_scenario(get_scenario("seed")).with_grid(phi_step_deg=4, theta_step_deg=4, n_planes=4)
+    base = settings_for_scenario(get_scenario("seed")).with_grid(phi_step_deg=4, theta_step_deg=4, n_planes=4,
+                                                                 search="coarse-to-fine")
     ml = localize("learned-ml", scenes, geo, base, progress=False, model=model).detections
     s = base.replace(learned=dataclasses.replace(base.learned, continuation="backprojection"))
     ref = localize("learned", scenes, geo, s, progress=False, model=model).detections

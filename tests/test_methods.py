@@ -90,8 +90,9 @@ def test_every_method_runs_through_localize(method, mode, data, runs):
     t, p, _ = res.grid.shape
     assert res.power_db.shape == res.plane.shape == (N_SMOKE, t, p)
     # The registry says on which grid a method's maps are (the speed bench labels them by it).
-    settings, linear = settings_for_scenario(cfg).with_grid(**SMALL), scenario_geometry(cfg).linear
-    grids = {"search": settings.grid(linear), "dictionary": settings.dictionary_grid(linear)}
+    settings = settings_for_scenario(cfg).with_grid(**SMALL).with_search_default(METHODS[method].search)
+    linear = scenario_geometry(cfg).linear
+    grids = {"search": settings.search_grids(linear)[0], "dictionary": settings.dictionary_grid(linear)}
     assert res.grid == grids[METHODS[method].maps_grid]
     assert np.all(np.isfinite(res.power_db))
     assert res.seconds > 0

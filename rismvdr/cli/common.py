@@ -38,6 +38,8 @@ DEFAULT_METHOD = "mvdr-als"
 CONTINUATIONS = ("backbone", "backprojection")
 #: `rismvdr.configs.CONFIGS`: the packaged training configs.
 CONFIG_NAMES = ("seed", "seed_refiner", "seed_los", "tiny")
+#: `rismvdr.localize.settings.SEARCHES`: the map searches of `GridSpec.search`.
+SEARCHES = ("auto", "full", "coarse-to-fine")
 #: `rismvdr.configs.DEFAULT_SPACE`: the search space of `hpo run` / `hpo two-stage`.
 DEFAULT_SPACE = "hpo_space"
 #: `rismvdr.io.CACHE_DIR_ENV` and `rismvdr.io.COMPILE_CACHE_ENV`.
@@ -180,6 +182,10 @@ def add_localizer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-step", default="best", help="learned methods with a run directory: 'best' "
                    "(lowest validation objective), 'latest' or a step number (default best)")
     g = p.add_argument_group("search grid and detector (defaults: the scene file's scenario, else the seed box)")
+    g.add_argument("--search", choices=SEARCHES, help="map search: 'full' (every grid point), 'coarse-to-fine' "
+                   "(a grid 3x coarser in angle with 8 range planes, its best local maxima refined off the grid) or "
+                   "'auto' (each method's default: coarse-to-fine for mvdr-oracle, mvdr-als, music-mdl and "
+                   "learned-ml, full for the others; default auto)")
     g.add_argument("--phi-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help=f"azimuth search box, degrees (default {pairs(PHI_RANGE_DEG)})")
     g.add_argument("--theta-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"),
@@ -291,6 +297,7 @@ def localizer_settings(args: argparse.Namespace, sf):
     ).items() if v is not None}
     grid_kw = {k: v for k, v in dict(
         **box, phi_step_deg=args.phi_step_deg, theta_step_deg=args.theta_step_deg, n_planes=args.planes,
+        search=getattr(args, "search", None),
     ).items() if v is not None}
     kw = {k: v for k, v in dict(
         steering_model=args.steering_model, precision=args.precision, batch_size=args.batch_size,

@@ -123,19 +123,21 @@ def bartlett_builder(scenes: Scene, geometry, s: LocalizerSettings):
 def spectrum_method(build: Builder):
     """A registry `make` from an operator builder: operators -> 2.5D spectrum -> detector.
 
-    The run's extras hold `order` (`[B]` int) when the builder caps the count.
+    The map is on `settings.search_grids` (the coarse grid of a coarse-to-fine search, which the
+    runner's grid then is). The run's extras hold `order` (`[B]` int) when the builder caps the
+    count.
     """
     jitted = jax.jit(build, static_argnums=(2,))
 
     def make(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings, model=None) -> Runner:
-        grid = settings.grid(geometry.linear)
+        grid, fine = settings.search_grids(geometry.linear)
         a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
 
         def run(batch: Scene) -> tuple[Detections, object, dict]:
             op, cap = jitted(batch, geometry, settings)
             spec = spectrum_25d(op, a_grid, precision=settings.precision, max_chunk_mb=settings.max_chunk_mb)
             det = detect(op, spec, geometry, grid, settings.detector, cap=cap,
-                         model=settings.steering_model, precision=settings.precision)
+                         model=settings.steering_model, precision=settings.precision, fine=fine)
             return det, spec, ({} if cap is None else {"order": cap})
 
         return Runner(run, grid)

@@ -235,16 +235,17 @@ def refiner_map_ok(prob, guard: RefinerGuard):
             & (n_max <= guard.max_local_maxima))
 
 
-def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings, grid: Grid,
-                        scenes):
-    """`learned` on a batch (traced): (MVDR operator on R_blend, its 2.5D spectrum, detections)."""
+def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings, scenes):
+    """`learned` on a batch (traced): (MVDR operator on R_blend, its 2.5D spectrum on the maps' grid
+    (`settings.search_grids`), detections)."""
     prec = settings.precision
+    grid, fine = settings.search_grids(geometry.linear)
     op = learned_operator(model, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
                           exist_threshold=settings.learned.exist_threshold)
     a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
     spec = spectrum_25d(op, a_grid, precision=prec, max_chunk_mb=settings.max_chunk_mb)
     det = detect(op, spec, geometry, grid, learned_detector(settings), model=settings.steering_model,
-                 precision=prec)
+                 precision=prec, fine=fine)
     return op, spec, det
 
 
@@ -356,12 +357,10 @@ def _reused(make):
 def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
     """A jitted `(backbone_params, scenes) -> (Detections, Spectrum25D)`: MVDR on R_blend through
     the shared spectrum and detector, finished on the measurements (`finish_detections`)."""
-    grid = settings.grid(geometry.linear)
-
     def run(bparams, scenes):
         m = model._replace(backbone_params=bparams)
         thresholds = _thresholds(settings, geometry, scenes)
-        _, spec, det = _learned_detections(m, geometry, settings, grid, scenes)
+        _, spec, det = _learned_detections(m, geometry, settings, scenes)
         return finish_detections(m, geometry, settings, thresholds, scenes, det), spec
 
     return jax.jit(run)
@@ -385,7 +384,7 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
     def run(bparams, rparams, scenes):
         m = model._replace(backbone_params=bparams, refiner_params=rparams)
         thresholds = _thresholds(settings, geometry, scenes)
-        _, spec, base = _learned_detections(m, geometry, settings, grid, scenes)
+        _, spec, base = _learned_detections(m, geometry, settings, scenes)
         b = spec.power.shape[0]
         rcfg = model.refiner_cfg
         rgrid = refiner_grid(model.backbone_cfg, rcfg)
@@ -462,7 +461,7 @@ def learned_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSe
         det, spec = jitted(model.backbone_params, batch)
         return det, spec, {}
 
-    return Runner(run, settings.grid(geometry.linear))
+    return Runner(run, settings.search_grids(geometry.linear)[0])
 
 
 def refiner_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,
@@ -480,7 +479,7 @@ def refiner_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSe
         det, spec, fallback = jitted(model.backbone_params, model.refiner_params, batch)
         return det, spec, {"fallback": fallback}
 
-    return Runner(run, settings.grid(geometry.linear))
+    return Runner(run, settings.search_grids(geometry.linear)[0])
 
 
 def learned_ml_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 from rismvdr.defaults import EXIST_THRESHOLD, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
 from rismvdr.localize.detect import DetectorConfig, RefinerGuard
@@ -23,6 +24,7 @@ from rismvdr.physics.scenarios import SceneConfig
 from rismvdr.physics.spectra import Grid, make_grid
 
 __all__ = [
+    "SEARCHES",
     "GridSpec",
     "EstimatorSettings",
     "CompressiveSettings",
@@ -31,6 +33,10 @@ __all__ = [
     "LocalizerSettings",
     "settings_for_scenario",
 ]
+
+
+#: `GridSpec.search`'s choices.
+SEARCHES = ("auto", "full", "coarse-to-fine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,16 @@ class GridSpec:
     phi_step_deg: float = 1.0
     theta_step_deg: float = 1.0
     n_planes: int = 16  # range planes, uniform in 1/r
+    # How the detector searches the map (`rismvdr.localize.detect.detect`): "full" evaluates the
+    # map on this grid; "coarse-to-fine" evaluates it on `coarse_grid` (angle steps `coarse_factor`
+    # times these, `coarse_planes` planes) and refines its highest local maxima off the grid in
+    # this grid's steps, never evaluating this grid (the methods' maps are then the coarse maps);
+    # "auto": each method's own default (`rismvdr.localize.registry.Method.search`: coarse-to-fine
+    # where its validation F1 was that of the full grid; docs: experiments, coarse-to-fine), "full"
+    # where a method is run without the registry.
+    search: Literal["auto", "full", "coarse-to-fine"] = "auto"
+    coarse_factor: float = 3.0
+    coarse_planes: int = 8
 
     def __post_init__(self):
         def box(name, lo_hi, lo, hi, strict=False):
@@ -62,14 +78,36 @@ class GridSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
-        if isinstance(self.n_planes, bool) or not isinstance(self.n_planes, int) or self.n_planes < 1:
-            raise ValueError(f"n_planes: must be an integer >= 1, got {self.n_planes!r}")
+        for name in ("n_planes", "coarse_planes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search: expected one of {SEARCHES}, got {self.search!r}")
+        f = self.coarse_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (math.isfinite(f) and f >= 1):
+            raise ValueError(f"coarse_factor: must be a finite number >= 1, got {f!r}")
 
     def grid(self, linear: bool = False) -> Grid:
         """The grid; a linear array (no elevation resolution) gets the single row theta = 0."""
         theta = (0.0, 0.0) if linear and self.theta_deg[0] != self.theta_deg[1] else self.theta_deg
         return make_grid(self.phi_deg, theta, self.r_m, phi_step_deg=self.phi_step_deg,
                          theta_step_deg=self.theta_step_deg, n_planes=self.n_planes)
+
+    def coarse_grid(self, linear: bool = False) -> Grid:
+        """The coarse-to-fine search's coarse grid: the box in `coarse_factor` times the angle
+        steps, `coarse_planes` range planes."""
+        return dataclasses.replace(self, phi_step_deg=self.phi_step_deg * self.coarse_factor,
+                                   theta_step_deg=self.theta_step_deg * self.coarse_factor,
+                                   n_planes=self.coarse_planes).grid(linear)
+
+    def search_grids(self, linear: bool = False) -> tuple[Grid, Grid | None]:
+        """(the grid the map is evaluated on, the fine grid of a coarse-to-fine search or None):
+        `(grid, None)` for "full" (and "auto"), `(coarse_grid, grid)` for "coarse-to-fine"; the pair
+        is what `spectrum_25d` and `detect(..., fine=)` take."""
+        if self.search == "coarse-to-fine":
+            return self.coarse_grid(linear), self.grid(linear)
+        return self.grid(linear), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +205,12 @@ class LocalizerSettings:
     max_chunk_mb: float = 256.0  # bound on the grid-evaluation intermediate per chunk
 
     def grid(self, linear: bool = False) -> Grid:
-        """The grid of the spectrum maps."""
+        """The fine grid of the search (the maps' grid under `search.search == "full"`)."""
         return self.search.grid(linear)
+
+    def search_grids(self, linear: bool = False) -> tuple[Grid, Grid | None]:
+        """(the maps' grid, the fine grid of a coarse-to-fine search or None): `GridSpec.search_grids`."""
+        return self.search.search_grids(linear)
 
     def dictionary_grid(self, linear: bool = False) -> Grid:
         """The compressive methods' dictionary grid: the search box in the dictionary's steps."""
@@ -176,6 +218,12 @@ class LocalizerSettings:
         spec = dataclasses.replace(self.search, phi_step_deg=c.phi_step_deg, theta_step_deg=c.theta_step_deg,
                                    n_planes=c.n_planes)
         return spec.grid(linear)
+
+    def with_search_default(self, search: str) -> LocalizerSettings:
+        """A copy whose search is `search` where it is "auto" (a method's default); else `self`."""
+        if self.search.search != "auto":
+            return self
+        return self.with_grid(search=search)
 
     def compressive_config(self) -> CompressiveConfig:
         """The compressive config with the detector's `k_max`."""

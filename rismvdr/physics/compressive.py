@@ -26,7 +26,9 @@ covariance of the surface field is. Model of one scene (conventions section 3):
    exact variable-projection Jacobian in closed form (`vp_residual_jacobian`: one forward-mode
    pass of the shared steering function per coordinate and the fit's own Cholesky factor),
    in scaled coordinates `(phi/dphi, theta/dtheta, (1/r)/du)`, inside the scenario box and a trust
-   region around the start, for a fixed number of iterations (jits and vmaps).
+   region around the start, for at most `ml_iters` iterations, each scene stopping once its steps
+   and cost decrease fall below a tolerance (`CompressiveConfig.ml_early_stop`; fixed shapes: it
+   jits and vmaps, a vmapped group running until its last scene converged).
 4. **Order re-test.** Each source's contribution `RSS_without_k - RSS` is tested with the same
    F statistic; the least significant source is dropped while it fails the test (fixed loop).
    Duplicates are merged by the detector's gate NMS in the batch drivers
@@ -67,6 +69,7 @@ __all__ = [
     "somp",
     "somp_ml",
     "ml_refine",
+    "ml_refine_fit",
     "ml_from_start",
     "ml_continue",
     "backprojected_scores",
@@ -91,10 +94,17 @@ class CompressiveConfig:
     k_max: int = K_MAX  # at most this many sources
     pfa: float = 0.01  # per-scene false-alarm bound of the stopping rule (Bonferroni)
     oversample: float = 4.0  # G_eff = oversample * G: off-grid maxima of the noise
-    ml_iters: int = 10  # Levenberg-Marquardt iterations after each greedy step (fixed count)
+    ml_iters: int = 10  # Levenberg-Marquardt iterations after each greedy step (the most, with ml_early_stop)
     trust_cells: float = 3.0  # ML trust region around the start, in grid cells / planes
     max_step_cells: float = 1.0  # per-iteration step bound, grid cells
     retest: bool = True  # drop sources that fail the F test after ML
+    # Stop a scene's Levenberg-Marquardt iterations once they converged (a while loop, at most
+    # `ml_iters`): an iteration ends it whose step is at most `ml_xtol` grid cells in every
+    # coordinate, or whose achieved and predicted cost decreases are both at most `ml_ftol` of the
+    # cost (MINPACK's tests). False: always `ml_iters` iterations (a fixed-count loop).
+    ml_early_stop: bool = True
+    ml_xtol: float = 1e-2
+    ml_ftol: float = 1e-5
 
     def validate(self) -> None:
         if self.k_max < 1:
@@ -105,6 +115,8 @@ class CompressiveConfig:
             raise ValueError(f"oversample: must be >= 1, got {self.oversample}")
         if self.ml_iters < 0:
             raise ValueError(f"ml_iters: must be >= 0, got {self.ml_iters}")
+        if not (self.ml_xtol >= 0 and self.ml_ftol >= 0):
+            raise ValueError(f"ml_xtol, ml_ftol: must be >= 0, got {self.ml_xtol!r}, {self.ml_ftol!r}")
 
 
 class CompressiveResult(NamedTuple):
@@ -259,10 +271,10 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
     real = jnp.real(y).dtype
     gphi, gth, gr = grid_coords
 
-    def refine(eta, mask):
-        phi, theta, r, c = ml_refine(y, E, geometry, grid, eta[:, 0], eta[:, 1], eta[:, 2], mask, cfg,
-                                     model=model)
-        return jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta)
+    def refine(eta, mask):  # the refined sources and the residual of their fit
+        phi, theta, r, rss, e, _ = ml_refine_fit(y, E, geometry, grid, eta[:, 0], eta[:, 1], eta[:, 2], mask, cfg,
+                                                 model=model)
+        return jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta), rss, e
 
     def step(k, carry):
         eta, mask, resid, rss, fstat, hist, first = carry
@@ -270,10 +282,7 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
         first = jnp.where(k == 0, score, first)
         mask = mask.at[k].set(True)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
-        eta = refine(eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]])), mask)
-        a = steering(geometry, eta[:, 0], eta[:, 1], eta[:, 2], model=model, dtype=y.dtype)
-        _, resid_new = ls_fit(apply_operators(E, a.T), y, mask)
-        rss_new = jnp.sum(abs2(resid_new))
+        eta, rss_new, resid_new = refine(eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]])), mask)
         dof = (m - (k + 1)) * l
         fstat = fstat.at[k].set(((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30))
         hist = hist.at[k + 1].set(eta)
@@ -326,11 +335,23 @@ def vp_residual_jacobian(y, E, geometry: ArrayGeometry, z, steps, mask, *, model
       (residual `[2 L M]` = real parts then imaginary parts of `e`, Jacobian `[2 L M, 3 K]`,
       columns source-major: `3 k + j`; zero for masked sources).
     """
-    l, k = y.shape[0], z.shape[0]
-    real = jnp.real(y).dtype
-    a, lin = jax.linearize(lambda zz: _atoms(geometry, zz, steps, model, y.dtype), z)
-    da = jax.vmap(lin)(jnp.eye(3, dtype=real)[:, None, :] * jnp.ones((1, k, 1), real))  # [3, K, N]
-    B, chol, s, e = _ls_factor(apply_operators(E, a.T), y, mask)
+    a, da = _atoms_tangents(geometry, z, steps, model, y.dtype)
+    return _vp_jacobian(y, E, da, mask, *_ls_factor(apply_operators(E, a.T), y, mask))
+
+
+def _atoms_tangents(geometry, z, steps, model, dtype):
+    """Steering vectors `[K, N]` at `z` `[K, 3]` and their derivatives along each scaled
+    coordinate, `[3, K, N]` (one forward-mode pass of `steering` per coordinate)."""
+    k = z.shape[0]
+    real = z.dtype
+    a, lin = jax.linearize(lambda zz: _atoms(geometry, zz, steps, model, dtype), z)
+    return a, jax.vmap(lin)(jnp.eye(3, dtype=real)[:, None, :] * jnp.ones((1, k, 1), real))
+
+
+def _vp_jacobian(y, E, da, mask, B, chol, s, e):
+    """`vp_residual_jacobian` from the atoms' tangents `da` `[3, K, N]` and the fit's factors
+    (`_ls_factor` of the columns at the same point): (residual `[2 L M]`, Jacobian `[2 L M, 3 K]`)."""
+    l, k = y.shape[0], da.shape[1]
     dB = jnp.einsum("lmn,jkn->ljmk", E, da, precision=_HI) * mask.astype(y.dtype)[None, None, None, :]
     dB = jnp.broadcast_to(dB, (l,) + dB.shape[1:])  # [L, 3, M, K]
     v = dB * s[:, None, None, :]  # dB_k s_k
@@ -348,6 +369,14 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
               *, model: str = "exact"):
     """Variable-projection ML refinement of `K` sources of one scene by Levenberg-Marquardt.
 
+    Each iteration solves the damped normal equations of the exact variable-projection Jacobian
+    (`vp_residual_jacobian`, built from the factors of the fit at the current point, which the
+    previous iteration's cost evaluation already computed), scales the step to at most
+    `cfg.max_step_cells`, keeps it inside the box and the trust region, and accepts it when the
+    cost falls (the damping then shrinks, else it grows). At most `cfg.ml_iters` iterations; with
+    `cfg.ml_early_stop` a scene stops once a step is below `cfg.ml_xtol` cells, or its achieved and
+    predicted cost decreases are below `cfg.ml_ftol` of the cost.
+
     Args:
       y: `[L, M]`; E: `[L|1, M, N]` from `scene_operators`.
       grid: sets the scaling (grid steps) and the box (grid extents).
@@ -356,6 +385,13 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
     Returns:
       (phi, theta, r) refined `[K]`, final residual energy.
     """
+    return ml_refine_fit(y, E, geometry, grid, phi, theta, r, mask, cfg, model=model)[:4]
+
+
+def ml_refine_fit(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cfg: CompressiveConfig,
+                  *, model: str = "exact"):
+    """`ml_refine` that also returns the final fit's residual `[L, M]` and the iterations it ran
+    (`[]` int32): (phi, theta, r, residual energy, residual, iterations)."""
     steps_np, lo_np, hi_np = grid.scaling()
     real = jnp.real(y).dtype
     steps = jnp.asarray(steps_np, real)
@@ -368,15 +404,16 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
     zhi = jnp.minimum(jnp.asarray(hi_np, real)[None, :], z0 + cfg.trust_cells)
     zlo, zhi = jnp.minimum(zlo, z0), jnp.maximum(zhi, z0)
 
-    def cost(zf):
-        _, e = ls_fit(_columns(geo, E, zf.reshape(k, 3), steps, model, y.dtype), y, mask)
-        return jnp.sum(abs2(e))
+    def fit(zf):  # the least-squares fit at zf: its factors (reused by the next Jacobian) and cost
+        factors = _ls_factor(_columns(geo, E, zf.reshape(k, 3), steps, model, y.dtype), y, mask)
+        return factors, jnp.sum(abs2(factors[3]))
 
     fm = fmask.reshape(-1)
 
-    def body(_, carry):
-        zf, c, lam = carry
-        e, J = vp_residual_jacobian(y, E, geo, zf.reshape(k, 3), steps, mask, model=model)
+    def body(carry):
+        zf, c, lam, factors = carry[:4]
+        _, da = _atoms_tangents(geo, zf.reshape(k, 3), steps, model, y.dtype)
+        e, J = _vp_jacobian(y, E, da, mask, *factors)
         J = J * fm[None, :]
         g = J.T @ e
         JtJ = J.T @ J
@@ -386,15 +423,30 @@ def ml_refine(y, E, geometry: ArrayGeometry, grid: Grid, phi, theta, r, mask, cf
         # Scale the whole step (clipping components separately would bend the LM direction).
         step = step * (cfg.max_step_cells / jnp.maximum(jnp.max(jnp.abs(step)), cfg.max_step_cells))
         cand = jnp.clip((zf + step).reshape(k, 3), zlo, zhi).reshape(-1)
-        c_new = cost(cand)
+        f_new, c_new = fit(cand)
         better = jnp.isfinite(c_new) & (c_new < c)
-        return (jnp.where(better, cand, zf), jnp.where(better, c_new, c),
-                jnp.where(better, lam * 0.3, lam * 4.0))
+        pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
+        # Converged (MINPACK's tests): the step taken (inside the box and the trust region) is
+        # tiny, or both the cost decrease it achieved and the one its linear model predicted are
+        # tiny relative to the cost.
+        taken = cand - zf
+        predicted = c - jnp.sum(jnp.square(e + J @ taken))
+        achieved = jnp.where(better, c - c_new, 0.0)
+        done = ((jnp.max(jnp.abs(taken)) <= cfg.ml_xtol)
+                | ((predicted <= cfg.ml_ftol * c) & (achieved <= cfg.ml_ftol * c)))
+        return (pick(cand, zf), pick(c_new, c), pick(lam * 0.3, lam * 4.0),
+                jax.tree_util.tree_map(pick, f_new, factors), carry[4] + 1, done)
 
     zf0 = z0.reshape(-1)
-    zf, c, _ = jax.lax.fori_loop(0, cfg.ml_iters, body, (zf0, cost(zf0), jnp.asarray(1e-2, real)))
+    f0, c0 = fit(zf0)
+    init = (zf0, c0, jnp.asarray(1e-2, real), f0, jnp.zeros((), jnp.int32), jnp.asarray(False))
+    if cfg.ml_early_stop:
+        out = jax.lax.while_loop(lambda cr: (cr[4] < cfg.ml_iters) & ~cr[5], body, init)
+    else:
+        out = jax.lax.fori_loop(0, cfg.ml_iters, lambda _, cr: body(cr), init)
+    zf, c, factors, n_iter = out[0], out[1], out[3], out[4]
     x = zf.reshape(k, 3) * steps[None, :]
-    return x[:, 0], x[:, 1], 1.0 / x[:, 2], c
+    return x[:, 0], x[:, 1], 1.0 / x[:, 2], c, factors[3], n_iter
 
 
 def source_fstats(y, B, mask):
@@ -407,6 +459,12 @@ def source_fstats(y, B, mask):
     Returns:
       (F `[K]`, `inf` outside `mask`; the order `sum(mask)`).
     """
+    f, order, _ = _source_fstats(y, B, mask)
+    return f, order
+
+
+def _source_fstats(y, B, mask):
+    """`source_fstats` with the residual `[L, M]` of the joint fit: (F, order, residual)."""
     l, m = y.shape
     k_all = mask.shape[0]
     _, e = ls_fit(B, y, mask)
@@ -420,7 +478,7 @@ def source_fstats(y, B, mask):
 
     rss_wo = jax.vmap(without)(jnp.arange(k_all))
     f = ((rss_wo - rss) / l) / jnp.maximum(rss / dof, 1e-30)
-    return jnp.where(mask, f, jnp.inf), order
+    return jnp.where(mask, f, jnp.inf), order, e
 
 
 def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
@@ -433,19 +491,31 @@ def order_retest(y, B, mask, thresholds, cfg: CompressiveConfig):
     Returns:
       (mask, F statistic per source `[K]` for the final set).
     """
+    mask, f, _ = _order_retest(y, B, mask, thresholds)
+    return mask, f
+
+
+def _order_retest(y, B, mask, thresholds):
+    """`order_retest` with the residual `[L, M]` of the final fit: (mask, F, residual).
+
+    A while loop: the F statistics of a set are computed once, and the loop ends at the first set
+    whose least significant source passes (at most `K` drops)."""
     k_all = mask.shape[0]
     real = jnp.real(y).dtype
 
-    def body(_, mask):
-        f, order = source_fstats(y, B, mask)
+    def failing(carry):  # the least significant source of the current set fails its test
+        mask, f, order = carry[:3]
         tau = thresholds[jnp.clip(order - 1, 0, k_all - 1)].astype(real)
-        j = jnp.argmin(f)
-        drop = (order > 0) & (f[j] <= tau)
-        return jnp.where(drop, mask & (jnp.arange(k_all) != j), mask)
+        return (order > 0) & (jnp.min(f) <= tau) & (carry[4] < k_all)
 
-    mask = jax.lax.fori_loop(0, k_all, body, mask)
-    f, _ = source_fstats(y, B, mask)
-    return mask, jnp.where(mask, f, 0.0)
+    def drop(carry):
+        mask, f, _, _, i = carry
+        mask = mask & (jnp.arange(k_all) != jnp.argmin(f))
+        return (mask,) + _source_fstats(y, B, mask) + (i + 1,)
+
+    init = (mask,) + _source_fstats(y, B, mask) + (jnp.zeros((), jnp.int32),)
+    mask, f, _, e, _ = jax.lax.while_loop(failing, drop, init)
+    return mask, jnp.where(mask, f, 0.0), e
 
 
 def range_scan(y, E, geometry: ArrayGeometry, phi, theta, r, mask, inv_r, *, model: str = "exact"):
@@ -529,11 +599,10 @@ def _retest(y, E, geometry: ArrayGeometry, phi, theta, r, mask, thresholds, cfg:
     statistic as it is): (mask, F `[K]` (`inf` outside mask with the re-test), residual `[L, M]`)."""
     B = apply_operators(E, steering(geometry, phi, theta, r, model=model, dtype=y.dtype).T)
     if cfg.retest:
-        mask, f = order_retest(y, B, mask, jnp.asarray(thresholds), cfg)
+        mask, f, e = _order_retest(y, B, mask, jnp.asarray(thresholds))
         f = jnp.where(mask, f, jnp.inf)
     else:
-        f, _ = source_fstats(y, B, mask)
-    _, e = ls_fit(B, y, mask)
+        f, _, e = _source_fstats(y, B, mask)
     return mask, f, e
 
 
@@ -622,8 +691,8 @@ def ml_continue(y, E, scores, grid_coords, thresholds, geometry: ArrayGeometry, 
         slot = jnp.argmin(mask)  # first free slot
         cphi, cth, cr = phi.at[slot].set(gphi[g]), theta.at[slot].set(gth[g]), r.at[slot].set(gr[g])
         cmask = mask.at[slot].set(True)
-        cphi, cth, cr, _ = ml_refine(y, E, geometry, grid, cphi, cth, cr, cmask, cfg, model=model)
-        rss_new, resid_new = rss_of(cphi, cth, cr, cmask)
+        cphi, cth, cr, rss_new, resid_new, _ = ml_refine_fit(y, E, geometry, grid, cphi, cth, cr, cmask, cfg,
+                                                             model=model)
         dof = (m - (count + 1)) * l
         f = ((rss - rss_new) / l) / jnp.maximum(rss_new / jnp.maximum(dof, 1), 1e-30)
         accept = f > thresholds[jnp.clip(count, 0, k_max - 1)].astype(real)
