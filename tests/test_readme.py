@@ -55,6 +55,8 @@ BENCHMARKS = DOCS / "benchmarks.md"
 CLI_SUBS = [
     ("--scenes 1000 --seed 0 --out scenes.npz", "--scenes 4 --seed 0 --out scenes.npz"),
     ("--scenes 200 --out k3.npz", "--scenes 2 --out k3.npz"),
+    ("--snr-db 0 --out codes.npz", "--snr-db 0 --steps 3 --held-out 8 --no-plot --out codes.npz"),
+    ("--scenes 500 --out los.npz", "--scenes 2 --out los.npz"),
 ]
 CLI_APPEND = {"localize": ["-q"]}
 
