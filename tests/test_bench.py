@@ -7,6 +7,7 @@ import json
 import sys
 
 import matplotlib.colors as mcolors
+import numpy as np
 import pytest
 
 from rismvdr.bench import accuracy_report, sweeps
@@ -394,3 +395,41 @@ def test_accuracy_prints_a_line_per_method_off_a_terminal(tmp_path, capsys):
     run_accuracy(tmp_path / "quiet", n_scenes=1, methods=["mvdr-mf"], sweeps=("snr_k1",), snr_values_db=(25,),
                  progress=False)
     assert "localizing" not in capsys.readouterr().err
+
+
+# --- deployment sweeps ------------------------------------------------------------------------
+def test_deployment_points_share_one_test_set_and_are_not_defaults():
+    pts = sweeps.bench_points(("deploy", "nmse", "phase_error", "failure"))
+    assert [p.sweep for p in pts[:6]] == ["deploy_random"] * 3 + ["deploy_designed"] * 3
+    assert {p.scenario for p in pts} == {sweeps.DEPLOY_SCENARIO}
+    assert len({sweeps.point_seed(p) for p in pts}) == 1  # the same sources, symbols and noise
+    assert all(p.codes == "designed" for p in pts[6:])
+    for name, field in (("nmse", "channel_nmse_db"), ("phase_error", "code_phase_error_deg"),
+                        ("failure", "element_failure")):
+        rows = [p for p in pts if p.sweep == name]
+        assert [p.overrides[field] for p in rows] == list({"nmse": sweeps.NMSE_VALUES_DB,
+                                                            "phase_error": sweeps.PHASE_ERROR_VALUES_DEG,
+                                                            "failure": sweeps.FAILURE_VALUES}[name])
+        assert all(p.overrides["code_bits"] == sweeps.IMPAIRMENT_CODE_BITS for p in rows)
+    assert not set(sweeps.DEPLOY_SWEEPS) & set(sweeps.DEFAULT_SWEEPS)
+    # the other sweeps keep their per-point seeds
+    base = sweeps.bench_points(("base", "k"))
+    assert len({sweeps.point_seed(p) for p in base}) == len(base)
+
+
+@pytest.mark.slow
+def test_deployment_sweeps_end_to_end(tmp_path):
+    """Designed codes written with their judgement; a point equal to an earlier one (phase error
+    0 = failure 0) reuses its records; the plots of the impairments are written."""
+    res = run_accuracy(tmp_path, n_scenes=2, methods=["ml-oracle"], sweeps=("phase_error", "failure"),
+                       progress=False)
+    recs = {(r["sweep"], r["value"]): r for r in res["records"]}
+    assert recs[("failure", 0.0)]["same_as"] == "phase_error 0.0"
+    assert recs[("failure", 0.0)]["f1"] == recs[("phase_error", 0.0)]["f1"]
+    assert "same_as" not in recs[("failure", 0.1)]
+    book = tmp_path / "codes" / "designed_2bit.npz"
+    with np.load(book, allow_pickle=False) as z:
+        assert z["codes"].shape == (16, 144) and np.allclose(np.abs(z["codes"]), 1.0, atol=1e-3)
+        meta = json.loads(str(z["meta"]))
+    assert meta["bits"] == 2 and set(meta["median_sqrt_crb_designed"]) == {"phi", "theta", "r"}
+    assert (tmp_path / "f1_vs_impairments.png").is_file()
