@@ -222,6 +222,8 @@ def run_speed(out, *, quick: bool = False, parts=PARTS, methods=None, seed: int 
         else:
             res = _run_worker(spec, env_w, timeout_s if left is None else min(timeout_s, left))
         grid_label = GRID_LABELS.get(spec.get("grid"), spec.get("grid"))
+        if spec["kind"] == "method" and METHODS[spec["name"]].search == "coarse-to-fine":
+            grid_label += " searched coarse to fine"  # the method's default (`Method.search`)
         rec = dict(part=spec["part"], name=spec["name"], variant=_variant(spec, precision), grid=grid_label,
                    batch=spec["batch"], scenes=spec.get("scenes"), reps=spec.get("reps"), **res)
         if spec["kind"] == "numpy" and res["status"] == "ok":
