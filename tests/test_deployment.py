@@ -192,13 +192,29 @@ def plain_scenes():
     return simulate(SEED, fast_key(0), 4)
 
 
-def test_deployment_fields_at_their_defaults_change_nothing(plain_scenes):
+#: sha256 of the first 4 scenes (key 0) of `seed`, `full` and `ula15` as the simulator wrote them
+#: before the deployment fields existed: computed with that code under this suite's XLA flags
+#: (tests/conftest.py; other flags round differently), per jax version, on this project's CPU VM.
+SEED_REGIME_DIGESTS = {
+    "0.12.1": "af3a11f85cb03c246a02dcd46133ce9f8a370c13921d1252172e92cb1a86b551",
+    "0.9.2": "b8d4a84283fb7c590fab72b4d4dba063a25a33e510ee2c377db91fd028650638",
+}
+
+
+def test_deployment_fields_at_their_defaults_change_nothing():
     defaults = {f.name: f.default for f in dataclasses.fields(SceneConfig) if f.name in DEPLOYMENT_FIELDS}
     explicit = get_scenario("seed", channel="iid", **defaults)
-    assert not explicit.is_deployment and not explicit.has_impairments
-    again = simulate(explicit, fast_key(0), 4)
-    for f in dataclasses.fields(plain_scenes):
-        np.testing.assert_array_equal(np.asarray(getattr(again, f.name)), np.asarray(getattr(plain_scenes, f.name)))
+    assert explicit == SEED and not explicit.is_deployment and not explicit.has_impairments
+    if jax.__version__ not in SEED_REGIME_DIGESTS:
+        pytest.skip(f"no recorded digest for jax {jax.__version__}")
+    h = hashlib.sha256()
+    for name in ("seed", "full", "ula15"):
+        sc = simulate(get_scenario(name), jax.random.key(0), 4)
+        for field in ("y", "H", "codes", "noise_var", "snr_db", "phi", "theta", "r", "power", "mask"):
+            a = getattr(sc, field)
+            if a is not None:
+                h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    assert h.hexdigest() == SEED_REGIME_DIGESTS[jax.__version__]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def _run_point(point: BenchPoint, cfg, geometry, todo: list[str], *, base_cfg, n
 def _relabelled(record: dict, point: BenchPoint) -> dict:
     """A record of an earlier point with the same test set, codes and scenario, under `point`'s
     sweep and value (seconds: those of the run it was measured in)."""
-    rec = dict(record, sweep=point.sweep, variable=point.variable, value=point.value, suite=record["suite"])
+    rec = dict(record, sweep=point.sweep, variable=point.variable, value=point.value)
     rec["same_as"] = f"{record['sweep']} {record['value']}"
     return to_jsonable(rec)
 

@@ -28,10 +28,10 @@ significance stage (`rismvdr.localize.significance`; "F test" below). The famili
 
 The map methods search their map on the full grid or coarse to fine (`GridSpec.search`); with the
 default "auto" each runs its `Method.search`: coarse-to-fine for `mvdr-oracle`, `mvdr-als`,
-`music-mdl` and `learned-ml` (validation F1 level with the full grid's, on the `seed` scenario
-and on the `seed-los` deployment), the full grid for the others. `learned` stays on the full
-grid: level on `seed` (0.8233 against 0.8243), its F1 fell from 0.231 to 0.131 on `seed-los`,
-where its false alarms tripled.
+`music-mdl` and `learned-ml` (validation F1 level with the full grid's on the `seed` scenario;
+`learned-ml` and `mvdr-als` also on the `seed-los` deployment), the full grid for the others.
+`learned` stays on the full grid: level on `seed` (0.8233 against 0.8243), its F1 fell from
+0.231 to 0.131 on `seed-los`, where its false alarms tripled.
 """
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ class Method(NamedTuple):
     significance_tested: bool = False
     # The map search it runs when `settings.search.search` is "auto" (the default): "full" or
     # "coarse-to-fine" (`rismvdr.localize.settings.GridSpec.search`). Coarse-to-fine where the
-    # validation F1 (1000 seed scenes, seed 7) was within 0.003 of the full grid's or above it,
-    # and it held on the seed-los deployment (docs: experiments, coarse-to-fine).
+    # validation F1 (1000 seed scenes, seed 7) was within 0.003 of the full grid's or above it
+    # (docs: experiments, coarse-to-fine; `learned`, level there, lost 0.1 on seed-los).
     search: str = "full"
 
 

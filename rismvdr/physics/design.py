@@ -248,12 +248,7 @@ def crb_objective(phases, positions, geometry: ArrayGeometry, H, noise_var, *, m
     >>> float(crb_objective(ph, np.array([[0.1, 0.0, 2.0]]), g, H, 0.1)) < 10
     True
     """
-    params = _resolve_params(geometry, model, params)
-    real = jnp.float64 if jnp.asarray(phases).dtype == jnp.float64 else jnp.float32
-    g, h, nv = _problem(geometry, H, noise_var, real)
-    _check_phases(phases, geometry)
-    return _objective_jit(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model,
-                          params=params)
+    return _call_checked(_objective_jit, phases, positions, geometry, H, noise_var, model, params)
 
 
 def crb_objective_and_grad(phases, positions, geometry: ArrayGeometry, H, noise_var, *, model: str = "exact",
@@ -264,12 +259,17 @@ def crb_objective_and_grad(phases, positions, geometry: ArrayGeometry, H, noise_
     is not finite) is left out of both the value and the gradient. Same arguments as
     `crb_objective`.
     """
+    return _call_checked(_objective_and_grad_jit, phases, positions, geometry, H, noise_var, model, params)
+
+
+def _call_checked(fn, phases, positions, geometry, H, noise_var, model, params):
+    """Check and cast the arguments of the public objective functions (float64 phases compute
+    in float64, others in float32), then call the jitted `fn`."""
     params = _resolve_params(geometry, model, params)
     real = jnp.float64 if jnp.asarray(phases).dtype == jnp.float64 else jnp.float32
     g, h, nv = _problem(geometry, H, noise_var, real)
     _check_phases(phases, geometry)
-    return _objective_and_grad_jit(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model,
-                                   params=params)
+    return fn(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model, params=params)
 
 
 # ---------------------------------------------------------------------------------- design ----
