@@ -178,17 +178,22 @@ def test_scenario_from_meta_round_trip(scene_file):
 # --- persistent compilation cache ---------------------------------------------------------
 @pytest.fixture
 def jax_cache_settings():
-    """Restore the test session's JAX cache settings after a test that lets the CLI change them."""
+    """Restore the test session's JAX cache settings (and the program store: off) after a test
+    that lets the CLI change them."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
+
+    from rismvdr.programs import enable_program_store, program_store
 
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")
     saved = {k: getattr(jax.config, k) for k in keys}
+    store = program_store()
     yield
     for k, v in saved.items():
         jax.config.update(k, v)
     compilation_cache.reset_cache()
+    enable_program_store(store)
 
 
 def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):
@@ -207,6 +212,9 @@ def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):
 def test_cli_keeps_compiled_programs_unless_told_not_to(tmp_path, monkeypatch, jax_cache_settings, capsys):
     import jax
 
+    from rismvdr.io import PROGRAM_STORE_NAME
+    from rismvdr.programs import program_store
+
     cache = tmp_path / "cache"
     monkeypatch.setenv("RISMVDR_CACHE_DIR", str(cache))
     monkeypatch.delenv("RISMVDR_COMPILE_CACHE", raising=False)
@@ -222,6 +230,7 @@ def test_cli_keeps_compiled_programs_unless_told_not_to(tmp_path, monkeypatch, j
     assert jax.config.jax_compilation_cache_dir == str(cache)
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     assert any(cache.iterdir())
+    assert program_store() == cache / PROGRAM_STORE_NAME
 
 
 @pytest.mark.parametrize("where", ["directory", "missing folder"])

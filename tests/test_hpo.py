@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from rismvdr import hpo
 from rismvdr.cli import main
 from rismvdr.io import enable_compile_cache
+from rismvdr.programs import enable_program_store
 from rismvdr.train.config import TrainConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ def compile_cache(tmp_path_factory):
 
     jax.config.update("jax_compilation_cache_dir", None)
     compilation_cache.reset_cache()
+    enable_program_store(None)  # enable_compile_cache turned it on
 
 
 @pytest.fixture(scope="module")

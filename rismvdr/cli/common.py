@@ -322,7 +322,7 @@ def learned_model(args: argparse.Namespace):
         if getattr(args, "checkpoint", None):
             raise ValueError(f"--checkpoint: method {args.method!r} is not a learned method")
         return None
-    return load_learned(args.checkpoint, step=step_arg(args.checkpoint_step))
+    return load_learned(args.checkpoint, step=step_arg(args.checkpoint_step), refiner=METHODS[args.method].refiner)
 
 
 # ------------------------------------------------------------------------------------------

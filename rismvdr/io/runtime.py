@@ -31,6 +31,7 @@ __all__ = [
     "SIGTERM_GRACE_S",
     "CACHE_DIR_ENV",
     "COMPILE_CACHE_ENV",
+    "PROGRAM_STORE_NAME",
     "compile_cache_dir",
     "enable_compile_cache",
     "enable_default_compile_cache",
@@ -233,6 +234,8 @@ def _block_sigterm() -> bool:
 CACHE_DIR_ENV = "RISMVDR_CACHE_DIR"
 #: Environment variable: `0` (or `false`, `no`, `off`) turns the command line's cache off.
 COMPILE_CACHE_ENV = "RISMVDR_COMPILE_CACHE"
+#: The folder of traced programs inside a compilation cache directory (`enable_compile_cache`).
+PROGRAM_STORE_NAME = "rismvdr-programs"
 
 
 def compile_cache_dir() -> Path:
@@ -261,6 +264,8 @@ def enable_compile_cache(path: str | os.PathLike | None, *, min_compile_time_s: 
     import jax  # deferred: the signal handling here, used before any work, loads no JAX
     from jax.experimental.compilation_cache import compilation_cache  # deferred: as above
 
+    from rismvdr.programs import enable_program_store  # deferred: loads JAX, as above
+
     Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.fspath(path))
     if min_compile_time_s is not None:
@@ -268,6 +273,7 @@ def enable_compile_cache(path: str | os.PathLike | None, *, min_compile_time_s: 
         if min_compile_time_s == 0:
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     compilation_cache.reset_cache()
+    enable_program_store(Path(path) / PROGRAM_STORE_NAME)
 
 
 def enable_default_compile_cache() -> Path | None:

@@ -677,6 +677,12 @@ def scene_file_from_scenes(scenes, geometry, *, meta: dict | None = None,
     return SceneFile(**_validate(fields, "Scene"))
 
 
+def _on_device(a) -> jax.Array:
+    """A host array on the default device, as it is (`jnp.asarray` runs a small program per
+    shape and dtype, one more to load in every process)."""
+    return jax.device_put(np.asarray(a))
+
+
 def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
     """A batched `Scene` (complex64/float32 jax arrays) for methods that take one.
 
@@ -695,7 +701,7 @@ def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
     real = np.float32
 
     def per_scene(a, rows):
-        return None if a is None else jnp.asarray(np.broadcast_to(a, (s, rows, n)))
+        return None if a is None else _on_device(np.broadcast_to(a, (s, rows, n)))
 
     def unknown_or(a):
         return np.full(s, np.nan, real) if a is None else a.astype(real)
@@ -712,16 +718,16 @@ def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
         phi = theta = r = power = np.zeros((s, 0), real)
     r_true = truth_covariance_from_sources(sf.geometry(), phi, theta, r, power, model=model)
     return Scene(
-        y=jnp.asarray(sf.y),
+        y=_on_device(sf.y),
         H=per_scene(sf.H, m),
         codes=per_scene(sf.codes, l),
-        noise_var=jnp.asarray(unknown_or(sf.noise_var)),
-        snr_db=jnp.asarray(unknown_or(sf.snr_db)),
-        phi=jnp.asarray(phi),
-        theta=jnp.asarray(theta),
-        r=jnp.asarray(r),
-        power=jnp.asarray(power),
-        mask=jnp.asarray(mask),
+        noise_var=_on_device(unknown_or(sf.noise_var)),
+        snr_db=_on_device(unknown_or(sf.snr_db)),
+        phi=_on_device(phi),
+        theta=_on_device(theta),
+        r=_on_device(r),
+        power=_on_device(power),
+        mask=_on_device(mask),
         R_true=r_true,
     )
 

@@ -46,6 +46,7 @@ from rismvdr.physics.scenarios import DEFAULT_GATES, Gates
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.spectra import Grid, Spectrum25D, grid_steering
 from rismvdr.physics.steering import steering
+from rismvdr.programs import stored_jit
 
 __all__ = [
     "CompressiveContext",
@@ -149,7 +150,7 @@ def _pad_slots(x, k: int, fill):
     return jnp.concatenate([x, pad], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "kind", "model"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "gates", "kind", "model"))
 def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates, kind,
                  model):
     real = jnp.real(y).dtype
@@ -203,7 +204,7 @@ def localize_from_start(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry
                              grid=grid, cfg=cfg, gates=gates, model=model, picks=picks)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model", "picks"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "gates", "model", "picks"))
 def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates,
                       model, picks):
     real = jnp.real(y).dtype
@@ -264,7 +265,7 @@ def polish_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: Loc
                          gates=settings.detector.gates, model=settings.steering_model)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "gates", "model"))
 def _polish_batch(y, H, codes, thresholds, geometry, phi0, theta0, r0, mask0, *, grid, cfg, gates, model):
     real = jnp.real(y).dtype
     l, n = y.shape[1], geometry.positions.shape[0]
@@ -313,7 +314,7 @@ def rescan_batch(y, H, codes, thresholds, geometry: ArrayGeometry, settings: Loc
                          model=settings.steering_model)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "gates", "model"))
 def _rescan_batch(y, H, codes, thresholds, geometry, res, resid, inv_r, *, grid, cfg, gates, model):
     real = jnp.real(y).dtype
     l, n = y.shape[1], geometry.positions.shape[0]
@@ -358,7 +359,7 @@ def continue_batch(y, H, codes, a_flat, thresholds, geometry: ArrayGeometry, set
                            model=settings.steering_model)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "model"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "gates", "model"))
 def _continue_batch(y, H, codes, a_flat, thresholds, geometry, res, *, grid, cfg, gates, model):
     real = jnp.real(y).dtype
     coords = _flat_coords(grid, real)
@@ -434,7 +435,7 @@ def localize_compressive(y, H, codes, a_flat, thresholds, geometry: ArrayGeometr
                            gates=gates, ml=ml, model=model)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "gates", "ml", "model"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "gates", "ml", "model"))
 def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gates, ml, model):
     real = jnp.real(y).dtype
     flat_phi, flat_th, flat_r = _flat_coords(grid, real)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,7 @@ from rismvdr.physics.spectra import (
     spectrum_25d,
 )
 from rismvdr.physics.steering import steering
+from rismvdr.programs import stored_jit
 
 __all__ = [
     "LearnedModel",
@@ -353,6 +355,14 @@ def _reused(make):
     return cached
 
 
+def _program_key(name: str, model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings) -> tuple:
+    """What a runner closes over, for the program store (`rismvdr.programs`): the architecture
+    (its configs; the parameters are arguments), the settings and the geometry."""
+    pos = np.asarray(geometry.positions)
+    return (name, model.backbone_cfg, model.refiner_cfg, settings, pos.shape, pos.dtype.str,
+            hashlib.sha256(pos.tobytes()).hexdigest(), float(geometry.wavelength))
+
+
 @_reused
 def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
     """A jitted `(backbone_params, scenes) -> (Detections, Spectrum25D)`: MVDR on R_blend through
@@ -363,7 +373,7 @@ def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         _, spec, det = _learned_detections(m, geometry, settings, scenes)
         return finish_detections(m, geometry, settings, thresholds, scenes, det), spec
 
-    return jax.jit(run)
+    return stored_jit(run, key=_program_key("learned", model, geometry, settings))
 
 
 @_reused
@@ -403,7 +413,7 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))
         return finish_detections(m, geometry, settings, thresholds, scenes, out), spec, ~ok & live
 
-    return jax.jit(run)
+    return stored_jit(run, key=_program_key("learned-refiner", model, geometry, settings))
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,10 +448,11 @@ def _require_refiner(model: LearnedModel) -> LearnedModel:
 
 
 def _checked(model: LearnedModel | None, scenes: Scene, geometry: ArrayGeometry,
-             settings: LocalizerSettings) -> LearnedModel:
-    """The model (default: the shipped weights) once the scenes fit it and the learned methods."""
+             settings: LocalizerSettings, *, refiner: bool = False) -> LearnedModel:
+    """The model (default: the shipped weights, with their refiner if `refiner`) once the scenes
+    fit it and the learned methods."""
     _check_measurements(scenes, geometry, settings)
-    model = load_learned() if model is None else model
+    model = load_learned(refiner=refiner) if model is None else model
     check_scenes(model, scenes)
     return model
 
@@ -472,7 +483,7 @@ def refiner_method(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSe
       ValueError: a model without a refiner (a backbone-only run or export), scenes the model was
         not trained for, or too few measurements per snapshot (M).
     """
-    model = _require_refiner(_checked(model, scenes, geometry, settings))
+    model = _require_refiner(_checked(model, scenes, geometry, settings, refiner=True))
     jitted = make_refiner_runner(model, geometry, settings)
 
     def run(batch: Scene):

@@ -90,6 +90,7 @@ class Method(NamedTuple):
     full_array_only: bool = False
     ris_only: bool = False
     learned: bool = False  # needs a trained model (`localize(..., model=)`, default: shipped weights)
+    refiner: bool = False  # a learned method that uses the model's refiner (the others load no refiner)
     maps_grid: str = "search"  # the grid of its maps: "search" (LocalizerSettings.grid) or "dictionary"
     # True: `localize` does not pass its detections through the shared significance stage
     # (`rismvdr.localize.significance`): they pass an F test on the measurements in its own code
@@ -137,7 +138,7 @@ METHODS: dict[str, Method] = {
                learned_method, learned=True, significance_tested=True),
         Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
                "refinement, with guardrails and MVDR fallback", refiner_method, learned=True,
-               significance_tested=True),
+               refiner=True, significance_tested=True),
         Method("learned-ml", "learned with the compressive methods' greedy ML continuation (picks by the "
                "back-projected residual, each F-tested; no dictionary) in place of the residual backbone pass",
                learned_ml_method, learned=True, significance_tested=True, search="coarse-to-fine"),
@@ -185,6 +186,8 @@ class LocalizationResult(NamedTuple):
 
 
 def _pad_batch(scenes: Scene, lo: int, hi: int, size: int) -> Scene:
+    if lo == 0 and hi == size == int(scenes.y.shape[0]):  # the whole set is one batch: no copy
+        return scenes
     idx = np.minimum(np.arange(lo, lo + size), hi - 1)
     return jax.tree_util.tree_map(lambda a: a[idx], scenes)
 

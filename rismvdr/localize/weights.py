@@ -92,13 +92,17 @@ def _as_params(leaves, ref) -> tuple:
 
 
 def _from_record(record: dict, backbone_leaves, refiner_leaves, source: str) -> LearnedModel:
+    """The model of a training record and its weights (`refiner_leaves` None: no refiner)."""
     bcfg = BackboneConfig.from_dict(record["backbone"])
-    bdef, bref = split_model(Backbone(bcfg, rngs=nnx.Rngs(0)))
+    # The modules are built abstractly (`nnx.eval_shape`: shapes and dtypes, no initialisation;
+    # drawing the random initial weights eagerly took most of a second): the weights come from
+    # the file.
+    bdef, bref = split_model(nnx.eval_shape(lambda: Backbone(bcfg, rngs=nnx.Rngs(0))))
     bparams = _as_params(backbone_leaves, bref)
     rcfg = rdef = rparams = None
     if record.get("refiner") is not None and refiner_leaves is not None:
         rcfg = RefinerConfig.from_dict(record["refiner"])
-        rdef, rref = split_model(make_refiner(rcfg, nnx.Rngs(0)))
+        rdef, rref = split_model(nnx.eval_shape(lambda: make_refiner(rcfg, nnx.Rngs(0))))
         rparams = _as_params(refiner_leaves, rref)
     return LearnedModel(bcfg, bdef, bparams, rcfg, rdef, rparams, source, record)
 
@@ -493,7 +497,8 @@ def _restore_run(directory: Path, step: str | int | None) -> tuple[Any, dict, di
         manager.close()
 
 
-def load_learned(path: str | Path | None = None, *, step: str | int | None = "best") -> LearnedModel:
+def load_learned(path: str | Path | None = None, *, step: str | int | None = "best",
+                 refiner: bool = True) -> LearnedModel:
     """Load a learned model.
 
     Args:
@@ -502,6 +507,8 @@ def load_learned(path: str | Path | None = None, *, step: str | int | None = "be
         weights.
       step: for run directories, "best" (by the validation objective; latest if none has a
         metric), "latest" or a step number.
+      refiner: False: the backbone only, even where the model has a refiner (what every
+        learned method but `learned-refiner` uses; it loads faster).
 
     Raises:
       FileNotFoundError: nothing loadable at `path`.
@@ -515,7 +522,7 @@ def load_learned(path: str | Path | None = None, *, step: str | int | None = "be
             nb = int(record["n_backbone"])
             nr = int(record.get("n_refiner", 0))
             bl = [z[f"b{i:04d}"] for i in range(nb)]
-            rl = [z[f"r{i:04d}"] for i in range(nr)] if nr else None
+            rl = [z[f"r{i:04d}"] for i in range(nr)] if nr and refiner else None
         return _from_record(record, bl, rl, str(path))
     ckpt = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if not ckpt.is_dir():
@@ -525,5 +532,5 @@ def load_learned(path: str | Path | None = None, *, step: str | int | None = "be
     record["metrics"] = metrics
     train = state["train"]
     if record.get("stage") == "refiner":
-        return _from_record(record, state["backbone"], train["ema"], str(path))
+        return _from_record(record, state["backbone"], train["ema"] if refiner else None, str(path))
     return _from_record(record, train["ema"], None, str(path))

@@ -51,7 +51,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special
 
 from rismvdr.defaults import K_MAX
 from rismvdr.physics.covariance import adjoint_apply
@@ -143,6 +142,8 @@ def f_thresholds(n_meas: int, n_snap: int, k_max: int, n_atoms: int, cfg: Compre
     """
     if n_meas <= k_max:
         raise ValueError(f"n_meas: M = {n_meas} must exceed k_max = {k_max} for the order test")
+    from scipy import special  # deferred: a tenth of a second of start-up, needed only here
+
     alpha = cfg.pfa / (cfg.oversample * n_atoms)
     k = np.arange(1, k_max + 1)
     # F's inverse survival function, as `scipy.stats.f.isf` computes it (`fdtri` at 1 - alpha), without
