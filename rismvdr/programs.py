@@ -13,10 +13,13 @@ the same key reads the program (milliseconds) and hands it to the compilation ca
 
 The store is off until `enable_program_store(path)` (the command line turns it on beside its
 compilation cache; `rismvdr.io.enable_compile_cache` does both); off, `stored_jit` is `jax.jit`.
-Nothing here changes what a function computes: the stored program is the one `jax.jit` would
-trace (tested bit for bit on the methods), and a call the store cannot serve (traced inside
-another function, arguments sharded over several devices, a static argument without a faithful
-`repr`, a program `jax.export` refuses, a damaged file, `flatbuffers` missing) runs `jax.jit`.
+The stored program is the function `jax.jit` traces, lowered by `jax.export`, which writes a few
+operations its own way (`x**2` as a product, `top_k` as a composite): results agree with
+`jax.jit`'s to float32 rounding (tested on `somp-ml`, `learned` and `mvdr-als`: the same
+detections, positions and scores within 1e-4 relative), and a process that reads a program gets
+the bytes of the process that wrote it. A call the store cannot serve (traced inside another
+function, arguments sharded over several devices, a static argument without a faithful `repr`,
+a program `jax.export` refuses, a damaged file, `flatbuffers` missing) runs `jax.jit`.
 """
 from __future__ import annotations
 
@@ -27,12 +30,14 @@ import logging
 import os
 import pickle
 import tempfile
+import weakref
 from importlib import metadata
 from pathlib import Path
 
 import jax
 
-__all__ = ["StoredJit", "stored_jit", "enable_program_store", "program_store", "source_fingerprint"]
+__all__ = ["StoredJit", "stored_jit", "enable_program_store", "program_store", "forget_programs",
+           "source_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parent
 _STORE: Path | None = None
 _MISSING = object()
+_INSTANCES: weakref.WeakSet = weakref.WeakSet()
 
 
 def enable_program_store(path: str | os.PathLike | None) -> None:
@@ -52,6 +58,13 @@ def enable_program_store(path: str | os.PathLike | None) -> None:
 def program_store() -> Path | None:
     """The program store in use, or None (off)."""
     return _STORE
+
+
+def forget_programs() -> None:
+    """Drop the programs every `StoredJit` holds in memory: the next calls read the store, as a
+    new process would."""
+    for fun in list(_INSTANCES):
+        fun._programs.clear()
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,6 +120,7 @@ class StoredJit:
         self._key = None if key is None else repr(key)
         self._programs: dict = {}
         functools.update_wrapper(self, fun)
+        _INSTANCES.add(self)
 
     def __call__(self, *args, **kwargs):
         if _STORE is None:
@@ -132,10 +146,6 @@ class StoredJit:
             return self._jit(*args, **kwargs)
         call, out_tree = program
         return jax.tree_util.tree_unflatten(out_tree, call(*leaves))
-
-    def forget(self) -> None:
-        """Drop the programs held in memory: the next call reads the store (as a new process would)."""
-        self._programs.clear()
 
     # -- the key -------------------------------------------------------------------------
     def _split(self, args, kwargs):

@@ -11,6 +11,7 @@ full-array mode, with L snapshots.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import jax
@@ -35,6 +36,7 @@ from rismvdr.physics.spectra import (
     spectrum_25d,
 )
 from rismvdr.physics.steering import steering
+from rismvdr.programs import stored_jit
 
 __all__ = ["spectrum_method", "mvdr_builder", "oracle_builder", "music_builder", "bartlett_builder"]
 
@@ -127,7 +129,9 @@ def spectrum_method(build: Builder):
     runner's grid then is). The run's extras hold `order` (`[B]` int) when the builder caps the
     count.
     """
-    jitted = jax.jit(build, static_argnums=(2,))
+    # what a builder closes over (`mvdr_builder(kind)`'s kind, ...) is part of its stored programs' key
+    closure = tuple(cell.cell_contents for cell in (build.__closure__ or ()))
+    jitted = stored_jit(build, static_argnames=(tuple(inspect.signature(build).parameters)[2],), key=closure)
 
     def make(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings, model=None) -> Runner:
         grid, fine = settings.search_grids(geometry.linear)

@@ -48,6 +48,7 @@ from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.scenarios import Gates
 from rismvdr.physics.spectra import Grid, Spectrum25D, SpectrumOperator, operator_spectrum
 from rismvdr.physics.steering import steering
+from rismvdr.programs import stored_jit
 
 __all__ = [
     "DetectorConfig",
@@ -339,7 +340,7 @@ def coarse_to_fine_peaks(op: SpectrumOperator, power, plane, geometry: ArrayGeom
     return tuple(x[: cfg.k_max] for x in out)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "cfg", "model", "precision", "fine"))
+@functools.partial(stored_jit, static_argnames=("grid", "cfg", "model", "precision", "fine"))
 def _detect(op, spec: Spectrum25D, geometry, cap, *, grid, cfg, model, precision, fine):
     def one(op1, power, plane, cap1):
         if fine is not None:

@@ -32,6 +32,7 @@ from rismvdr.physics.compressive import CompressiveConfig, apply_operators, orde
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
 from rismvdr.physics.steering import steering
+from rismvdr.programs import stored_jit
 
 __all__ = ["significance_test", "with_significance"]
 
@@ -59,7 +60,7 @@ def significance_test(y, H, codes, det: Detections, thresholds, geometry: ArrayG
     return _significance_batch(y, H, codes, det, thresholds, geometry, cfg=cfg, model=model)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "model"))
+@functools.partial(stored_jit, static_argnames=("cfg", "model"))
 def _significance_batch(y, H, codes, det: Detections, thresholds, geometry, *, cfg, model):
     real = jnp.real(y).dtype
     l, n = y.shape[1], geometry.n_elements

@@ -43,6 +43,7 @@ from rismvdr.physics._validation import check_complex, check_finite, check_hermi
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.steering import steering
 from rismvdr.physics.linalg import eye_like, hermitise
+from rismvdr.programs import stored_jit
 
 __all__ = [
     "Grid",
@@ -435,7 +436,7 @@ def _real_gemm_operator(W):
     return jnp.transpose(M, (3, 4, 0, 2, 1))  # [N, re/im of a, part, q, B]
 
 
-@functools.partial(jax.jit, static_argnames=("chunk", "precision"))
+@functools.partial(stored_jit, static_argnames=("chunk", "precision"))
 def _spectrum_25d(op: SpectrumOperator, a_cells, *, chunk: int, precision: Precision):
     """`a_cells` `[C, R, N]` -> (power `[B, C]`, plane `[B, C]`)."""
     prec = matmul_precision(precision)
