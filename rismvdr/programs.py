@@ -49,10 +49,20 @@ _MISSING = object()
 _INSTANCES: weakref.WeakSet = weakref.WeakSet()
 
 
+#: The oldest jax whose stored programs were tested read back in a new process (0.9.2 and 0.12.1
+#: were); with an older one the store stays off.
+MIN_JAX = (0, 9)
+
+
+def _jax_version() -> tuple[int, ...]:
+    return tuple(int(p) for p in jax.__version__.split(".")[:2] if p.isdigit())
+
+
 def enable_program_store(path: str | os.PathLike | None) -> None:
-    """Keep traced programs in `path` (created when a program is first written); None: off."""
+    """Keep traced programs in `path` (created when a program is first written); None: off (also
+    with a jax older than `MIN_JAX`)."""
     global _STORE
-    _STORE = None if path is None else Path(path)
+    _STORE = None if path is None or _jax_version() < MIN_JAX else Path(path)
 
 
 def program_store() -> Path | None:
@@ -94,6 +104,16 @@ def _trace_config() -> str:
     cfg = jax.config
     return (f"backend={jax.default_backend()} x64={cfg.jax_enable_x64} "
             f"matmul={cfg.jax_default_matmul_precision} promotion={cfg.jax_numpy_dtype_promotion}")
+
+
+@functools.lru_cache(maxsize=1)
+def _prepare_backend() -> None:
+    """Load what a program read from the store may call but only lowering loads: jaxlib sets up
+    its LAPACK routines on the CPU when a program that uses one is first lowered (jax 0.9: a
+    program read back without that ran into unset routines and crashed the process), so one small
+    Cholesky factorisation is lowered first."""
+    if jax.default_backend() == "cpu":
+        jax.jit(jax.numpy.linalg.cholesky).lower(jax.numpy.eye(1, dtype=jax.numpy.float32))
 
 
 def _faithful(text: str) -> bool:
@@ -198,6 +218,7 @@ class StoredJit:
                 fmt, stored_text, blob, out_tree = pickle.load(f)
             if fmt != FORMAT or stored_text != text:
                 return None
+            _prepare_backend()
             return jax.jit(export.deserialize(bytearray(blob)).call), out_tree
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is traced again
             log.debug("program store: %s not usable (%s: %s)", path, type(exc).__name__, exc)
