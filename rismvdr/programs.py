@@ -111,9 +111,9 @@ def _prepare_backend() -> None:
     """Load what a program read from the store may call but only lowering loads: jaxlib sets up
     its LAPACK routines on the CPU when a program that uses one is first lowered (jax 0.9: a
     program read back without that ran into unset routines and crashed the process), so one small
-    Cholesky factorisation is lowered first."""
-    if jax.default_backend() == "cpu":
-        jax.jit(jax.numpy.linalg.cholesky).lower(jax.numpy.eye(1, dtype=jax.numpy.float32))
+    Cholesky factorisation is lowered first, on whichever backend (a GPU's solver library is set
+    up the same way where its jaxlib defers it)."""
+    jax.jit(jax.numpy.linalg.cholesky).lower(jax.numpy.eye(1, dtype=jax.numpy.float32))
 
 
 def _faithful(text: str) -> bool:
