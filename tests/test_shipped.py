@@ -31,3 +31,19 @@ def test_shipped_model_reproduces_its_recorded_f1():
     f1 = evaluate_detections(scenes, d.phi, d.theta, d.r, d.valid)["f1"]
     assert f1 == pytest.approx(check["f1"]["learned"], abs=check["tolerance"])
     assert f1 >= 0.5  # a working localizer, not a collapsed one
+
+
+def test_the_backbone_alone_is_the_shipped_backbone():
+    """`load_learned(refiner=False)` (what every learned method but `learned-refiner` loads) is the
+    shipped model without its refiner: the same backbone, weights and record."""
+    from rismvdr.localize.registry import METHODS
+
+    full, alone = load_learned(), load_learned(refiner=False)
+    assert full.has_refiner and not alone.has_refiner and alone.refiner_cfg is None
+    assert alone.backbone_cfg == full.backbone_cfg and alone.info == full.info
+    assert len(alone.backbone_params) == len(full.backbone_params)
+    for a, b in zip(alone.backbone_params, full.backbone_params):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [m.name for m in METHODS.values() if m.refiner] == ["learned-refiner"]
+    assert all(m.learned for m in METHODS.values() if m.refiner)
