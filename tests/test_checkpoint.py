@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
+from rismvdr.localize.weights import single_device_sharding
 from rismvdr.train import checkpoint as checkpoint_lib
 from rismvdr.train.checkpoint import Checkpointer, restore_run
 
@@ -248,7 +249,7 @@ def test_restore_onto_other_meshes_and_device_counts(tmp_path):
             NamedSharding(mesh2, PartitionSpec("data")),
             NamedSharding(mesh2, PartitionSpec()),
         )
-        one = SingleDeviceSharding(jax.devices()[3])
+        one = single_device_sharding(jax.devices()[3])
         for shardings in (two, shardings_like(state, one, one)):
             target = {
                 k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
@@ -269,11 +270,12 @@ def test_restore_onto_other_meshes_and_device_counts(tmp_path):
     script = textwrap.dedent(
         f"""
         import jax, numpy as np
+        from rismvdr.localize.weights import single_device_sharding
         from rismvdr.train.checkpoint import restore_run
         assert jax.device_count() == 1, jax.devices()
         state, config, _ = restore_run({str(tmp_path)!r})
-        target = {{k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=jax.sharding.
-                   SingleDeviceSharding(jax.devices()[0])) for k, v in state.items()}}
+        target = {{k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=single_device_sharding(jax.devices()[0]))
+                  for k, v in state.items()}}
         again, _, _ = restore_run({str(tmp_path)!r}, 1, target=target)
         assert config == {{"mesh": [8]}}, config
         for k in state:

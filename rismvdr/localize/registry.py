@@ -53,6 +53,7 @@ from rismvdr.localize.detect import Detections
 from rismvdr.localize.learned import learned_method, learned_ml_method, refiner_method
 from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
 from rismvdr.localize.significance import with_significance
+from rismvdr.localize.weights import single_device_sharding
 from rismvdr.physics.covariance import unit_rms
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
@@ -211,7 +212,7 @@ def _batch_sharding(devices) -> jax.sharding.Sharding | None:
     if devices == jax.local_devices()[:1]:
         return None
     if len(devices) == 1:
-        return jax.sharding.SingleDeviceSharding(devices[0])
+        return single_device_sharding(devices[0])
     return jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ("scenes",)),
                                       jax.sharding.PartitionSpec("scenes"))
 

@@ -43,7 +43,7 @@ from rismvdr.models.refiner import RefinerConfig, make_refiner
 
 __all__ = ["LearnedModel", "load_learned", "default_weights_dir", "BEST_METRIC", "best_step", "COMMIT_MARKER",
            "checkpoint_problem", "restore_error", "first_intact", "quiet_restore", "held_logs",
-           "not_read_only_notice"]
+           "not_read_only_notice", "single_device_sharding"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -55,6 +55,13 @@ _STATE, _CONFIG, _METRICS = "state", "config", "run_metrics"
 #: The file Orbax writes into a step directory when its save has finished.
 COMMIT_MARKER = "commit_success.txt"
 _JSON_ITEM_FILE = "metadata"  # the file an Orbax JsonCheckpointHandler item holds
+
+
+def single_device_sharding(device) -> jax.sharding.Sharding:
+    """The sharding that places an array on `device` alone (`jax.sharding.make_single_device_sharding`
+    where jax has it; its `SingleDeviceSharding` class is deprecated from jax 0.12)."""
+    make = getattr(jax.sharding, "make_single_device_sharding", None)
+    return make(device) if make is not None else jax.sharding.SingleDeviceSharding(device)
 
 
 def default_weights_dir() -> Path:
@@ -482,7 +489,7 @@ def _restore_run(directory: Path, step: str | int | None) -> tuple[Any, dict, di
             if int(step) not in steps:
                 raise FileNotFoundError(f"no checkpoint at step {step} in {directory} (kept steps: {steps})")
             candidates = [int(step)]
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        device = single_device_sharding(jax.local_devices()[0])
 
         def restore(s: int):
             metadata = manager.metadata(s).item_metadata[_STATE]

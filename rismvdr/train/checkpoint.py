@@ -57,6 +57,7 @@ from rismvdr.localize.weights import (
     first_intact,
     held_logs,
     not_read_only_notice,
+    single_device_sharding,
 )
 
 try:  # Orbax >= 0.11: retention as composable preservation policies.
@@ -196,7 +197,7 @@ def _clean_metrics(metrics) -> dict[str, float | None]:
 
 
 def _default_sharding() -> jax.sharding.Sharding:
-    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return single_device_sharding(jax.local_devices()[0])
 
 
 def _concrete_mesh(abstract) -> jax.sharding.Mesh:
