@@ -527,3 +527,18 @@ def test_shipped_learned_is_near_the_crb_single_source_25db():
     ev = evaluate_detections(scenes, det.phi, det.theta, det.r, det.valid, crb=truth_crb(scenes, geo))
     assert ev["recall"] >= 0.95
     assert ev["rmse_over_sqrt_crb_phi"] <= LEARNED_CRB_FACTOR, ev["rmse_over_sqrt_crb_phi"]
+
+
+@pytest.mark.parametrize("search", ["full", "coarse-to-fine"])
+@pytest.mark.parametrize("continuation", ["backbone", "backprojection"])
+@pytest.mark.parametrize("map_refine", [False, True])
+def test_the_learned_detector_refines_coarse_peaks_unless_the_ml_continuation_follows(search, continuation,
+                                                                                      map_refine):
+    """`learned_detector`: the map's peaks are refined when `map_refine` says so, and always under
+    a coarse-to-fine search unless the greedy ML continuation (`learned-ml`) follows the polish."""
+    base = settings_for_scenario(get_scenario("seed")).with_grid(search=search)
+    s = base.replace(learned=dataclasses.replace(base.learned, continuation=continuation, map_refine=map_refine))
+    refined = map_refine or (search == "coarse-to-fine" and continuation == "backbone")
+    assert learned_detector(s).refine is refined
+    off = s.replace(learned=dataclasses.replace(s.learned, polish=False))
+    assert learned_detector(off) == off.detector  # no finishing stage: the detector as it is

@@ -28,10 +28,11 @@ significance stage (`rismvdr.localize.significance`; "F test" below). The famili
 
 The map methods search their map on the full grid or coarse to fine (`GridSpec.search`); with the
 default "auto" each runs its `Method.search`: coarse-to-fine for `mvdr-oracle`, `mvdr-als`,
-`music-mdl` and `learned-ml` (validation F1 level with the full grid's on the `seed` scenario;
-`learned-ml` and `mvdr-als` also on the `seed-los` deployment), the full grid for the others.
-`learned` stays on the full grid: level on `seed` (0.8233 against 0.8243), its F1 fell from
-0.231 to 0.131 on `seed-los`, where its false alarms tripled.
+`music-mdl`, `learned` and `learned-ml` (validation F1 level with the full grid's on the `seed`
+scenario; `learned`, `learned-ml` and `mvdr-als` also on the `seed-los` deployment), the full
+grid for the others. `learned` refines its coarse peaks before the polish
+(`rismvdr.localize.learned.learned_detector`): unrefined, its F1 fell from 0.231 to 0.131 on
+`seed-los`.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class Method(NamedTuple):
     # The map search it runs when `settings.search.search` is "auto" (the default): "full" or
     # "coarse-to-fine" (`rismvdr.localize.settings.GridSpec.search`). Coarse-to-fine where the
     # validation F1 (1000 seed scenes, seed 7) was within 0.003 of the full grid's or above it
-    # (docs: experiments, coarse-to-fine; `learned`, level there, lost 0.1 on seed-los).
+    # (docs: experiments, coarse-to-fine; `learned` with its coarse peaks refined, level on seed-los too).
     search: str = "full"
 
 
@@ -136,7 +137,7 @@ METHODS: dict[str, Method] = {
         Method("somp-ml-oracle-k", "bound: somp-ml with the order forced to the true K (no F test)",
                bound_method("somp-k"), needs_truth=True, maps_grid="dictionary", significance_tested=True),
         Method("learned", "MVDR on the learned backbone's R_blend (shipped weights unless --checkpoint)",
-               learned_method, learned=True, significance_tested=True),
+               learned_method, learned=True, significance_tested=True, search="coarse-to-fine"),
         Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
                "refinement, with guardrails and MVDR fallback", refiner_method, learned=True,
                refiner=True, significance_tested=True),
