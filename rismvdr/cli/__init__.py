@@ -20,9 +20,10 @@ flag checks that need no library. `--set` values are checked against their confi
 the library, but before any file is read or any work is done.
 
 Compiled programs are kept in a per-user persistent cache (`rismvdr.io.compile_cache_dir`:
-`$RISMVDR_CACHE_DIR`, else `$XDG_CACHE_HOME/rismvdr/jax`, else `~/.cache/rismvdr/jax`), so a
-command run again on the same shapes does not compile again; `--no-compile-cache` or
-`RISMVDR_COMPILE_CACHE=0` turns it off.
+`$RISMVDR_CACHE_DIR`, else `$XDG_CACHE_HOME/rismvdr/jax`, else `~/.cache/rismvdr/jax`), with
+the package's traced programs beside them (`rismvdr.programs`), so a command run again on the
+same shapes neither traces nor compiles again; `--no-compile-cache` or `RISMVDR_COMPILE_CACHE=0`
+turns both off.
 
 Renamed commands (the old spellings still work for one release and print a one-line note on
 stderr): `rismvdr hpo` with flags and no subcommand is `rismvdr hpo run`, `rismvdr hpo2` is
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "through a reconfigurable intelligent surface or a planar array.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs in the "
+    p.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled (and traced) programs in the "
                    f"per-user cache (${COMPILE_CACHE_ENV}=0 does the same; ${CACHE_DIR_ENV} moves it; default "
                    "$XDG_CACHE_HOME/rismvdr/jax, else ~/.cache/rismvdr/jax)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
