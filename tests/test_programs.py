@@ -126,9 +126,16 @@ def test_everything_that_decides_the_program_is_in_its_key(store, change):
     assert TRACES == ["kernel", "kernel"] and len(_files(store)) == 2
 
 
-def test_the_source_is_in_the_key():
+def test_the_source_is_in_the_key(store, monkeypatch):
     digest = source_fingerprint()
     assert len(digest) == 64 and digest == source_fingerprint()
+    _fresh()(X, 1.5, scale=Scale(2.0), power=3)
+    _fresh()(X, 1.5, scale=Scale(2.0), power=3)
+    assert TRACES == ["kernel"] and len(_files(store)) == 1
+    # the package's source changed (an edited checkout): its stored programs are not read
+    monkeypatch.setattr("rismvdr.programs.source_fingerprint", lambda: "0" * 64)
+    _fresh()(X, 1.5, scale=Scale(2.0), power=3)
+    assert TRACES == ["kernel", "kernel"] and len(_files(store)) == 2
 
 
 def test_calls_the_store_cannot_serve_run_jax_jit(store):

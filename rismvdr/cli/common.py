@@ -184,8 +184,8 @@ def add_localizer_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search grid and detector (defaults: the scene file's scenario, else the seed box)")
     g.add_argument("--search", choices=SEARCHES, help="map search: 'full' (every grid point), 'coarse-to-fine' "
                    "(a grid 3x coarser in angle with 8 range planes, its best local maxima refined off the grid) or "
-                   "'auto' (each method's default: coarse-to-fine for mvdr-oracle, mvdr-als, music-mdl and "
-                   "learned-ml, full for the others; default auto)")
+                   "'auto' (each method's default: coarse-to-fine for mvdr-oracle, mvdr-als, music-mdl, "
+                   "learned and learned-ml, full for the others; default auto)")
     g.add_argument("--phi-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help=f"azimuth search box, degrees (default {pairs(PHI_RANGE_DEG)})")
     g.add_argument("--theta-range-deg", type=float, nargs=2, metavar=("MIN", "MAX"),

@@ -41,7 +41,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rismvdr.io.atomic import atomic_write

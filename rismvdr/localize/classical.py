@@ -129,9 +129,11 @@ def spectrum_method(build: Builder):
     runner's grid then is). The run's extras hold `order` (`[B]` int) when the builder caps the
     count.
     """
-    # what a builder closes over (`mvdr_builder(kind)`'s kind, ...) is part of its stored programs' key
+    # The settings (the builder's third argument, whatever its name) are static; what the builder
+    # closes over (`mvdr_builder(kind)`'s kind, ...) is part of its stored programs' key.
+    settings_arg = list(inspect.signature(build).parameters)[2]
     closure = tuple(cell.cell_contents for cell in (build.__closure__ or ()))
-    jitted = stored_jit(build, static_argnames=(tuple(inspect.signature(build).parameters)[2],), key=closure)
+    jitted = stored_jit(build, static_argnames=(settings_arg,), key=closure)
 
     def make(scenes: Scene, geometry: ArrayGeometry, settings: LocalizerSettings, model=None) -> Runner:
         grid, fine = settings.search_grids(geometry.linear)

@@ -349,9 +349,7 @@ _RUNNERS_KEPT = 8
 def _reused(make):
     @functools.wraps(make)
     def cached(model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings):
-        pos = np.asarray(geometry.positions)
-        key = (make.__name__, model.backbone_cfg, model.backbone_def, model.refiner_cfg, model.refiner_def,
-               settings, pos.shape, pos.dtype.str, pos.tobytes(), float(geometry.wavelength))
+        key = _program_key(make.__name__, model, geometry, settings) + (model.backbone_def, model.refiner_def)
         if key not in _RUNNERS:
             _RUNNERS[key] = make(model, geometry, settings)
             while len(_RUNNERS) > _RUNNERS_KEPT:
@@ -363,8 +361,9 @@ def _reused(make):
 
 
 def _program_key(name: str, model: LearnedModel, geometry: ArrayGeometry, settings: LocalizerSettings) -> tuple:
-    """What a runner closes over, for the program store (`rismvdr.programs`): the architecture
-    (its configs; the parameters are arguments), the settings and the geometry."""
+    """What a runner (`name`: its builder) closes over: the architecture (its configs; the
+    parameters are arguments), the settings and the geometry; the key of its stored programs
+    (`rismvdr.programs`) and, with the module definitions, of `_RUNNERS`."""
     pos = np.asarray(geometry.positions)
     return (name, model.backbone_cfg, model.refiner_cfg, settings, pos.shape, pos.dtype.str,
             hashlib.sha256(pos.tobytes()).hexdigest(), float(geometry.wavelength))
@@ -380,7 +379,7 @@ def make_learned_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         _, spec, det = _learned_detections(m, geometry, settings, scenes)
         return finish_detections(m, geometry, settings, thresholds, scenes, det), spec
 
-    return stored_jit(run, key=_program_key("learned", model, geometry, settings))
+    return stored_jit(run, key=_program_key("make_learned_runner", model, geometry, settings))
 
 
 @_reused
@@ -420,7 +419,7 @@ def make_refiner_runner(model: LearnedModel, geometry: ArrayGeometry, settings: 
         out = Detections(*(pick(a, c) for a, c in zip(peaks, base)))
         return finish_detections(m, geometry, settings, thresholds, scenes, out), spec, ~ok & live
 
-    return stored_jit(run, key=_program_key("learned-refiner", model, geometry, settings))
+    return stored_jit(run, key=_program_key("make_refiner_runner", model, geometry, settings))
 
 
 # ------------------------------------------------------------------------------------------
