@@ -23,16 +23,23 @@ from rismvdr.eval.evaluation import evaluate_detections, truth_crb
 from rismvdr.eval.metrics import match_scene
 from rismvdr.localize.registry import localize, settings_for_scenario
 from rismvdr.physics.compressive import (
+    AtomOperator,
     CompressiveConfig,
     apply_operators,
+    atom_norms,
+    atom_scores,
+    dictionary,
     f_thresholds,
     ml_refine_fit,
     order_retest,
     range_scan,
     scene_operators,
+    somp,
+    somp_ml,
     source_fstats,
     vp_residual_jacobian,
 )
+from rismvdr.physics.spectra import grid_steering
 from rismvdr.physics.steering import steering
 from rismvdr.physics.scenarios import get_scenario, scenario_geometry
 from rismvdr.physics.simulate import simulate
@@ -371,3 +378,66 @@ def test_range_scan_matches_brute_force(full_array):
         u_ref = inv_r[j] + np.clip(off, -1, 1) * (inv_r[1] - inv_r[0]) if np.argmin(cost) == j else inv_r[np.argmin(cost)]
         assert 1 / got[k] == pytest.approx(u_ref, rel=1e-6), k
     assert abs(1 / got[0] - truth_u) < inv_r[1] - inv_r[0]  # and the scan finds the source's range
+
+
+@pytest.mark.parametrize("full_array", [False, True])
+@pytest.mark.parametrize("dtype, rtol", [("complex128", 1e-10), ("complex64", 1e-4)])
+def test_atom_operator_matches_a_float64_dictionary(full_array, dtype, rtol):
+    """The operator form's atom norms, greedy scores and picked columns against the explicit
+    dictionary `d_{l,g} = G_l a_g` built in NumPy float64."""
+    geometry, y, H, codes, G = _random_scene(full_array, seed=11, l=5, m=10)
+    l, n = y.shape[0], geometry.positions.shape[0]
+    pos, wl = np.asarray(geometry.positions), geometry.wavelength
+    rng = np.random.default_rng(3)
+    phi, theta = rng.uniform(-1.0, 1.0, 40), rng.uniform(-0.5, 0.5, 40)
+    r = rng.uniform(0.8, 8.0, 40)
+    a = ref_steering(pos, phi, theta, r, wavelength=wl)  # [G, N]
+    D = np.stack([G[i % G.shape[0]] @ a.T for i in range(l)])  # [L, M, G]
+    norms_ref = np.sum(np.abs(D) ** 2, axis=1)
+    resid = y * (1.0 - 0.3j)
+    scores_ref = np.sum(np.abs(np.einsum("lmg,lm->lg", D.conj(), resid)) ** 2 / norms_ref, axis=0)
+    E = scene_operators(None if H is None else jnp.asarray(H, dtype), None if codes is None else jnp.asarray(codes, dtype),
+                        l, n, dtype)
+    op = AtomOperator(E, jnp.asarray(a, dtype))
+    norms = np.asarray(atom_norms(op))
+    np.testing.assert_allclose(np.broadcast_to(norms, norms_ref.shape), norms_ref, rtol=rtol)
+    got = np.asarray(atom_scores(op, atom_norms(op), jnp.asarray(resid, dtype)))
+    np.testing.assert_allclose(got, scores_ref, rtol=rtol)
+    # and the explicit dictionary of the same arrays gives the same scores
+    explicit = dictionary(E, jnp.asarray(a, dtype))
+    np.testing.assert_allclose(np.asarray(atom_scores(explicit, atom_norms(explicit), jnp.asarray(resid, dtype))),
+                               scores_ref, rtol=rtol)
+
+
+def test_somp_with_the_atom_operator_matches_the_explicit_dictionary():
+    """`somp` and `somp_ml` on the operator form and on the explicit dictionary of one seed scene:
+    the same picks, order and positions (float64, where rounding cannot flip a greedy pick)."""
+    cfg = get_scenario("seed")
+    settings = settings_for_scenario(cfg)
+    grid = settings.dictionary_grid(False)
+    geometry = scenario_geometry(cfg)
+    scenes = simulate(dataclasses.replace(cfg, dtype="complex128"), jax.random.key(5), 1)
+    y, H, codes = scenes.y[0], scenes.H[0], scenes.codes[0]
+    l, n = y.shape[0], geometry.positions.shape[0]
+    a_flat = grid_steering(geometry, grid, model="exact", dtype=jnp.complex128).reshape(-1, n)
+    E = scene_operators(H, codes, l, n, y.dtype)
+    phi_g, th_g, r_g = grid.arrays()
+    shape = grid.shape  # (theta, phi, plane), the order of a_flat
+    coords = (jnp.asarray(np.broadcast_to(phi_g[None, :, None], shape).reshape(-1)),
+              jnp.asarray(np.broadcast_to(th_g[:, None, None], shape).reshape(-1)),
+              jnp.asarray(np.broadcast_to(r_g[None, None, :], shape).reshape(-1)))
+    thr = f_thresholds(y.shape[1], l, 5, a_flat.shape[0], settings.compressive_config())
+    ccfg = settings.compressive_config()
+    out, picks = [], []
+    for D in (AtomOperator(E, a_flat), dictionary(E, a_flat)):
+        picks.append(jax.jit(lambda D: somp(y, D, atom_norms(D), thr, ccfg))(D))
+        out.append(jax.jit(lambda D: somp_ml(y, E, D, atom_norms(D), coords, thr, geometry.astype(np.float64), grid,
+                                             ccfg))(D))
+    for u, v in zip(*picks):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-8, atol=1e-10)
+    assert int(picks[0][1]) >= 1
+    (p0, t0, r0, m0, o0, f0, s0), (p1, t1, r1, m1, o1, f1, s1) = out
+    assert int(o0) == int(o1) >= 1
+    np.testing.assert_array_equal(np.asarray(m0), np.asarray(m1))
+    for u, v in ((p0, p1), (t0, t1), (r0, r1), (f0, f1), (s0, s1)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-8, atol=1e-10)

@@ -22,11 +22,12 @@ from rismvdr.localize.runner import Runner
 from rismvdr.localize.settings import LocalizerSettings
 from rismvdr.physics.compressive import (
     CompressiveConfig,
+    AtomOperator,
     CompressiveResult,
     apply_operators,
+    atom_norms,
     atom_scores,
     backprojected_scores,
-    dictionary,
     f_thresholds,
     ls_fit,
     ml_continue,
@@ -160,8 +161,8 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
 
     def one(y1, h1, c1, p0, t0, rr0, m0):
         E = scene_operators(h1, c1, l, n, y1.dtype)
-        D = dictionary(E, a_flat)
-        norms = jnp.sum(abs2(D), axis=1)
+        D = AtomOperator(E, a_flat)
+        norms = atom_norms(D)
         if kind == "ml":
             phi, theta, r, _ = ml_refine(y1, E, geo, grid, p0.astype(real), t0.astype(real), rr0.astype(real), m0,
                                          cfg, model=model)
@@ -215,8 +216,8 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
     def one(y1, h1, c1, p0, t0, rr0, m0):
         E = scene_operators(h1, c1, l, n, y1.dtype)
         if picks == "dictionary":
-            D = dictionary(E, a_flat)
-            scores = functools.partial(atom_scores, D, jnp.sum(abs2(D), axis=1))
+            D = AtomOperator(E, a_flat)
+            scores = functools.partial(atom_scores, D, atom_norms(D))
         else:
             scores = functools.partial(backprojected_scores, h1, c1, a_flat)
         phi, theta, r, mask, f = ml_from_start(y1, E, None, None, coords, thresholds, geo, grid,
@@ -444,8 +445,8 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
 
     def one(y1, h1, c1):
         E = scene_operators(h1, c1, l, n, y1.dtype)
-        D = dictionary(E, a_flat)
-        norms = jnp.sum(abs2(D), axis=1)
+        D = AtomOperator(E, a_flat)
+        norms = atom_norms(D)
         rss = jnp.zeros((), real)
         if ml:
             phi, theta, r, mask, order, f, first = somp_ml(

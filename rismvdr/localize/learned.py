@@ -122,15 +122,18 @@ def als_samp_factor(scenes):
     return est.factor
 
 
-def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = EXIST_THRESHOLD, samp_factor=None):
+def backbone_factor(model: LearnedModel, scenes, *, exist_threshold: float = EXIST_THRESHOLD, samp_factor=None,
+                    refine_range: bool = True):
     """R_blend factor `[B, N, q]` of a batch. In the structured variant, slots whose existence
     probability is below `exist_threshold` are removed (their columns zeroed). With beta > 0 the
     ALS R_samp is estimated from the scenes unless `samp_factor` is given. A scene whose `y` is
     all zero gets an all-zero factor (nothing was measured: its MVDR map is flat, no peaks),
-    not the network's answer to a blank input."""
+    not the network's answer to a blank input. `refine_range`: the slots' ranges by the
+    backbone's least-squares range scan (`BackboneConfig.range_scan`), else the network's own."""
     if model.backbone_cfg.beta > 0 and samp_factor is None:
         samp_factor = als_samp_factor(scenes)
-    out = model.backbone_def.apply(model.backbone_params, scenes.y, scenes.H, scenes.codes, samp_factor)
+    out = model.backbone_def.apply(model.backbone_params, scenes.y, scenes.H, scenes.codes, samp_factor,
+                                   refine_range=refine_range)
     f = out.factor
     if model.backbone_cfg.covariance == "structured" and exist_threshold > 0:
         keep = jax.nn.sigmoid(out.logit) >= exist_threshold  # [B, K]
@@ -151,9 +154,10 @@ def _measured(scenes):
 
 
 def learned_operator(model: LearnedModel, scenes, *, delta_rel: float, precision: str,
-                     exist_threshold: float = EXIST_THRESHOLD, samp_factor=None):
-    """Batched MVDR (Woodbury) operator on R_blend."""
-    f, _ = backbone_factor(model, scenes, exist_threshold=exist_threshold, samp_factor=samp_factor)
+                     exist_threshold: float = EXIST_THRESHOLD, samp_factor=None, refine_range: bool = True):
+    """Batched MVDR (Woodbury) operator on R_blend (`backbone_factor`)."""
+    f, _ = backbone_factor(model, scenes, exist_threshold=exist_threshold, samp_factor=samp_factor,
+                           refine_range=refine_range)
     return jax.vmap(lambda x: mvdr_lowrank_operator(x, delta_rel=delta_rel, precision=precision))(f)
 
 
@@ -243,7 +247,8 @@ def _learned_detections(model: LearnedModel, geometry: ArrayGeometry, settings: 
     prec = settings.precision
     grid, fine = settings.search_grids(geometry.linear)
     op = learned_operator(model, scenes, delta_rel=settings.estimator.delta_rel, precision=prec,
-                          exist_threshold=settings.learned.exist_threshold)
+                          exist_threshold=settings.learned.exist_threshold,
+                          refine_range=settings.learned.slot_range_scan)
     a_grid = grid_steering(geometry, grid, model=settings.steering_model, dtype=scenes.y.dtype)
     spec = spectrum_25d(op, a_grid, precision=prec, max_chunk_mb=settings.max_chunk_mb)
     det = detect(op, spec, geometry, grid, learned_detector(settings), model=settings.steering_model,
@@ -317,10 +322,8 @@ def finish_detections(model: LearnedModel, geometry: ArrayGeometry, settings: Lo
     for _ in range(int(ls.residual_passes) if ls.continuation == "backbone" else 0):
         rest = dataclasses.replace(scenes, y=unit_rms(resid)[0])
         samp = als_samp_factor(rest) if model.backbone_cfg.beta > 0 else None
-        # The new slots' ranges are scanned as in the first pass (`BackboneConfig.range_scan`); the polish
-        # that follows fits them anyway (validation, seed 1, 500 scenes: F1 0.806 without the scan, 0.805
-        # with it; kept until its cost is measured on a quiet machine).
-        out = model.backbone_def.apply(model.backbone_params, rest.y, rest.H, rest.codes, samp)
+        out = model.backbone_def.apply(model.backbone_params, rest.y, rest.H, rest.codes, samp,
+                                       refine_range=ls.slot_range_scan)
         cand = (jax.nn.sigmoid(out.logit) >= ls.exist_threshold) & live[:, None]
         start = jax.vmap(lambda *a: add_candidates(*a, settings.detector.gates))(
             res.phi, res.theta, res.r, res.valid, out.phi, out.theta, out.r, cand)

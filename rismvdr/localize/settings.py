@@ -176,6 +176,15 @@ class LearnedSettings:
     # (2-core CPU; docs: experiments), so the default leaves it off. It applies to `learned-refiner`'s refiner
     # peaks too: F1 0.8037 / 0.8130 with it, 0.8046 / 0.8135 without.
     map_refine: bool = False
+    # slot_range_scan=True: the backbone's slots get their ranges from its least-squares range scan
+    # (`BackboneConfig.range_scan` points) before R_blend is built, in the first pass and in the residual
+    # passes. False: the network's own ranges; the polish fits the ranges on the measurements and the
+    # range rescan (`range_rescan`) searches the whole box at the end anyway. Validation (seed 7, 1000
+    # scenes) / test (seed 0, 1000): `learned` 0.8259 / 0.8116 with the scan, 0.8264 / 0.8119 without;
+    # `learned-ml` 0.8331 / 0.8162 with it, 0.8319 / 0.8155 without. The scan was about 50 ms of each
+    # backbone pass of a 32-scene batch (2-core CPU; docs: experiments, coarse-to-fine). The refiner's
+    # inputs (`learned-refiner`) keep the model's own setting.
+    slot_range_scan: bool = False
 
     def __post_init__(self):
         if not 0.0 <= float(self.exist_threshold) <= 1.0:

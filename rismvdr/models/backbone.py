@@ -40,6 +40,7 @@ from rismvdr.defaults import EXIST_THRESHOLD, K_MAX, PHI_RANGE_DEG, R_RANGE_M, T
 from rismvdr.models.unet import UNet
 from rismvdr.physics.compressive import range_scan, scene_operators
 from rismvdr.physics.geometry import ArrayGeometry, from_positions
+from rismvdr.physics.linalg import cmatmul_parts
 from rismvdr.physics.scenarios import SceneConfig, scenario_geometry
 from rismvdr.physics.spectra import Grid, make_grid
 from rismvdr.physics.steering import steering
@@ -219,8 +220,8 @@ def beam_features(y, H, codes, a_grid, grid_shape):
         xhat = y
     else:
         xhat = jnp.conj(codes) * jnp.einsum("blm,bmn->bln", y, jnp.conj(H), precision=_HI)
-    z = jnp.einsum("bln,gn->blg", xhat, jnp.conj(a_grid), precision=_HI)
-    power = jnp.mean(jnp.real(z) ** 2 + jnp.imag(z) ** 2, axis=1)  # [B, G]
+    zr, zi = cmatmul_parts(xhat, jnp.conj(a_grid).T, precision=_HI)  # a_g^H xhat_l: [B, L, G]
+    power = jnp.mean(zr**2 + zi**2, axis=1)  # [B, G]
     t, p, rr = grid_shape
     power = power.reshape(power.shape[0], t, p, rr)
     power = jnp.concatenate([power, jnp.max(power, axis=-1, keepdims=True)], axis=-1)

@@ -1,15 +1,15 @@
 """Small numerical helpers shared by the kernels (trailing-axis conventions, `[..., N, N]`).
 
 Written once here and used by physics, models and the losses: the Hermitian transpose and
-part, a broadcast identity, `|z|^2` with a finite gradient at 0, and the real dtype of a
-complex one.
+part, a broadcast identity, `|z|^2` with a finite gradient at 0, the real dtype of a
+complex one, and the parts of the large complex products of the maps.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["real_dtype", "abs2", "herm", "hermitise", "eye_like", "cho_solve"]
+__all__ = ["real_dtype", "abs2", "herm", "hermitise", "eye_like", "cho_solve", "cmatmul_parts"]
 
 
 def real_dtype(x):
@@ -54,3 +54,29 @@ def cho_solve(chol, b, *, lower: bool = True) -> jax.Array:
     b = jnp.broadcast_to(b, batch + b.shape[-2:])
     return jax.scipy.linalg.cho_solve((chol, lower), b)
 
+
+
+def cmatmul_parts(a, b, *, precision=jax.lax.Precision.HIGHEST) -> tuple[jax.Array, jax.Array]:
+    """Real and imaginary parts of `jnp.matmul(a, b)` for complex `a` and `b`, as four real
+    products on the CPU.
+
+    For a large product whose parts are reduced at once (`|a b|^2` summed over snapshots: the
+    beamspace map, the dictionary's norms, the matched filter), the four real GEMMs with the
+    reduction fused after them run about twice as fast on XLA's CPU backend as the complex GEMM
+    followed by the reduction (`[512, 144] x [144, 15128]`, complex64, then `|.|^2` averaged over
+    16 rows, 2-core AVX-512 VM: 49 ms against 83-105 ms); on other platforms the complex product
+    is kept and split. The parts are the complex product's own (`re a re b - im a im b`,
+    `re a im b + im a re b`), so the two agree to rounding.
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+
+    def native(a, b):
+        z = jnp.matmul(a, b, precision=precision)
+        return jnp.real(z), jnp.imag(z)
+
+    def four_real(a, b):
+        ar, ai, br, bi = jnp.real(a), jnp.imag(a), jnp.real(b), jnp.imag(b)
+        mm = lambda x, y: jnp.matmul(x, y, precision=precision)  # noqa: E731
+        return mm(ar, br) - mm(ai, bi), mm(ar, bi) + mm(ai, br)
+
+    return jax.lax.platform_dependent(a, b, cpu=four_real, default=native)
