@@ -230,7 +230,7 @@ def _from_start_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r
                                  jnp.sum(valid).astype(jnp.int32), jnp.sum(abs2(e)))
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max))
+                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max, largest=1))
 
 
 def polish_thresholds(settings: LocalizerSettings, geometry: ArrayGeometry, n_meas: int, n_snap: int) -> np.ndarray:
@@ -378,7 +378,7 @@ def _continue_batch(y, H, codes, a_flat, thresholds, geometry, res, *, grid, cfg
         return _fit_result(phi, theta, r, mask, f, e, gates, cfg.k_max), e
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, res),
-                       batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
+                       batch_size=scene_group_size(y.shape[0], l, cfg.k_max, largest=1))
 
 
 def add_candidates(phi, theta, r, mask, cphi, ctheta, cr, cmask, gates: Gates):
@@ -479,9 +479,17 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
 _LAPACK_SPLIT_FLOP = 2e5
 
 
-def scene_group_size(n_scenes: int, n_snap: int, k_max: int) -> int:
-    """Scenes per vmapped group of the compressive drivers: at most 4 (on the CPU, XLA was measured
-    to slow down by >50x when this loop nest was vmapped over 12 or more scenes at once), and few
-    enough that the batched LAPACK calls run inline (`_LAPACK_SPLIT_FLOP`)."""
+def scene_group_size(n_scenes: int, n_snap: int, k_max: int, *, largest: int = 2) -> int:
+    """Scenes per vmapped group of the compressive drivers: at most `largest`, and few enough that
+    the batched LAPACK calls run inline (`_LAPACK_SPLIT_FLOP`).
+
+    The groups run one after another (`lax.map`), and a vmapped group runs its early-stopped
+    loops until its slowest scene is done, so small groups waste less; on the CPU, XLA was
+    measured to slow down by >50x when these loop nests were vmapped over 12 or more scenes at
+    once. Measured on the 2-core CPU (32 seed scenes, ms per batch, groups of 1 / 2 / 4 / 8):
+    the polish 53 / 52 / 63 / 78, the range rescan 85 / 58 / 62 / 69, the greedy ML
+    continuation 178 / 208 / 221 / 252 (hence `largest=1` there), `somp-ml` 1570 / 1465 /
+    1563, `ml-oracle` 972 / 918 / 1007.
+    """
     per_scene = 3 * k_max * n_snap * 3 * k_max ** 2
-    return int(max(1, min(4, n_scenes, (_LAPACK_SPLIT_FLOP - 1) // per_scene)))
+    return int(max(1, min(int(largest), n_scenes, (_LAPACK_SPLIT_FLOP - 1) // per_scene)))
