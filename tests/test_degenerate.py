@@ -260,3 +260,18 @@ def test_somp_ml_finishes_on_the_full_scenario():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["same"], out
     assert out["f1"] >= 0.8, out
+
+
+@pytest.mark.parametrize("name", ["mvdr-als", "bartlett", "music-mdl", "music-aic", "music-oracle-k"])
+def test_surface_smaller_than_the_rank_and_the_count(name):
+    """A 2 x 2 surface (N = 4): fewer elements than the ALS rank (5) and than k_max + 1 signal
+    eigenvectors: the ALS covariance takes rank N and MUSIC keeps at most N - 1 eigenvectors;
+    each method runs and reports finite detections."""
+    cfg = get_scenario("seed", nh=2, nv=2, k_min=1, k_max=2, snr_db=(20.0, 20.0))
+    scenes = simulate(cfg, jax.random.key(1), 2)
+    s = settings_for_scenario(cfg, batch_size=2).with_grid(**SMALL)
+    det = localize(name, scenes, scenario_geometry(cfg), s, progress=False, keep_maps=False).detections
+    valid = np.asarray(det.valid)
+    assert valid.shape == (2, s.detector.k_max)
+    for x in (det.phi, det.theta, det.r):
+        assert np.all(np.isfinite(np.asarray(x)[valid]))

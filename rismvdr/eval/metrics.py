@@ -274,7 +274,6 @@ def _match_arrays(est, ev, gt, gm, gates: Gates):
     assignment itself loops over scenes. Returns `(scene, est_index, gt_index)` of the pairs
     and the `[S]` counts of valid estimates and true sources.
     """
-    n_scenes = ev.shape[0]
     dphi = wrap_angle(est[0][:, :, None] - gt[0][:, None, :])
     dth = est[1][:, :, None] - gt[1][:, None, :]
     dr = est[2][:, :, None] - gt[2][:, None, :]

@@ -48,8 +48,9 @@ Builder = Callable[[Scene, ArrayGeometry, LocalizerSettings], tuple]
 def _cov(kind: str, scenes: Scene, s: LocalizerSettings):
     prec = matmul_precision(s.precision)
     e = s.estimator
-    if kind == "als":
-        return estimate_covariance("als", scenes.y, scenes.H, scenes.codes, rank=e.als_rank,
+    if kind == "als":  # an array of fewer elements than the rank: the full rank N
+        rank = min(int(e.als_rank), int(scenes.H.shape[-1]))
+        return estimate_covariance("als", scenes.y, scenes.H, scenes.codes, rank=rank,
                                    n_iter=e.als_iters, lam=e.als_lam, precision=prec)
     if kind == "ridge_ls":
         return estimate_covariance("ridge_ls", scenes.y, scenes.H, scenes.codes, lam=e.ridge_lam, precision=prec)

@@ -115,7 +115,7 @@ class EstimatorSettings:
     """Covariance estimators and the MVDR loading of the spectrum methods."""
 
     delta_rel: float = 1e-2  # MVDR diagonal loading relative to tr(R)/N
-    als_rank: int = 5
+    als_rank: int = 5  # an array of N < als_rank elements gets rank N
     als_iters: int = 4
     als_lam: float = 1e-2
     ridge_lam: float = 1e-2

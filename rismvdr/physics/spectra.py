@@ -248,12 +248,12 @@ def music_operator(R, n_sources, *, max_sources: int | None = None) -> SpectrumO
     """MUSIC with a signal subspace of `n_sources` eigenvectors (may be a traced int).
 
     `P(a) = 1 / ||E_n^H a||^2 = 1 / (||a||^2 - ||E_s^H a||^2)`. Only the top `max_sources`
-    eigenvectors are kept in `W` (static; default N - 1), rows beyond `n_sources` zeroed. An
-    all-zero `R` has no signal subspace (`W = 0`: a flat spectrum).
+    eigenvectors are kept in `W` (static; default and at most N - 1), rows beyond `n_sources`
+    zeroed. An all-zero `R` has no signal subspace (`W = 0`: a flat spectrum).
     """
     R = hermitise(R)
     n = R.shape[-1]
-    q = n - 1 if max_sources is None else int(max_sources)
+    q = n - 1 if max_sources is None else min(int(max_sources), n - 1)
     _, vecs = jnp.linalg.eigh(R)  # ascending
     top = vecs[..., :, ::-1][..., :, :q]  # [..., N, q] descending
     empty = ~jnp.any(R != 0, axis=(-2, -1))  # eigh of 0 returns an arbitrary basis
