@@ -29,6 +29,7 @@ from rismvdr.physics.compressive import (
     atom_norms,
     atom_scores,
     dictionary,
+    f_isf,
     f_thresholds,
     ml_refine_fit,
     order_retest,
@@ -78,6 +79,22 @@ def _matched_errors(scenes, det):
             j = np.argmin(np.hypot(d[:, 0] / np.deg2rad(5), d[:, 1] / np.deg2rad(5)) + d[:, 2])
             out.append([np.rad2deg(d[j, 0]), np.rad2deg(d[j, 1]), d[j, 2]])
     return np.asarray(out)
+
+
+@pytest.mark.parametrize("d1", [2.0, 8.0, 32.0, 200.0])
+@pytest.mark.parametrize("d2", [2.0, 10.0, 352.0, 5000.0])
+def test_f_isf_matches_scipy_and_the_closed_forms(d1, d2):
+    """The F inverse survival function against SciPy where SciPy's `1 - p` keeps its digits, and
+    in the far tail against closed forms: `P(F(2, d2) > x) = (1 + 2 x / d2)^(-d2 / 2)`."""
+    for p in (0.5, 0.1, 1e-2, 1e-4, 1.6e-7):
+        assert f_isf(p, d1, d2) == pytest.approx(stats.f.isf(p, d1, d2), rel=1e-7)
+    if d1 == 2.0:
+        for p in (1e-10, 1e-14):
+            assert f_isf(p, d1, d2) == pytest.approx(d2 / 2 * (p ** (-2 / d2) - 1), rel=1e-10)
+    with pytest.raises(ValueError, match="p"):
+        f_isf(0.0, d1, d2)
+    with pytest.raises(ValueError, match="degrees"):
+        f_isf(0.1, 0.0, d2)
 
 
 def test_thresholds_match_scipy():
