@@ -125,6 +125,75 @@ def test_objective_and_gradient_match_the_numpy_reference(problem, dtype):
                                atol=TOL[dtype]["grad"] * scale)
 
 
+def _ref_log_crb_sets(phases, steer, h, noise_var):
+    """Mean over the sources of `sum_i log CRB_ii` of K unit-power sources' joint bound:
+    F = (2/s2) Re sum_l (Q_l^H Q_l) o W, Q_l = P_perp(B_l) [D_phi, D_theta, D_r] (parameter-major),
+    W[(i, k), (j, k')] = [k == k'] (the expected-power bound, unit powers)."""
+    a = np.stack([x[0] for x in steer], axis=1)  # [N, K]
+    da = np.concatenate([np.stack([x[1][:, i] for x in steer], axis=1) for i in range(3)], axis=1)  # [N, 3K]
+    k = a.shape[1]
+    w = np.kron(np.ones((3, 3)), np.eye(k))
+    f = np.zeros((3 * k, 3 * k))
+    for l in range(phases.shape[0]):
+        g = h * np.exp(1j * phases[l])[None, :]
+        b, d = g @ a, g @ da
+        q = d - b @ np.linalg.solve(b.conj().T @ b, b.conj().T @ d)
+        f += np.real((q.conj().T @ q) * w)
+    f *= 2.0 / noise_var
+    return float(np.sum(np.log(np.diag(np.linalg.inv(f))))) / k
+
+
+def _ref_objective_sets(phases, sets, p, h, noise_var):
+    return float(np.mean([_ref_log_crb_sets(phases, [_steer_and_derivative(p, eta) for eta in s], h, noise_var)
+                          for s in sets]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_objective_of_source_sets_matches_the_numpy_reference(problem, dtype):
+    """Sets of several sources (their joint bound; a masked slot is absent): value and gradient
+    against the float64 NumPy reference and its central differences."""
+    p = np.asarray(problem["g"].positions, np.float64)
+    ph, h, nv = problem["phases"], problem["H"], problem["noise_var"]
+    sets = np.array([[[0.3, 0.1, 1.5], [-0.6, -0.4, 4.0], [0.9, 0.3, 0.8]],
+                     [[-0.2, 0.2, 2.5], [0.5, -0.1, 1.2], [0.0, 0.0, 9.0]]])
+    mask = np.array([[True, True, True], [True, True, False]])
+    real_sets = [sets[0], sets[1][:2]]
+    ref = _ref_objective_sets(ph, real_sets, p, h, nv)
+    value = crb_objective(ph.astype(dtype), sets, problem["g"], h, nv, mask=mask)
+    assert value.dtype == dtype
+    np.testing.assert_allclose(float(value), ref, rtol=0, atol=TOL[dtype]["objective"])
+    # one source per set is the single-source objective
+    single = crb_objective(ph.astype(dtype), problem["positions"][:, None, :], problem["g"], h, nv)
+    np.testing.assert_allclose(float(single), float(crb_objective(ph.astype(dtype), problem["positions"],
+                                                                  problem["g"], h, nv)), rtol=1e-6)
+    step = 1e-5
+    ref_grad = np.zeros_like(ph)
+    for i in [(0, 0), (1, 5), (2, 11), (3, 15)]:
+        e = np.zeros_like(ph)
+        e[i] = step
+        ref_grad[i] = (_ref_objective_sets(ph + e, real_sets, p, h, nv)
+                       - _ref_objective_sets(ph - e, real_sets, p, h, nv)) / (2.0 * step)
+    _, grad = crb_objective_and_grad(ph.astype(dtype), sets, problem["g"], h, nv, mask=mask)
+    scale = np.max(np.abs(np.asarray(grad, np.float64)))
+    for i in [(0, 0), (1, 5), (2, 11), (3, 15)]:
+        assert abs(float(grad[i]) - ref_grad[i]) <= TOL[dtype]["grad"] * scale, i
+
+
+def test_a_short_design_for_source_sets_beats_random_codes(problem):
+    """`sources=(2, 3)`: the design lowers the objective of sets of 2-3 sources below random codes'."""
+    g, h, nv = problem["g"], problem["H"], problem["noise_var"]
+    box = np.array([[-0.8, 0.8], [-0.4, 0.4], [0.8, 5.0]])
+    d = design_codes(g, h, box, n_snapshots=4, noise_var=nv, bits=0, key=jax.random.key(2), n_steps=40, batch=16,
+                     learning_rate=0.1, sources=(2, 3))
+    assert np.mean(d.history[-5:]) < np.mean(d.history[:5])
+    rng = np.random.default_rng(5)
+    sets = np.asarray(sample_positions(jax.random.key(9), box, 64 * 3)).reshape(64, 3, 3)
+    mask = np.arange(3)[None, :] < rng.integers(2, 4, 64)[:, None]
+    designed = float(crb_objective(d.phases, sets, g, h, nv, mask=mask))
+    random = [float(crb_objective(rng.uniform(0, 2 * np.pi, (4, 16)), sets, g, h, nv, mask=mask)) for _ in range(8)]
+    assert designed < min(random), (designed, random)
+
+
 def test_unidentifiable_positions_are_left_out_of_value_and_gradient(problem):
     """A position whose bound is not finite (here its steering overflows) drops out of the mean and
     of the gradient; with no identifiable position the objective is +inf and the gradient zero."""
@@ -154,6 +223,13 @@ def test_bad_arguments_name_themselves(problem):
                               key=jax.random.key(0)), "bits"),
         (lambda: design_codes(g, h, [[0, 1], [0, 0], [1, 2]], n_snapshots=4, noise_var=nv, bits=1, n_steps=0,
                               key=jax.random.key(0)), "n_steps"),
+        (lambda: design_codes(g, h, [[0, 1], [0, 0], [1, 2]], n_snapshots=4, noise_var=nv, bits=1,
+                              key=jax.random.key(0), sources=(3, 2)), "sources"),
+        (lambda: design_codes(g, h, [[0, 1], [0, 0], [1, 2]], n_snapshots=4, noise_var=nv, bits=1,
+                              key=jax.random.key(0), sources=(0, 2)), "sources"),
+        (lambda: crb_objective(ph, pos[None], g, h, nv, mask=np.ones((1, 2), bool)), "mask"),
+        (lambda: crb_objective(ph, pos[None], g, h, nv, mask=np.zeros((1, 3), bool)), "mask"),
+        (lambda: crb_objective(ph, pos, g, h, nv, mask=np.ones((3, 1), bool)), "mask"),
     ]:
         with pytest.raises(ValueError, match=f"^{name.replace('[', '.').replace(']', '.')}"):
             call()
@@ -219,6 +295,7 @@ def test_parser_mirror_matches_the_library():
 
     assert design_cli.LEARNING_RATE == LEARNING_RATE
     assert inspect.signature(design_codes).parameters["learning_rate"].default == LEARNING_RATE
+    assert tuple(inspect.signature(design_codes).parameters["sources"].default) == (1, 1)
 
 
 def test_design_help_leaves_jax_unloaded():
@@ -243,7 +320,7 @@ TINY_FLAGS = ["--set", "nh=4", "--set", "nv=4", "--set", "n_bs=4", "--set", "n_s
 def test_design_codes_writes_a_codebook_plot_and_report(tmp_path, capsys):
     out, report = tmp_path / "codes.npz", tmp_path / "design.json"
     rc = main(["design", "codes", *TINY_FLAGS, "--bits", "1", "--steps", "5", "--batch", "8", "--held-out", "20",
-               "--out", str(out), "--report", str(report), "-q"])
+               "--sources", "1", "2", "--out", str(out), "--report", str(report), "-q"])
     printed = capsys.readouterr().out
     assert rc == 0
     with np.load(out, allow_pickle=False) as z:
@@ -253,7 +330,7 @@ def test_design_codes_writes_a_codebook_plot_and_report(tmp_path, capsys):
     np.testing.assert_allclose(np.abs(codes), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.abs(codes.real), 1.0, atol=1e-6)  # 1 bit: phases 0 or pi
     assert meta["bits"] == 1 and meta["config"]["code_bits"] == 1 and meta["config"]["nh"] == 4
-    assert meta["steps"] == 5 and meta["seed"] == 0 and meta["snr_db"] == 0.0
+    assert meta["steps"] == 5 and meta["seed"] == 0 and meta["snr_db"] == 0.0 and meta["sources"] == [1, 2]
     assert set(meta["median_crb_std"]) == {"phi_deg", "theta_deg", "r_m"}
     assert json.loads(report.read_text()) == meta
     assert (tmp_path / "codes_crb.png").stat().st_size > 1000
@@ -270,6 +347,8 @@ def test_design_codes_writes_a_codebook_plot_and_report(tmp_path, capsys):
     (["--scenario", "seed"], "--scenario: 'seed' draws its channel per scene"),
     (["--scenario", "nope"], "scenario: unknown 'nope'"),
     (["--set", "code_bits=x"], "code_bits: expected an integer"),
+    (["--sources", "3", "2"], "--sources: expected 1 <= MIN <= MAX"),
+    (["--sources", "0", "2"], "--sources: expected 1 <= MIN <= MAX"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, tmp_path, capsys):
     out = tmp_path / "codes.npz"

@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
                    "continuous codes), dB; sets the noise floor (default 0)")
     c.add_argument("--steps", type=int, default=300, help="Adam steps on the phases (count, default 300)")
     c.add_argument("--batch", type=int, default=64, help="prior positions per step (count, default 64)")
+    c.add_argument("--sources", type=int, nargs=2, default=(1, 1), metavar=("MIN", "MAX"),
+                   help="sources per prior sample (counts): each sample draws K uniform in MIN..MAX sources "
+                        "and scores their joint CRB (default 1 1: the conventions' single-source objective; "
+                        "2 3 lifted somp-ml on seed-los, see the code-design page)")
     c.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
                    help=f"Adam step size on the phases (dimensionless: radians per step; default {LEARNING_RATE})")
     c.add_argument("--held-out", type=int, default=500, help="held-out positions the codes are judged on "
@@ -65,6 +69,9 @@ def add_parser(sub) -> None:
 def check(args: argparse.Namespace) -> None:
     check_counts(args, {"--bits": (0, 16), "--steps": (1, None), "--batch": (1, None), "--held-out": (1, None),
                         "--seed": (0, SEED_MAX)})
+    lo, hi = args.sources
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--sources: expected 1 <= MIN <= MAX, got {lo} {hi}")
     check_positive(args, {"--learning-rate": "radians"})
     if args.plot and args.no_plot:
         raise ValueError("--plot: not with --no-plot")
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         design, problem = design_scenario_codes(cfg, snr_db=args.snr_db, key=design_key, n_steps=args.steps,
                                                 batch=args.batch, learning_rate=args.learning_rate,
-                                                progress=progress)
+                                                sources=tuple(args.sources), progress=progress)
     finally:
         bar.close()
     judged = judge_codes(design.codes, problem["geometry"], problem["H"], problem["box"], problem["noise_var"],
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     h = design.history
     meta = dict(generator="rismvdr design codes", scenario=cfg.name, config=cfg.as_dict(), bits=cfg.code_bits,
                 snr_db=args.snr_db, noise_var=problem["noise_var"], steps=args.steps, batch=args.batch,
+                sources=list(args.sources),
                 learning_rate=args.learning_rate, seed=args.seed, held_out=args.held_out,
                 objective=dict(first=float(h[0]), last=float(h[-1]), min=float(np.min(h)),
                                last_10_mean=float(np.mean(h[-10:])), continuous=design.objective[0],

@@ -15,6 +15,13 @@ sum scale-free (radians and metres weigh alike; a 10 % gain in range counts as o
 Optimisation: Adam (optax) on the continuous phases from uniform random phases, a fresh batch
 of prior positions each step (`fold_in(key, step)`), the objective and its gradient jitted and
 vmapped over the batch; then the projection to `bits` (`quantize_phases`; 0 = continuous).
+
+Several sources (`sources=(k_lo, k_hi)`, an option beside the conventions' single-source
+objective): each prior sample holds K sources, K uniform in `k_lo..k_hi`, each position uniform
+in the box, and its term is the mean over its sources of `sum_i log CRB_ii` of their joint
+bound (each source's bound with the others' parameters and symbols unknown). Codes that keep
+nearby sources apart in the measurements lower it; the single-source objective does not see
+them.
 Judged on held-out positions by the median sqrt(CRB) per parameter against random codes of the
 same resolution (`crb_medians`, `random_codes`).
 
@@ -132,6 +139,15 @@ def random_codes(key, n_snapshots: int, n_elements: int, bits: int = 0, *, shape
     return jax.lax.complex(jnp.cos(ph), jnp.sin(ph))
 
 
+def _check_sources(sources) -> tuple[int, int]:
+    """(k_lo, k_hi) of `design_codes(sources=...)`: integers with 1 <= k_lo <= k_hi."""
+    ok = (isinstance(sources, (tuple, list)) and len(sources) == 2
+          and all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in sources))
+    if not ok or not 1 <= sources[0] <= sources[1]:
+        raise ValueError(f"sources: expected (k_lo, k_hi) integers with 1 <= k_lo <= k_hi, got {sources!r}")
+    return int(sources[0]), int(sources[1])
+
+
 def _check_bits(bits) -> None:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 0:
         raise ValueError(f"bits: expected an integer >= 0 (0 = continuous phases), got {bits!r}")
@@ -142,22 +158,38 @@ def _check_bits(bits) -> None:
 
 def _position_crb(geometry, codes, h, noise_var, pos, *, model, params):
     """CRB `[P, P]` of one unit-power source at `pos` = (phi, theta, r)."""
+    return _sources_crb(geometry, codes, h, noise_var, pos[None], jnp.ones((1,), bool), model=model, params=params)
+
+
+def _sources_crb(geometry, codes, h, noise_var, pos, mask, *, model, params):
+    """Joint CRB `[P K, P K]` (parameter-major) of K unit-power sources at `pos` `[K, 3]`, the
+    slots outside `mask` `[K]` absent (their rows NaN)."""
     real = pos.dtype
-    one = jnp.ones((1,), real)
-    return _crb_core(geometry, pos[0:1], pos[1:2], pos[2:3], noise_var, h, codes, jnp.ones((1,), bool), None,
-                     one, jnp.asarray(codes.shape[0], real), model=model, params=params)
+    return _crb_core(geometry, pos[:, 0], pos[:, 1], pos[:, 2], noise_var, h, codes, mask, None,
+                     jnp.ones(pos.shape[:1], real), jnp.asarray(codes.shape[0], real), model=model, params=params)
 
 
-def _log_crb(phases, positions, geometry, h, noise_var, *, model, params):
-    """`[S]` sum over parameters of log CRB_ii at each position (inf where not identifiable)."""
+def _log_crb(phases, positions, geometry, h, noise_var, *, model, params, mask=None):
+    """`[S]` sum over parameters of log CRB_ii at each position `[S, 3]` (inf where not
+    identifiable); with `positions` `[S, K, 3]` and `mask` `[S, K]`, per sample the mean over its
+    sources of that sum, from their joint bound."""
     codes = jax.lax.complex(jnp.cos(phases), jnp.sin(phases))
-    crb = jax.vmap(lambda p: _position_crb(geometry, codes, h, noise_var, p, model=model, params=params))(positions)
-    return jnp.sum(jnp.log(jnp.diagonal(crb, axis1=-2, axis2=-1)), axis=-1)
+    if positions.ndim == 2:
+        crb = jax.vmap(lambda p: _position_crb(geometry, codes, h, noise_var, p, model=model, params=params))(positions)
+        return jnp.sum(jnp.log(jnp.diagonal(crb, axis1=-2, axis2=-1)), axis=-1)
+    n_params = len(params)
+
+    def one(pos, m):
+        d = jnp.diagonal(_sources_crb(geometry, codes, h, noise_var, pos, m, model=model, params=params))
+        keep = jnp.tile(m, (n_params,))
+        return jnp.sum(jnp.where(keep, jnp.log(jnp.where(keep, d, 1.0)), 0.0)) / jnp.maximum(jnp.sum(m), 1)
+
+    return jax.vmap(one)(positions, mask)
 
 
-def _objective(phases, positions, geometry, h, noise_var, *, model, params):
+def _objective(phases, positions, geometry, h, noise_var, mask=None, *, model, params):
     """Mean over the identifiable positions of `_log_crb` (scalar; +inf if none is)."""
-    v = _log_crb(phases, positions, geometry, h, noise_var, model=model, params=params)
+    v = _log_crb(phases, positions, geometry, h, noise_var, model=model, params=params, mask=mask)
     ok = jnp.isfinite(v)
     n_ok = jnp.sum(ok)
     total = jnp.sum(jnp.where(ok, v, 0.0))
@@ -165,20 +197,26 @@ def _objective(phases, positions, geometry, h, noise_var, *, model, params):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "params"))
-def _objective_jit(phases, positions, geometry, h, noise_var, *, model, params):
-    return _objective(phases, positions, geometry, h, noise_var, model=model, params=params)
+def _objective_jit(phases, positions, geometry, h, noise_var, mask=None, *, model, params):
+    return _objective(phases, positions, geometry, h, noise_var, mask, model=model, params=params)
 
 
-def _objective_and_grad(phases, positions, geometry, h, noise_var, *, model, params):
+def _objective_and_grad(phases, positions, geometry, h, noise_var, mask=None, *, model, params):
     """`_objective` and its gradient `[L, N]`, both over the identifiable positions only.
 
     Per-position gradients (vmap of grad), so a position whose bound or gradient is not finite
     is dropped from both exactly, without its NaN reaching the others.
     """
-    def one(ph, pos):
-        return _log_crb(ph, pos[None], geometry, h, noise_var, model=model, params=params)[0]
+    if mask is None:
+        def one(ph, pos):
+            return _log_crb(ph, pos[None], geometry, h, noise_var, model=model, params=params)[0]
 
-    v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0))(phases, positions)
+        v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0))(phases, positions)
+    else:
+        def one(ph, pos, m):
+            return _log_crb(ph, pos[None], geometry, h, noise_var, model=model, params=params, mask=m[None])[0]
+
+        v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0))(phases, positions, mask)
     ok = jnp.isfinite(v) & jnp.all(jnp.isfinite(g), axis=(-2, -1))
     n_ok = jnp.sum(ok)
     scale = 1.0 / jnp.maximum(n_ok, 1).astype(v.dtype)
@@ -219,17 +257,37 @@ def _positions(positions, real):
     return jnp.asarray(positions, real)
 
 
+def _source_sets(positions, mask, real):
+    """Check `[S, K, 3]` source sets and their `[S, K]` mask (default: every slot a source)."""
+    check_ndim("positions", positions, 3)
+    check_shape("positions", positions, (None, None, 3))
+    check_finite("positions", positions)
+    s, k, _ = np.shape(positions)
+    if s < 1 or k < 1:
+        raise ValueError(f"positions: expected at least one set of at least one source, got shape {[s, k, 3]}")
+    check_positive("positions[:, :, 2] (r)", np.asarray(positions)[:, :, 2])
+    m = np.ones((s, k), bool) if mask is None else np.asarray(mask)
+    check_shape("mask", m, (s, k))
+    if m.dtype != bool or not np.all(m.any(axis=1)):
+        raise ValueError("mask: expected booleans with at least one source per set")
+    return jnp.asarray(positions, real), jnp.asarray(m)
+
+
 def crb_objective(phases, positions, geometry: ArrayGeometry, H, noise_var, *, model: str = "exact",
-                  params: Sequence[str] | None = None) -> jax.Array:
+                  params: Sequence[str] | None = None, mask=None) -> jax.Array:
     """The design objective: mean over positions of `sum_i log CRB_ii` for codes `exp(1j phases)`.
 
     Expected-power deterministic CRB (`crb_expected` semantics) of one unit-power source at each
     position, `n_snapshots = L`. Jitted, vmapped over the positions; differentiable in `phases`.
+    With sets of sources (`positions` `[S, K, 3]`), each set's term is the mean over its sources
+    (`mask`) of `sum_i log CRB_ii` of their joint bound, unit power each.
 
     Args:
       phases: `[L, N]` code phases, radians (their dtype sets the precision: float64 computes in
         float64, anything else in float32).
-      positions: `[S, 3]` single-source positions (phi, theta radians; r metres > 0).
+      positions: `[S, 3]` single-source positions (phi, theta radians; r metres > 0), or `[S, K, 3]`
+        sets of K sources.
+      mask: `[S, K]` bool, which slots of each set hold a source (default: all; sets only).
       geometry: the surface, positions `[N, 3]` metres.
       H: `[M, N]` complex BS-RIS channel (known).
       noise_var: scalar sigma^2 > 0, e.g. `noise_floor(H, 1, snr_db)`.
@@ -248,27 +306,32 @@ def crb_objective(phases, positions, geometry: ArrayGeometry, H, noise_var, *, m
     >>> float(crb_objective(ph, np.array([[0.1, 0.0, 2.0]]), g, H, 0.1)) < 10
     True
     """
-    return _call_checked(_objective_jit, phases, positions, geometry, H, noise_var, model, params)
+    return _call_checked(_objective_jit, phases, positions, geometry, H, noise_var, model, params, mask)
 
 
 def crb_objective_and_grad(phases, positions, geometry: ArrayGeometry, H, noise_var, *, model: str = "exact",
-                           params: Sequence[str] | None = None) -> tuple[jax.Array, jax.Array]:
+                           params: Sequence[str] | None = None, mask=None) -> tuple[jax.Array, jax.Array]:
     """`crb_objective` and its gradient w.r.t. `phases` (`[L, N]`), as `design_codes` steps on them.
 
     Per-position gradients, so a position whose bound is not identifiable (or whose gradient
     is not finite) is left out of both the value and the gradient. Same arguments as
     `crb_objective`.
     """
-    return _call_checked(_objective_and_grad_jit, phases, positions, geometry, H, noise_var, model, params)
+    return _call_checked(_objective_and_grad_jit, phases, positions, geometry, H, noise_var, model, params, mask)
 
 
-def _call_checked(fn, phases, positions, geometry, H, noise_var, model, params):
+def _call_checked(fn, phases, positions, geometry, H, noise_var, model, params, mask=None):
     """Check and cast the arguments of the public objective functions (float64 phases compute
     in float64, others in float32), then call the jitted `fn`."""
     params = _resolve_params(geometry, model, params)
     real = jnp.float64 if jnp.asarray(phases).dtype == jnp.float64 else jnp.float32
     g, h, nv = _problem(geometry, H, noise_var, real)
     _check_phases(phases, geometry)
+    if np.ndim(positions) == 3:
+        pos, m = _source_sets(positions, mask, real)
+        return fn(jnp.asarray(phases, real), pos, g, h, nv, m, model=model, params=params)
+    if mask is not None:
+        raise ValueError("mask: only for sets of sources, positions [S, K, 3]")
     return fn(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model, params=params)
 
 
@@ -278,11 +341,14 @@ def _call_checked(fn, phases, positions, geometry, H, noise_var, model, params):
 def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var: float, bits: int, key,
                  n_steps: int = 300, batch: int = 64, learning_rate: float = LEARNING_RATE,
                  model: str = "exact", params: Sequence[str] | None = None, dtype=None,
+                 sources: tuple[int, int] = (1, 1),
                  progress: Callable[[int, float], None] | None = None) -> CodeDesign:
     """Codes `[L, N]` that minimise `crb_objective` over a prior box, projected to `bits` bits.
 
     Adam on the phases from uniform random phases; each step draws a fresh batch of positions
-    uniformly in `box` (`fold_in(key, step)`); then `quantize_phases(phases, bits)`.
+    uniformly in `box` (`fold_in(key, step)`); then `quantize_phases(phases, bits)`. With
+    `sources=(k_lo, k_hi)` other than (1, 1), each of the batch's samples is a set of K sources,
+    K uniform in `k_lo..k_hi`, and its term is their joint bound's (`crb_objective` on sets).
 
     Args:
       geometry: the surface, positions `[N, 3]` metres.
@@ -298,6 +364,8 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
       model, params: as `crb_objective`.
       dtype: real dtype of the optimisation (default: JAX's default float: float32, float64
         under `jax_enable_x64`).
+      sources: (k_lo, k_hi), the number of sources of each prior sample, uniform in between
+        (default (1, 1): the conventions' single-source objective).
       progress: called after each step as `progress(step, objective)` (one step late, so the
         host never waits on the device for it).
 
@@ -314,6 +382,7 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate: must be a finite number > 0, got {learning_rate!r}")
+    k_lo, k_hi = _check_sources(sources)
     b = _check_box(box)
     real = jnp.zeros((), float).dtype if dtype is None else jnp.dtype(dtype)
     if real not in (jnp.float32, jnp.float64):
@@ -324,11 +393,20 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
     box_j = jnp.asarray(b, real)
     optimizer = optax.adam(float(learning_rate))
 
+    def draw(k, n):
+        """n prior samples: positions and, for sets of sources, their mask."""
+        if (k_lo, k_hi) == (1, 1):
+            return _sample(k, box_j, n), None
+        kp, kn = jax.random.split(k)
+        pos = _sample(kp, box_j, n * k_hi).reshape(n, k_hi, 3)
+        count = jax.random.randint(kn, (n,), k_lo, k_hi + 1)
+        return pos, jnp.arange(k_hi)[None, :] < count[:, None]
+
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state, i):
         ph, opt_state = state
-        pos = _sample(jax.random.fold_in(step_key, i), box_j, int(batch))
-        value, grad = _objective_and_grad(ph, pos, g, h, nv, model=model, params=params)
+        pos, mask = draw(jax.random.fold_in(step_key, i), int(batch))
+        value, grad = _objective_and_grad(ph, pos, g, h, nv, mask, model=model, params=params)
         updates, opt_state = optimizer.update(grad, opt_state, ph)
         return (optax.apply_updates(ph, updates), opt_state), value
 
@@ -343,9 +421,9 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
         progress(int(n_steps) - 1, float(values[-1]))
     continuous = jnp.mod(state[0], 2.0 * np.pi)
     final = quantize_phases(continuous, int(bits))
-    check = _sample(jax.random.fold_in(step_key, int(n_steps)), box_j, max(int(batch), 256))
-    before = float(_objective_jit(continuous, check, g, h, nv, model=model, params=params))
-    after = float(_objective_jit(final, check, g, h, nv, model=model, params=params))
+    check, check_mask = draw(jax.random.fold_in(step_key, int(n_steps)), max(int(batch), 256))
+    before = float(_objective_jit(continuous, check, g, h, nv, check_mask, model=model, params=params))
+    after = float(_objective_jit(final, check, g, h, nv, check_mask, model=model, params=params))
     phases_np = np.mod(np.asarray(final, np.float64), 2.0 * np.pi)
     codes = np.exp(1j * phases_np).astype(np.complex64)
     return CodeDesign(codes, phases_np, np.asarray(jnp.stack(values), np.float64), (before, after))
