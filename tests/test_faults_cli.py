@@ -262,20 +262,21 @@ def _integer_flags(parser, words=()):
             for name, sub in action.choices.items():
                 yield from _integer_flags(sub, (*words, name))
         elif action.option_strings and action.type not in (None, str, float):
-            yield " ".join(words), action.option_strings[-1]
+            yield " ".join(words), action.option_strings[-1], action.nargs if isinstance(action.nargs, int) else 1
 
 
 INTEGER_FLAGS = sorted(set(_integer_flags(build_parser())))
 
 
 def test_every_integer_flag_is_covered():
-    assert len(INTEGER_FLAGS) > 40 and {c for c, _ in INTEGER_FLAGS} <= set(REQUIRED)
+    assert len(INTEGER_FLAGS) > 40 and {c for c, _, _ in INTEGER_FLAGS} <= set(REQUIRED)
 
 
-@pytest.mark.parametrize("command, flag", INTEGER_FLAGS)
-def test_every_integer_flag_refuses_minus_one_naming_itself(command, flag, tmp_path, capsys):
-    """Counts, seeds, indices, seconds: -1 is out of range for each, refused by its flag."""
-    argv = [*command.split(), *(a.format(tmp=tmp_path) for a in REQUIRED[command]), flag, "-1"]
+@pytest.mark.parametrize("command, flag, nargs", INTEGER_FLAGS)
+def test_every_integer_flag_refuses_minus_one_naming_itself(command, flag, nargs, tmp_path, capsys):
+    """Counts, seeds, indices, seconds: -1 is out of range for each, refused by its flag (a flag
+    of several values gets -1 for each)."""
+    argv = [*command.split(), *(a.format(tmp=tmp_path) for a in REQUIRED[command]), flag, *["-1"] * nargs]
     try:
         rc = main(argv)
     except SystemExit as e:  # a flag whose type refuses it (argparse)

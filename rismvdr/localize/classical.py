@@ -49,7 +49,7 @@ def _cov(kind: str, scenes: Scene, s: LocalizerSettings):
     prec = matmul_precision(s.precision)
     e = s.estimator
     if kind == "als":  # an array of fewer elements than the rank: the full rank N
-        rank = min(int(e.als_rank), int(scenes.H.shape[-1]))
+        rank = min(int(e.als_rank), int((scenes.y if scenes.H is None else scenes.H).shape[-1]))
         return estimate_covariance("als", scenes.y, scenes.H, scenes.codes, rank=rank,
                                    n_iter=e.als_iters, lam=e.als_lam, precision=prec)
     if kind == "ridge_ls":

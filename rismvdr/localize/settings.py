@@ -182,7 +182,7 @@ class LearnedSettings:
     # range rescan (`range_rescan`) searches the whole box at the end anyway. Validation (seed 7, 1000
     # scenes) / test (seed 0, 1000): `learned` 0.8259 / 0.8116 with the scan, 0.8264 / 0.8119 without;
     # `learned-ml` 0.8331 / 0.8162 with it, 0.8319 / 0.8155 without. The scan was about 50 ms of each
-    # backbone pass of a 32-scene batch (2-core CPU; docs: experiments, coarse-to-fine). The refiner's
+    # backbone pass of a 32-scene batch (2-core CPU; docs: experiments, throughput). The refiner's
     # inputs (`learned-refiner`) keep the model's own setting.
     slot_range_scan: bool = False
 
