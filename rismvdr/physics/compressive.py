@@ -252,9 +252,9 @@ class AtomOperator(NamedTuple):
     Every function here that takes a dictionary `D` takes this form too. The greedy step's
     correlations then go through the back-projected residual, `d_{l,g}^H r_l = a_g^H (G_l^H r_l)`
     (`L N G` multiply-adds instead of reading the `L M G` dictionary), and the atom norms are
-    computed once without keeping the dictionary (`atom_norms`). Same values as the explicit
-    dictionary to float32 rounding, at a third of the memory (`[L, M, G]` is 31 MB per scene
-    of the seed scenario).
+    computed once, their product reduced at once and not kept (`atom_norms`). Same values as the
+    explicit dictionary to float32 rounding, without a `[L, M, G]` array (31 MB per scene of the
+    seed scenario) carried through the greedy steps.
 
     Attributes:
       E: `[L|1, M, N]` `G_l` (`scene_operators`); a_flat: `[G, N]` grid steering.

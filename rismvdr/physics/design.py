@@ -169,14 +169,11 @@ def _sources_crb(geometry, codes, h, noise_var, pos, mask, *, model, params):
                      jnp.ones(pos.shape[:1], real), jnp.asarray(codes.shape[0], real), model=model, params=params)
 
 
-def _log_crb(phases, positions, geometry, h, noise_var, *, model, params, mask=None):
-    """`[S]` sum over parameters of log CRB_ii at each position `[S, 3]` (inf where not
-    identifiable); with `positions` `[S, K, 3]` and `mask` `[S, K]`, per sample the mean over its
-    sources of that sum, from their joint bound."""
+def _log_crb(phases, positions, mask, geometry, h, noise_var, *, model, params):
+    """`[S]` per set of sources `positions` `[S, K, 3]` (`mask` `[S, K]`: which slots hold one),
+    the mean over its sources of `sum_i log CRB_ii` of their joint bound (inf where not
+    identifiable). A single source is a set of one."""
     codes = jax.lax.complex(jnp.cos(phases), jnp.sin(phases))
-    if positions.ndim == 2:
-        crb = jax.vmap(lambda p: _position_crb(geometry, codes, h, noise_var, p, model=model, params=params))(positions)
-        return jnp.sum(jnp.log(jnp.diagonal(crb, axis1=-2, axis2=-1)), axis=-1)
     n_params = len(params)
 
     def one(pos, m):
@@ -187,9 +184,9 @@ def _log_crb(phases, positions, geometry, h, noise_var, *, model, params, mask=N
     return jax.vmap(one)(positions, mask)
 
 
-def _objective(phases, positions, geometry, h, noise_var, mask=None, *, model, params):
-    """Mean over the identifiable positions of `_log_crb` (scalar; +inf if none is)."""
-    v = _log_crb(phases, positions, geometry, h, noise_var, model=model, params=params, mask=mask)
+def _objective(phases, positions, mask, geometry, h, noise_var, *, model, params):
+    """Mean over the identifiable sets of `_log_crb` (scalar; +inf if none is)."""
+    v = _log_crb(phases, positions, mask, geometry, h, noise_var, model=model, params=params)
     ok = jnp.isfinite(v)
     n_ok = jnp.sum(ok)
     total = jnp.sum(jnp.where(ok, v, 0.0))
@@ -197,26 +194,20 @@ def _objective(phases, positions, geometry, h, noise_var, mask=None, *, model, p
 
 
 @functools.partial(jax.jit, static_argnames=("model", "params"))
-def _objective_jit(phases, positions, geometry, h, noise_var, mask=None, *, model, params):
-    return _objective(phases, positions, geometry, h, noise_var, mask, model=model, params=params)
+def _objective_jit(phases, positions, mask, geometry, h, noise_var, *, model, params):
+    return _objective(phases, positions, mask, geometry, h, noise_var, model=model, params=params)
 
 
-def _objective_and_grad(phases, positions, geometry, h, noise_var, mask=None, *, model, params):
+def _objective_and_grad(phases, positions, mask, geometry, h, noise_var, *, model, params):
     """`_objective` and its gradient `[L, N]`, both over the identifiable positions only.
 
     Per-position gradients (vmap of grad), so a position whose bound or gradient is not finite
     is dropped from both exactly, without its NaN reaching the others.
     """
-    if mask is None:
-        def one(ph, pos):
-            return _log_crb(ph, pos[None], geometry, h, noise_var, model=model, params=params)[0]
+    def one(ph, pos, m):
+        return _log_crb(ph, pos[None], m[None], geometry, h, noise_var, model=model, params=params)[0]
 
-        v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0))(phases, positions)
-    else:
-        def one(ph, pos, m):
-            return _log_crb(ph, pos[None], geometry, h, noise_var, model=model, params=params, mask=m[None])[0]
-
-        v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0))(phases, positions, mask)
+    v, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0))(phases, positions, mask)
     ok = jnp.isfinite(v) & jnp.all(jnp.isfinite(g), axis=(-2, -1))
     n_ok = jnp.sum(ok)
     scale = 1.0 / jnp.maximum(n_ok, 1).astype(v.dtype)
@@ -329,10 +320,12 @@ def _call_checked(fn, phases, positions, geometry, H, noise_var, model, params, 
     _check_phases(phases, geometry)
     if np.ndim(positions) == 3:
         pos, m = _source_sets(positions, mask, real)
-        return fn(jnp.asarray(phases, real), pos, g, h, nv, m, model=model, params=params)
-    if mask is not None:
+    elif mask is not None:
         raise ValueError("mask: only for sets of sources, positions [S, K, 3]")
-    return fn(jnp.asarray(phases, real), _positions(positions, real), g, h, nv, model=model, params=params)
+    else:  # single sources: sets of one
+        pos = _positions(positions, real)[:, None, :]
+        m = jnp.ones(pos.shape[:2], bool)
+    return fn(jnp.asarray(phases, real), pos, m, g, h, nv, model=model, params=params)
 
 
 # ---------------------------------------------------------------------------------- design ----
@@ -394,9 +387,9 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
     optimizer = optax.adam(float(learning_rate))
 
     def draw(k, n):
-        """n prior samples: positions and, for sets of sources, their mask."""
+        """n prior samples: sets of sources `[n, k_hi, 3]` and their mask `[n, k_hi]`."""
         if (k_lo, k_hi) == (1, 1):
-            return _sample(k, box_j, n), None
+            return _sample(k, box_j, n)[:, None, :], jnp.ones((n, 1), bool)
         kp, kn = jax.random.split(k)
         pos = _sample(kp, box_j, n * k_hi).reshape(n, k_hi, 3)
         count = jax.random.randint(kn, (n,), k_lo, k_hi + 1)
@@ -406,7 +399,7 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
     def step(state, i):
         ph, opt_state = state
         pos, mask = draw(jax.random.fold_in(step_key, i), int(batch))
-        value, grad = _objective_and_grad(ph, pos, g, h, nv, mask, model=model, params=params)
+        value, grad = _objective_and_grad(ph, pos, mask, g, h, nv, model=model, params=params)
         updates, opt_state = optimizer.update(grad, opt_state, ph)
         return (optax.apply_updates(ph, updates), opt_state), value
 
@@ -422,8 +415,8 @@ def design_codes(geometry: ArrayGeometry, H, box, *, n_snapshots: int, noise_var
     continuous = jnp.mod(state[0], 2.0 * np.pi)
     final = quantize_phases(continuous, int(bits))
     check, check_mask = draw(jax.random.fold_in(step_key, int(n_steps)), max(int(batch), 256))
-    before = float(_objective_jit(continuous, check, g, h, nv, check_mask, model=model, params=params))
-    after = float(_objective_jit(final, check, g, h, nv, check_mask, model=model, params=params))
+    before = float(_objective_jit(continuous, check, check_mask, g, h, nv, model=model, params=params))
+    after = float(_objective_jit(final, check, check_mask, g, h, nv, model=model, params=params))
     phases_np = np.mod(np.asarray(final, np.float64), 2.0 * np.pi)
     codes = np.exp(1j * phases_np).astype(np.complex64)
     return CodeDesign(codes, phases_np, np.asarray(jnp.stack(values), np.float64), (before, after))
