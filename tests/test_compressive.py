@@ -458,3 +458,48 @@ def test_somp_with_the_atom_operator_matches_the_explicit_dictionary():
     np.testing.assert_array_equal(np.asarray(m0), np.asarray(m1))
     for u, v in ((p0, p1), (t0, t1), (r0, r1), (f0, f1), (s0, s1)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-8, atol=1e-10)
+
+
+def test_greedy_steps_end_at_the_first_rejection():
+    """`somp` and `somp_ml` stop at the first step that fails the F test: that step's statistic is
+    at or below its threshold, the later ones are 0, and the order and sources are those of a run
+    whose order is forced to `k_max` (every step taken) cut at the same order."""
+    cfg = get_scenario("seed", k_min=2, k_max=2, snr_db=(15.0, 15.0))
+    settings = settings_for_scenario(cfg)
+    grid = settings.dictionary_grid(False)
+    geometry = scenario_geometry(cfg)
+    scenes = simulate(dataclasses.replace(cfg, dtype="complex128"), jax.random.key(11), 1)
+    y, H, codes = scenes.y[0], scenes.H[0], scenes.codes[0]
+    l, n = y.shape[0], geometry.positions.shape[0]
+    a_flat = grid_steering(geometry, grid, model="exact", dtype=jnp.complex128).reshape(-1, n)
+    E = scene_operators(H, codes, l, n, y.dtype)
+    D = AtomOperator(E, a_flat)
+    phi_g, th_g, r_g = grid.arrays()
+    shape = grid.shape
+    coords = (jnp.asarray(np.broadcast_to(phi_g[None, :, None], shape).reshape(-1)),
+              jnp.asarray(np.broadcast_to(th_g[:, None, None], shape).reshape(-1)),
+              jnp.asarray(np.broadcast_to(r_g[None, None, :], shape).reshape(-1)))
+    ccfg = settings.compressive_config()
+    k_max = ccfg.k_max
+    thr = f_thresholds(y.shape[1], l, k_max, a_flat.shape[0], ccfg)
+    geo = geometry.astype(np.float64)
+    run = jax.jit(lambda order: somp_ml(y, E, D, atom_norms(D), coords, thr, geo, grid, ccfg, order=order))
+    phi, theta, r, mask, order, f, _ = jax.jit(
+        lambda: somp_ml(y, E, D, atom_norms(D), coords, thr, geo, grid, ccfg))()
+    o = int(order)
+    assert 1 <= o < k_max  # two strong sources: the run stops before k_max
+    f = np.asarray(f)
+    assert np.all(f[:o] > thr[:o]) and f[o] <= thr[o]
+    np.testing.assert_array_equal(f[o + 1:], 0.0)
+    *_, f_all, _ = run(k_max)
+    np.testing.assert_allclose(f[: o + 1], np.asarray(f_all)[: o + 1], rtol=1e-8)
+    assert np.all(np.asarray(f_all)[o + 1:] > 0)  # the forced run took every step
+    p_o, t_o, r_o, m_o, *_ = run(o)
+    np.testing.assert_array_equal(np.asarray(m_o), np.asarray(mask))
+    for u, v in ((p_o, phi), (t_o, theta), (r_o, r)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-10, atol=1e-12)
+    idx, order_s, f_s, _ = jax.jit(lambda: somp(y, D, atom_norms(D), thr, ccfg))()
+    o_s, f_s = int(order_s), np.asarray(f_s)
+    assert o_s < k_max and f_s[o_s] <= thr[o_s]
+    np.testing.assert_array_equal(f_s[o_s + 1:], 0.0)
+    np.testing.assert_array_equal(np.asarray(idx)[o_s + 1:], 0)

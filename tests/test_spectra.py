@@ -606,7 +606,7 @@ def test_batched_operators_equal_one_at_a_time(pts, a_small):
 
 @pytest.mark.parametrize("dtype, rtol", [("complex128", 1e-12), ("complex64", 1e-5)])
 def test_cmatmul_parts_matches_numpy_float64(dtype, rtol):
-    """The real and imaginary parts of a complex product (four real GEMMs on the CPU), batched
+    """The real and imaginary parts of a complex product (three real GEMMs on the CPU), batched
     on the left, against NumPy in float64 and against the complex product's parts."""
     rng = np.random.default_rng(9)
     a = (rng.normal(size=(3, 7, 20)) + 1j * rng.normal(size=(3, 7, 20))).astype(dtype)

@@ -332,6 +332,21 @@ def _ls_factor(B, y, mask):
     return B, chol, s, resid
 
 
+def _greedy_more(k_max: int, thr, order=None):
+    """The loop condition of the greedy steps, on a carry `(k, ..., fstat, first)` whose F
+    statistics are its second-to-last entry: with `order` given, its first `max(order, 1)` steps
+    (the first step's score map is always formed); otherwise while steps remain and the last
+    step passed its threshold `thr[k - 1]` (the order is the number of leading steps that pass,
+    so the steps after the first rejection cannot change it)."""
+    def more(carry):
+        k, fstat = carry[0], carry[-2]
+        if order is not None:
+            return k < jnp.maximum(order, 1)
+        last = jnp.maximum(k - 1, 0)
+        return (k < k_max) & ((k == 0) | (fstat[last] > thr[last]))
+    return more
+
+
 def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
     """Simultaneous OMP with joint refits and the K-free F-test stopping rule (one scene).
 
@@ -343,13 +358,16 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
 
     Returns:
       (idx `[K_max]` atom indices, order `[]` int32, F statistics `[K_max]`, first-step score
-      map `[G]`).
+      map `[G]`). The steps end at the first one that fails the F test (`_greedy_more`): the
+      entries of `idx` and of the F statistics after it are 0.
     """
     l, m = y.shape
     k_max = cfg.k_max
+    real = jnp.real(y).dtype
+    thr = jnp.asarray(thresholds).astype(real)
 
-    def step(k, carry):
-        idx, mask, resid, rss, fstat, first = carry
+    def step(carry):
+        k, idx, mask, resid, rss, fstat, first = carry
         score = atom_scores(D, norms, resid)  # [G]
         first = jnp.where(k == 0, score, first)
         g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
@@ -360,13 +378,12 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
         dof = (m - (k + 1)) * l
         f = ((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30)
         fstat = fstat.at[k].set(f)
-        return idx, mask, resid_new, rss_new, fstat, first
+        return k + 1, idx, mask, resid_new, rss_new, fstat, first
 
-    real = jnp.real(y).dtype
-    init = (jnp.zeros(k_max, jnp.int32), jnp.zeros(k_max, bool), y, jnp.sum(abs2(y)),
-            jnp.zeros(k_max, real), jnp.zeros(_n_atoms(D), real))
-    idx, _, _, _, fstat, first = jax.lax.fori_loop(0, k_max, step, init)
-    passed = fstat > thresholds.astype(real)
+    init = (jnp.zeros((), jnp.int32), jnp.zeros(k_max, jnp.int32), jnp.zeros(k_max, bool), y,
+            jnp.sum(abs2(y)), jnp.zeros(k_max, real), jnp.zeros(_n_atoms(D), real))
+    _, idx, _, _, _, fstat, first = jax.lax.while_loop(_greedy_more(k_max, thr), step, init)
+    passed = fstat > thr
     order = jnp.sum(jnp.cumprod(passed.astype(jnp.int32)))
     return idx, order.astype(jnp.int32), fstat, first
 
@@ -389,7 +406,8 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
 
     Returns:
       (phi, theta, r `[K_max]`, mask `[K_max]`, order, F statistics `[K_max]`, first-step score
-      map `[G]`).
+      map `[G]`). The steps end at the first one that fails the F test, or after `order` steps
+      where it is given (`_greedy_more`); the F statistics of the steps not run are 0.
     """
     l, m = y.shape
     k_max = cfg.k_max
@@ -401,8 +419,12 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
                                                  model=model)
         return jnp.where(mask[:, None], jnp.stack([phi, theta, r], -1), eta), rss, e
 
-    def step(k, carry):
-        eta, mask, resid, rss, fstat, hist, first = carry
+    thr = jnp.asarray(thresholds).astype(real)
+    if order is not None:
+        order = jnp.clip(jnp.asarray(order), 0, k_max).astype(jnp.int32)
+
+    def step(carry):
+        k, eta, mask, resid, rss, hist, fstat, first = carry
         score = atom_scores(D, norms, resid)
         first = jnp.where(k == 0, score, first)
         mask = mask.at[k].set(True)
@@ -411,16 +433,14 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
         dof = (m - (k + 1)) * l
         fstat = fstat.at[k].set(((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30))
         hist = hist.at[k + 1].set(eta)
-        return eta, mask, resid_new, rss_new, fstat, hist, first
+        return k + 1, eta, mask, resid_new, rss_new, hist, fstat, first
 
     eta0 = jnp.concatenate([jnp.zeros((k_max, 2), real), jnp.full((k_max, 1), float(grid.r[-1]), real)], -1)
-    init = (eta0, jnp.zeros(k_max, bool), y, jnp.sum(abs2(y)), jnp.zeros(k_max, real),
-            jnp.broadcast_to(eta0, (k_max + 1, k_max, 3)), jnp.zeros(_n_atoms(D), real))
-    _, _, _, _, fstat, hist, first = jax.lax.fori_loop(0, k_max, step, init)
+    init = (jnp.zeros((), jnp.int32), eta0, jnp.zeros(k_max, bool), y, jnp.sum(abs2(y)),
+            jnp.broadcast_to(eta0, (k_max + 1, k_max, 3)), jnp.zeros(k_max, real), jnp.zeros(_n_atoms(D), real))
+    *_, hist, fstat, first = jax.lax.while_loop(_greedy_more(k_max, thr, order), step, init)
     if order is None:
-        passed = fstat > thresholds.astype(real)
-        order = jnp.sum(jnp.cumprod(passed.astype(jnp.int32)))
-    order = jnp.clip(jnp.asarray(order), 0, k_max).astype(jnp.int32)
+        order = jnp.sum(jnp.cumprod((fstat > thr).astype(jnp.int32))).astype(jnp.int32)
     eta = hist[order]
     mask = jnp.arange(k_max) < order
     return eta[:, 0], eta[:, 1], eta[:, 2], mask, order, fstat, first

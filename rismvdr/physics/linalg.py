@@ -56,18 +56,22 @@ def cho_solve(chol, b, *, lower: bool = True) -> jax.Array:
 
 
 def cmatmul_parts(a, b, *, precision=jax.lax.Precision.HIGHEST) -> tuple[jax.Array, jax.Array]:
-    """Real and imaginary parts of `jnp.matmul(a, b)` for complex `a` and `b`, as four real
+    """Real and imaginary parts of `jnp.matmul(a, b)` for complex `a` and `b`, as three real
     products on the CPU.
 
     For a large product whose parts are reduced at once (`|a b|^2` summed over snapshots: the
-    beamspace map, the SOMP atom norms), the four real GEMMs with the
-    reduction fused after them run about twice as fast on XLA's CPU backend as the complex GEMM
-    followed by the reduction (`[512, 144] x [144, 15128]`, complex64, then `|.|^2` averaged over
-    16 rows, 2-core AVX-512 VM: 49 ms against 83-105 ms); on other platforms the complex product
-    is kept and split. The parts are the complex product's own (`re a re b - im a im b`,
-    `re a im b + im a re b`), so the two agree to rounding. Inside a vmapped while loop it was
-    measured slower (the greedy ML continuation's back-projected scores: 252 -> 307 ms per batch),
-    so it is not a general replacement for the complex product.
+    beamspace map, the SOMP atom norms), real GEMMs with the reduction fused after them run about
+    twice as fast on XLA's CPU backend as the complex GEMM followed by the reduction
+    (`[512, 144] x [144, 15128]`, complex64, then `|.|^2` averaged over 16 rows, 2-core AVX-512
+    VM: 49 ms with four real products against 83-105 ms complex). Gauss's form needs three:
+    `t1 = (re a + im a) re b`, `t2 = re a (im b - re b)`, `t3 = im a (re b + im b)`, real part
+    `t1 - t3`, imaginary part `t1 + t2` (`[2, 256, 144] x [144, 15128]`, `|.|^2` summed over the
+    256 rows: 42 ms against 50-53 ms for four, same process). On other platforms the complex
+    product is kept and split. The parts agree with the complex product's to rounding (on that
+    product both forms were within 3e-7 relative of a float64 reference). Inside a vmapped while
+    loop the real-product form was measured slower than the complex product (the greedy ML
+    continuation's back-projected scores: 252 -> 307 ms per batch), so it is not a general
+    replacement for it.
     """
     a, b = jnp.asarray(a), jnp.asarray(b)
 
@@ -75,9 +79,10 @@ def cmatmul_parts(a, b, *, precision=jax.lax.Precision.HIGHEST) -> tuple[jax.Arr
         z = jnp.matmul(a, b, precision=precision)
         return jnp.real(z), jnp.imag(z)
 
-    def four_real(a, b):
+    def three_real(a, b):
         ar, ai, br, bi = jnp.real(a), jnp.imag(a), jnp.real(b), jnp.imag(b)
         mm = lambda x, y: jnp.matmul(x, y, precision=precision)  # noqa: E731
-        return mm(ar, br) - mm(ai, bi), mm(ar, bi) + mm(ai, br)
+        t1 = mm(ar + ai, br)
+        return t1 - mm(ai, br + bi), t1 + mm(ar, bi - br)
 
-    return jax.lax.platform_dependent(a, b, cpu=four_real, default=native)
+    return jax.lax.platform_dependent(a, b, cpu=three_real, default=native)
