@@ -31,10 +31,12 @@ from rismvdr.physics.compressive import (
     dictionary,
     f_isf,
     f_thresholds,
+    ls_fit,
     ml_refine_fit,
     order_retest,
     range_scan,
     scene_operators,
+    search_candidates,
     somp,
     somp_ml,
     source_fstats,
@@ -182,6 +184,12 @@ def test_config_validation():
         CompressiveConfig(k_max=0).validate()
     with pytest.raises(ValueError, match="ml_xtol"):
         CompressiveConfig(ml_xtol=-1.0).validate()
+    for bad in (0, 1.5, -2):
+        with pytest.raises(ValueError, match="search_width"):
+            CompressiveConfig(search_width=bad).validate()
+    for bad in ((0.1,), (0.1, 0.0), (0.1, -0.1)):
+        with pytest.raises(ValueError, match="search_gate"):
+            CompressiveConfig(search_gate=bad).validate()
 
 
 # --- early stopping of the Levenberg-Marquardt refinement and of the order re-test ---------------
@@ -503,3 +511,66 @@ def test_greedy_steps_end_at_the_first_rejection():
     assert o_s < k_max and f_s[o_s] <= thr[o_s]
     np.testing.assert_array_equal(f_s[o_s + 1:], 0.0)
     np.testing.assert_array_equal(np.asarray(idx)[o_s + 1:], 0)
+
+
+def test_search_candidates_match_a_numpy_reference():
+    """The greedy step's candidates: the highest score, then each next highest outside the angle
+    gate of every candidate taken, against a float64 NumPy loop; every pair lies outside the gate."""
+    rng = np.random.default_rng(4)
+    phi = np.deg2rad(rng.uniform(-60, 60, 500))
+    th = np.deg2rad(rng.uniform(-30, 30, 500))
+    score = rng.gamma(2.0, size=500)
+    score[7] = np.inf  # non-finite scores are never picked
+    gate = (np.deg2rad(5.0), np.deg2rad(4.0))
+    got = np.asarray(search_candidates(jnp.asarray(score), jnp.asarray(phi), jnp.asarray(th), 6, gate))
+    s = np.where(np.isfinite(score), score, -np.inf)
+    ref = []
+    for _ in range(6):
+        g = int(np.argmax(s))
+        ref.append(g)
+        s[(np.abs(phi - phi[g]) < gate[0]) & (np.abs(th - th[g]) < gate[1])] = -np.inf
+    np.testing.assert_array_equal(got, ref)
+    assert 7 not in got
+    for i in range(6):
+        for j in range(i):
+            assert abs(phi[got[i]] - phi[got[j]]) >= gate[0] or abs(th[got[i]] - th[got[j]]) >= gate[1]
+
+
+def test_a_wider_greedy_search_never_fits_worse_at_its_first_step():
+    """`search_width` > 1: the first step keeps the best of its separated candidates, among them the
+    highest atom that the single search takes, so its residual is at most the single search's; and
+    the settings give the wider search to a fixed deployment channel only, with the detector's gate."""
+    cfg = get_scenario("seed-los", k_min=3, k_max=3)
+    settings = settings_for_scenario(cfg)
+    ccfg = settings.compressive_config()
+    assert ccfg.search_width > 1 and settings_for_scenario(get_scenario("seed")).compressive_config().search_width == 1
+    assert ccfg.search_gate == (float(cfg.gates.phi), float(cfg.gates.theta))
+    grid = settings.dictionary_grid(False)
+    geometry = scenario_geometry(cfg)
+    scenes = simulate(cfg, jax.random.key(3), 4)
+    l, n = scenes.y.shape[1], geometry.positions.shape[0]
+    a_flat = grid_steering(geometry, grid, model="exact", dtype=scenes.y.dtype).reshape(-1, n)
+    phi_g, th_g, r_g = grid.arrays()
+    shape = grid.shape
+    coords = (jnp.asarray(np.broadcast_to(phi_g[None, :, None], shape).reshape(-1), jnp.float32),
+              jnp.asarray(np.broadcast_to(th_g[:, None, None], shape).reshape(-1), jnp.float32),
+              jnp.asarray(np.broadcast_to(r_g[None, None, :], shape).reshape(-1), jnp.float32))
+    thr = f_thresholds(scenes.y.shape[2], l, ccfg.k_max, a_flat.shape[0], ccfg)
+    geo = geometry.astype(np.float32)
+
+    @jax.jit
+    def first_step_rss(y, H, c):
+        E = scene_operators(H, c, l, n, y.dtype)
+        D = AtomOperator(E, a_flat)
+        out = []
+        for width in (1, ccfg.search_width):
+            cw = dataclasses.replace(ccfg, search_width=width)
+            phi, theta, r, mask, *_ = somp_ml(y, E, D, atom_norms(D), coords, thr, geo, grid, cw, order=1)
+            a = steering(geo, phi, theta, r, dtype=y.dtype)
+            _, e = ls_fit(apply_operators(E, a.T), y, mask)
+            out.append(jnp.sum(jnp.abs(e) ** 2))
+        return jnp.stack(out)
+
+    for i in range(4):
+        single, wide = np.asarray(first_step_rss(scenes.y[i], scenes.H[i], scenes.codes[i]))
+        assert wide <= single * (1 + 1e-5), (i, wide, single)

@@ -183,7 +183,7 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
         return res, _plane_max(first, grid)
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max))
+                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max, width=cfg.search_width))
 
 
 #: `localize_from_start`'s criteria of the greedy picks: the dictionary's atom scores (`atom_scores`,
@@ -466,7 +466,8 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
         return res, _plane_max(first, grid)
 
     # Scenes in vmapped groups (`scene_group_size`), sequentially.
-    return jax.lax.map(lambda args: one(*args), (y, H, codes), batch_size=scene_group_size(y.shape[0], l, cfg.k_max))
+    return jax.lax.map(lambda args: one(*args), (y, H, codes),
+                       batch_size=scene_group_size(y.shape[0], l, cfg.k_max, width=cfg.search_width))
 
 
 #: jaxlib 0.10 on the CPU splits a batched LAPACK call over XLA's thread pool when batch x cost
@@ -479,7 +480,7 @@ def _localize_batch(y, H, codes, a_flat, thresholds, geometry, *, grid, cfg, gat
 _LAPACK_SPLIT_FLOP = 2e5
 
 
-def scene_group_size(n_scenes: int, n_snap: int, k_max: int, *, largest: int = 2) -> int:
+def scene_group_size(n_scenes: int, n_snap: int, k_max: int, *, largest: int = 2, width: int = 1) -> int:
     """Scenes per vmapped group of the compressive drivers: at most `largest`, and few enough that
     the batched LAPACK calls run inline (`_LAPACK_SPLIT_FLOP`).
 
@@ -491,5 +492,5 @@ def scene_group_size(n_scenes: int, n_snap: int, k_max: int, *, largest: int = 2
     continuation 178 / 208 / 221 / 252 (hence `largest=1` there), `somp-ml` 1570 / 1465 /
     1563, `ml-oracle` 972 / 918 / 1007.
     """
-    per_scene = 3 * k_max * n_snap * 3 * k_max ** 2
+    per_scene = 3 * k_max * n_snap * 3 * k_max ** 2 * int(width)  # `width`: fits vmapped per scene
     return int(max(1, min(int(largest), n_scenes, (_LAPACK_SPLIT_FLOP - 1) // per_scene)))

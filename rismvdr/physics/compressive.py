@@ -83,6 +83,7 @@ __all__ = [
     "ml_rescan",
     "order_retest",
     "source_fstats",
+    "search_candidates",
     "apply_operators",
     "atom_scores",
     "ls_fit",
@@ -110,6 +111,13 @@ class CompressiveConfig:
     ml_early_stop: bool = True
     ml_xtol: float = 1e-2
     ml_ftol: float = 1e-5
+    # Candidates of each greedy step of `somp_ml`: the highest atom, then the next highest outside
+    # the angle gate (`search_gate`: phi, theta, radians) of every candidate taken; each is refined
+    # jointly with the sources so far and the fit with the lowest residual is kept. 1: the highest
+    # atom alone. `LocalizerSettings.compressive_config` sets the gate to the detector's, and
+    # `settings_for_scenario` widens the search on a fixed deployment channel.
+    search_width: int = 1
+    search_gate: tuple[float, float] = (float(np.deg2rad(5.0)), float(np.deg2rad(5.0)))
 
     def validate(self) -> None:
         if self.k_max < 1:
@@ -122,6 +130,10 @@ class CompressiveConfig:
             raise ValueError(f"ml_iters: must be >= 0, got {self.ml_iters}")
         if not (self.ml_xtol >= 0 and self.ml_ftol >= 0):
             raise ValueError(f"ml_xtol, ml_ftol: must be >= 0, got {self.ml_xtol!r}, {self.ml_ftol!r}")
+        if int(self.search_width) != self.search_width or self.search_width < 1:
+            raise ValueError(f"search_width: must be an integer >= 1, got {self.search_width!r}")
+        if len(self.search_gate) != 2 or not all(g > 0 for g in self.search_gate):
+            raise ValueError(f"search_gate: must be two angles > 0 (phi, theta; radians), got {self.search_gate!r}")
 
 
 class CompressiveResult(NamedTuple):
@@ -388,6 +400,21 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
     return idx, order.astype(jnp.int32), fstat, first
 
 
+def search_candidates(score, gphi, gth, width: int, gate: tuple[float, float]):
+    """`[width]` atom indices of one greedy step's candidates: the highest score, then each next
+    highest outside the angle gate (`gate`: phi, theta, radians) of every candidate taken (an atom
+    repeats only once every atom is inside a gate). `score` `[G]`; `gphi`, `gth` `[G]` the atoms'
+    angles."""
+    s = jnp.where(jnp.isfinite(score), score, -jnp.inf)
+    picks = []
+    for _ in range(int(width)):
+        g = jnp.argmax(s)
+        picks.append(g)
+        near = (jnp.abs(gphi - gphi[g]) < gate[0]) & (jnp.abs(gth - gth[g]) < gate[1])
+        s = jnp.where(near, -jnp.inf, s)
+    return jnp.stack(picks)
+
+
 def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, grid: Grid,
             cfg: CompressiveConfig, *, model: str = "exact", order=None):
     """Greedy picks with an off-grid ML refinement of all picked sources after every step.
@@ -396,7 +423,8 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
     the k sources jointly (`ml_refine`), and tests the energy the k-th source explains with
     the F statistic of the refined fit, so a grid mismatch left by an earlier source is not
     mistaken for a new one. The order is the number of leading steps that pass; the sources
-    are those of the refined fit at that order.
+    are those of the refined fit at that order. With `cfg.search_width` > 1 a step refines that
+    many separated candidates (`search_candidates`) and keeps the fit with the lowest residual.
 
     Args:
       y: `[L, M]`; E: `[L|1, M, N]`; D, norms: dictionary and atom norms (see `somp`).
@@ -428,8 +456,15 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
         score = atom_scores(D, norms, resid)
         first = jnp.where(k == 0, score, first)
         mask = mask.at[k].set(True)
-        g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
-        eta, rss_new, resid_new = refine(eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]])), mask)
+        if cfg.search_width == 1:
+            g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
+            eta, rss_new, resid_new = refine(eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]])), mask)
+        else:  # each candidate refined with the sources so far; the lowest residual kept
+            g = search_candidates(score, gphi, gth, cfg.search_width, cfg.search_gate)
+            etas = jax.vmap(lambda gi: eta.at[k].set(jnp.stack([gphi[gi], gth[gi], gr[gi]])))(g)
+            etas, rsss, resids = jax.vmap(lambda e: refine(e, mask))(etas)
+            best = jnp.argmin(jnp.where(jnp.isfinite(rsss), rsss, jnp.inf))
+            eta, rss_new, resid_new = etas[best], rsss[best], resids[best]
         dof = (m - (k + 1)) * l
         fstat = fstat.at[k].set(((rss - rss_new) / l) / jnp.maximum(rss_new / dof, 1e-30))
         hist = hist.at[k + 1].set(eta)
