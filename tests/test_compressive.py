@@ -531,6 +531,9 @@ def test_search_candidates_match_a_numpy_reference():
         s[(np.abs(phi - phi[g]) < gate[0]) & (np.abs(th - th[g]) < gate[1])] = -np.inf
     np.testing.assert_array_equal(got, ref)
     assert 7 not in got
+    few = np.asarray(search_candidates(jnp.asarray(score[:3]), jnp.zeros(3), jnp.zeros(3), 4, gate))
+    top = int(np.argmax(np.where(np.isfinite(score[:3]), score[:3], -np.inf)))
+    np.testing.assert_array_equal(few, [top] * 4)  # every atom inside the first gate: the first again
     for i in range(6):
         for j in range(i):
             assert abs(phi[got[i]] - phi[got[j]]) >= gate[0] or abs(th[got[i]] - th[got[j]]) >= gate[1]

@@ -402,13 +402,15 @@ def somp(y, D, norms, thresholds, cfg: CompressiveConfig):
 
 def search_candidates(score, gphi, gth, width: int, gate: tuple[float, float]):
     """`[width]` atom indices of one greedy step's candidates: the highest score, then each next
-    highest outside the angle gate (`gate`: phi, theta, radians) of every candidate taken (an atom
-    repeats only once every atom is inside a gate). `score` `[G]`; `gphi`, `gth` `[G]` the atoms'
-    angles."""
+    highest outside the angle gate (`gate`: phi, theta, radians) of every candidate taken; once
+    every atom lies inside a gate, the first candidate again. `score` `[G]`; `gphi`, `gth` `[G]`
+    the atoms' angles."""
     s = jnp.where(jnp.isfinite(score), score, -jnp.inf)
     picks = []
     for _ in range(int(width)):
         g = jnp.argmax(s)
+        if picks:
+            g = jnp.where(jnp.isfinite(s[g]), g, picks[0])
         picks.append(g)
         near = (jnp.abs(gphi - gphi[g]) < gate[0]) & (jnp.abs(gth - gth[g]) < gate[1])
         s = jnp.where(near, -jnp.inf, s)
