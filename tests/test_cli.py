@@ -6,12 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
 from rismvdr.cli import build_parser, main
+from rismvdr.cli.common import add_localizer_flags, localizer_settings
 from rismvdr.io import load_scenes, read_detections_csv
+from rismvdr.localize.settings import DEPLOYMENT_SEARCH_WIDTH
+from rismvdr.physics import get_scenario
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -379,6 +383,7 @@ def test_help_of_every_command_leaves_jax_unloaded():
     (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--maps-out", "{tmp}/nodir/m.npz"], "--maps-out: the folder"),
     (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--mad-z", "nan"], "--mad-z: must be a finite number"),
     (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--residual-passes", "-1"], "--residual-passes: must be"),
+    (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--search-width", "0"], "--search-width: must be"),
     (["localize", "missing.npz", "--out", "{tmp}/x.csv", "--method", "nope"], "invalid choice: 'nope'"),
     (["train", "--config", "tiny", "--workdir", "{tmp}/a_file/run"], "--workdir: cannot create"),
     (["evaluate", "s.npz", "d.csv", "--out", "{tmp}/m.json", "--gate-r-m", "0"], "--gate-r-m: must be > 0 metres"),
@@ -452,3 +457,21 @@ def test_output_checks_give_the_io_answers(tmp_path):
         answers = [answer(getattr(common, name), p) for p in paths]
         assert answers == [answer(getattr(rio, name), p) for p in paths], name
         assert sum(a is None for a in answers) >= 1 and sum(a is not None for a in answers) >= 2
+
+
+def test_search_width_defaults_by_channel_and_follows_the_flag():
+    """`--search-width` reaches `CompressiveConfig.search_width`; without it a file whose scenario
+    has a fixed deployment channel gets `DEPLOYMENT_SEARCH_WIDTH`, any other file 1."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenes")
+    add_localizer_flags(parser)
+
+    def width(name, *flags):
+        args = parser.parse_args(["s.npz", *flags])
+        sf = types.SimpleNamespace(meta={"config": get_scenario(name).as_dict()})  # as `simulate` records it
+        return localizer_settings(args, sf).compressive_config().search_width
+
+    assert width("seed-los") == DEPLOYMENT_SEARCH_WIDTH > 1
+    assert width("seed") == 1
+    assert width("seed-los", "--search-width", "3") == 3
+    assert width("seed", "--search-width", "2") == 2

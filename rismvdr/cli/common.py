@@ -228,6 +228,10 @@ def add_localizer_flags(p: argparse.ArgumentParser) -> None:
                    "values of 1/r across the range box at its fitted angles, refine from there and keep that fit when "
                    "it explains more of the measurements (count of candidates, evenly spaced in 1/r, >= 3; default 48, "
                    "LearnedSettings.range_rescan; 0: off)")
+    g.add_argument("--search-width", type=int, help="somp-ml (and somp-ml-oracle-k): candidates tried at each "
+                   "greedy step, the best atoms outside each other's detection gate, each refined with the sources "
+                   "found so far, the lowest residual kept (count >= 1; default 8 when the file's scenario has a fixed "
+                   "deployment channel, channel los or rician, else 1; time grows about linearly with it)")
     g.add_argument("--steering-model", choices=("exact", "fresnel", "far"),
                    help="steering model of the search (default: the scenario's, else exact)")
     g.add_argument("--precision", choices=("highest", "fast"),
@@ -255,7 +259,7 @@ def check_localizer_flags(args: argparse.Namespace) -> None:
                              f"got {lo:g} {hi:g}")
     check_positive(args, {"--phi-step-deg": "degrees", "--theta-step-deg": "degrees"})
     check_counts(args, {"--planes": (1, None), "--k-max": (1, None), "--batch-size": (1, None),
-                        "--residual-passes": (0, None)})
+                        "--residual-passes": (0, None), "--search-width": (1, None)})
     for flag in ("--threshold-db", "--mad-z"):
         value = getattr(args, _dest(flag))
         if value is not None and value < 0:
@@ -310,7 +314,11 @@ def localizer_settings(args: argparse.Namespace, sf):
         map_threshold=False if args.no_map_threshold else None, map_refine=True if args.map_refine else None,
     ).items() if v is not None}
     learned = dataclasses.replace(base.learned, **learned_kw)
-    return base.with_grid(**grid_kw).replace(detector=det, learned=learned, **kw)
+    compressive = base.compressive
+    if getattr(args, "search_width", None) is not None:
+        compressive = dataclasses.replace(compressive, config=dataclasses.replace(
+            compressive.config, search_width=args.search_width))
+    return base.with_grid(**grid_kw).replace(detector=det, learned=learned, compressive=compressive, **kw)
 
 
 def learned_model(args: argparse.Namespace):
