@@ -183,7 +183,8 @@ def _bound_batch(y, H, codes, a_flat, thresholds, geometry, phi0, theta0, r0, ma
         return res, _plane_max(first, grid)
 
     return jax.lax.map(lambda args: one(*args), (y, H, codes, phi0, theta0, r0, mask0),
-                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max, width=cfg.search_width))
+                       batch_size=scene_group_size(y.shape[0], y.shape[1], cfg.k_max,
+                                                   width=cfg.search_width if kind == "somp-k" else 1))
 
 
 #: `localize_from_start`'s criteria of the greedy picks: the dictionary's atom scores (`atom_scores`,
