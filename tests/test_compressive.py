@@ -434,6 +434,15 @@ def test_atom_operator_matches_a_float64_dictionary(full_array, dtype, rtol):
                                scores_ref, rtol=rtol)
 
 
+def _grid_coords(grid, dtype=None):
+    """(phi, theta, r) `[G]` of the dictionary grid's points, flattened in the order of
+    `grid_steering(...).reshape(-1, N)`: (theta, phi, plane)."""
+    phi_g, th_g, r_g = grid.arrays()
+    shape = grid.shape
+    return tuple(jnp.asarray(np.broadcast_to(v, shape).reshape(-1), dtype)
+                 for v in (phi_g[None, :, None], th_g[:, None, None], r_g[None, None, :]))
+
+
 def test_somp_with_the_atom_operator_matches_the_explicit_dictionary():
     """`somp` and `somp_ml` on the operator form and on the explicit dictionary of one seed scene:
     the same picks, order and positions (float64, where rounding cannot flip a greedy pick)."""
@@ -446,11 +455,7 @@ def test_somp_with_the_atom_operator_matches_the_explicit_dictionary():
     l, n = y.shape[0], geometry.positions.shape[0]
     a_flat = grid_steering(geometry, grid, model="exact", dtype=jnp.complex128).reshape(-1, n)
     E = scene_operators(H, codes, l, n, y.dtype)
-    phi_g, th_g, r_g = grid.arrays()
-    shape = grid.shape  # (theta, phi, plane), the order of a_flat
-    coords = (jnp.asarray(np.broadcast_to(phi_g[None, :, None], shape).reshape(-1)),
-              jnp.asarray(np.broadcast_to(th_g[:, None, None], shape).reshape(-1)),
-              jnp.asarray(np.broadcast_to(r_g[None, None, :], shape).reshape(-1)))
+    coords = _grid_coords(grid)
     thr = f_thresholds(y.shape[1], l, 5, a_flat.shape[0], settings.compressive_config())
     ccfg = settings.compressive_config()
     out, picks = [], []
@@ -482,11 +487,7 @@ def test_greedy_steps_end_at_the_first_rejection():
     a_flat = grid_steering(geometry, grid, model="exact", dtype=jnp.complex128).reshape(-1, n)
     E = scene_operators(H, codes, l, n, y.dtype)
     D = AtomOperator(E, a_flat)
-    phi_g, th_g, r_g = grid.arrays()
-    shape = grid.shape
-    coords = (jnp.asarray(np.broadcast_to(phi_g[None, :, None], shape).reshape(-1)),
-              jnp.asarray(np.broadcast_to(th_g[:, None, None], shape).reshape(-1)),
-              jnp.asarray(np.broadcast_to(r_g[None, None, :], shape).reshape(-1)))
+    coords = _grid_coords(grid)
     ccfg = settings.compressive_config()
     k_max = ccfg.k_max
     thr = f_thresholds(y.shape[1], l, k_max, a_flat.shape[0], ccfg)
@@ -553,11 +554,7 @@ def test_a_wider_greedy_search_never_fits_worse_at_its_first_step():
     scenes = simulate(cfg, jax.random.key(3), 4)
     l, n = scenes.y.shape[1], geometry.positions.shape[0]
     a_flat = grid_steering(geometry, grid, model="exact", dtype=scenes.y.dtype).reshape(-1, n)
-    phi_g, th_g, r_g = grid.arrays()
-    shape = grid.shape
-    coords = (jnp.asarray(np.broadcast_to(phi_g[None, :, None], shape).reshape(-1), jnp.float32),
-              jnp.asarray(np.broadcast_to(th_g[:, None, None], shape).reshape(-1), jnp.float32),
-              jnp.asarray(np.broadcast_to(r_g[None, None, :], shape).reshape(-1), jnp.float32))
+    coords = _grid_coords(grid, jnp.float32)
     thr = f_thresholds(scenes.y.shape[2], l, ccfg.k_max, a_flat.shape[0], ccfg)
     geo = geometry.astype(np.float32)
 

@@ -256,7 +256,7 @@ class LocalizerSettings:
 #: (17 of 25 scenes of three sources where it found three); trying several separated candidates per
 #: step finds better ones: validation F1 (seed 3, 1000 scenes) 0.274 with 1, 0.323 with 8, 0.331
 #: with 16 (docs: methods, compressive). On `seed`'s per-scene i.i.d. channels 8 gave the same F1
-#: (0.8321 against 0.8322) at about three times the time, so the default stays 1 there.
+#: (0.8321 against 0.8322) and costs more time per step, so the default stays 1 there.
 DEPLOYMENT_SEARCH_WIDTH: int = 8
 
 

@@ -458,13 +458,12 @@ def somp_ml(y, E, D, norms, grid_coords, thresholds, geometry: ArrayGeometry, gr
         score = atom_scores(D, norms, resid)
         first = jnp.where(k == 0, score, first)
         mask = mask.at[k].set(True)
+        g = search_candidates(score, gphi, gth, cfg.search_width, cfg.search_gate)
+        start = lambda gi: eta.at[k].set(jnp.stack([gphi[gi], gth[gi], gr[gi]]))  # noqa: E731
         if cfg.search_width == 1:
-            g = jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))
-            eta, rss_new, resid_new = refine(eta.at[k].set(jnp.stack([gphi[g], gth[g], gr[g]])), mask)
+            eta, rss_new, resid_new = refine(start(g[0]), mask)
         else:  # each candidate refined with the sources so far; the lowest residual kept
-            g = search_candidates(score, gphi, gth, cfg.search_width, cfg.search_gate)
-            etas = jax.vmap(lambda gi: eta.at[k].set(jnp.stack([gphi[gi], gth[gi], gr[gi]])))(g)
-            etas, rsss, resids = jax.vmap(lambda e: refine(e, mask))(etas)
+            etas, rsss, resids = jax.vmap(lambda gi: refine(start(gi), mask))(g)
             best = jnp.argmin(jnp.where(jnp.isfinite(rsss), rsss, jnp.inf))
             eta, rss_new, resid_new = etas[best], rsss[best], resids[best]
         dof = (m - (k + 1)) * l

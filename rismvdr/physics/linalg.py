@@ -69,7 +69,7 @@ def cmatmul_parts(a, b, *, precision=jax.lax.Precision.HIGHEST) -> tuple[jax.Arr
     256 rows: 42 ms against 50-53 ms for four, same process). On other platforms the complex
     product is kept and split. The parts agree with the complex product's to rounding (on that
     product both forms were within 3e-7 relative of a float64 reference). Inside a vmapped while
-    loop the real-product form was measured slower than the complex product (the greedy ML
+    loop the four-product form was measured slower than the complex product (the greedy ML
     continuation's back-projected scores: 252 -> 307 ms per batch), so it is not a general
     replacement for it.
     """
