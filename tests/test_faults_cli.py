@@ -456,6 +456,28 @@ def seed_scenes_and_backbone_only_model(tmp_path_factory):
     return scenes, model
 
 
+def test_weights_that_do_not_fit_their_model_are_one_line_and_write_nothing(
+        seed_scenes_and_backbone_only_model, tmp_path, capsys):
+    """An exported model whose arrays do not fit its recorded config is read without building the
+    network (its definition is deferred); where the network is first built, the run stops with
+    one line naming the array, and writes nothing."""
+    from rismvdr.localize.weights import default_weights_dir
+
+    scenes, _ = seed_scenes_and_backbone_only_model
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(default_weights_dir() / "model.json", model / "model.json")
+    with np.load(default_weights_dir() / "model.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["b0003"] = np.zeros(arrays["b0003"].shape + (2,), arrays["b0003"].dtype)
+    np.savez(model / "model.npz", **arrays)
+    out = tmp_path / "out"
+    out.mkdir()
+    _refused(["localize", scenes, "--out", out / "det.csv", "--method", "learned", "--checkpoint", model], capsys,
+             ["weights: array 3 has shape", "the model expects"])
+    assert sorted(out.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["localize", "plot scene"])
 def test_learned_refiner_without_a_refiner_is_one_line_and_writes_nothing(
         command, seed_scenes_and_backbone_only_model, tmp_path, capsys):

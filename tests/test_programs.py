@@ -177,7 +177,8 @@ def test_an_unwritable_store_still_runs(tmp_path):
 @pytest.mark.parametrize("method", ["somp-ml", "learned"])
 def test_localize_in_a_new_process_reads_its_programs(method, tmp_path):
     """`rismvdr localize` twice with one cache: the second process traces nothing of the method's
-    program (no new program is written) and writes the same detections, bit for bit."""
+    program (no new program is written), imports no Flax (only tracing a network needs it; the
+    other methods never do) and writes the same detections, bit for bit."""
     from rismvdr.cli import main
     from rismvdr.io import PROGRAM_STORE_NAME
 
@@ -188,9 +189,15 @@ def test_localize_in_a_new_process_reads_its_programs(method, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"{i}.csv"
-        subprocess.run([sys.executable, "-m", "rismvdr.cli", "localize", str(scenes), "--method", method,
-                        "--out", str(out), "-q"], check=True, env=env, timeout=300, capture_output=True)
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "rismvdr.cli", "localize", str(scenes),
+                               "--method", method, "--out", str(out), "-q"],
+                              check=True, env=env, timeout=300, capture_output=True, text=True)
         outs.append(out.read_bytes())
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "rismvdr.localize.registry" in imported
+        if i == 1 or method != "learned":
+            assert not {m for m in imported if m.split(".")[0] in ("flax", "optax", "orbax")}, (i, method)
         if i == 0:
             written = sorted((tmp_path / "cache" / PROGRAM_STORE_NAME).iterdir())
             assert written

@@ -47,3 +47,28 @@ def test_the_backbone_alone_is_the_shipped_backbone():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [m.name for m in METHODS.values() if m.refiner] == ["learned-refiner"]
     assert all(m.learned for m in METHODS.values() if m.refiner)
+
+
+def test_the_shipped_model_is_read_without_building_its_network():
+    """The exported model's definitions are deferred (`DeferredDef`): equal for equal configs,
+    built on first use, and the file's arrays fit them (count, shapes, dtypes); arrays that do
+    not fit are refused naming the first one."""
+    from rismvdr.models.config import DeferredDef
+    from rismvdr.models.params import abstract_def
+
+    model = load_learned()
+    for cfg, mdef, params in ((model.backbone_cfg, model.backbone_def, model.backbone_params),
+                              (model.refiner_cfg, model.refiner_def, model.refiner_params)):
+        assert isinstance(mdef, DeferredDef) and mdef == DeferredDef(cfg) and hash(mdef) == hash(DeferredDef(cfg))
+        mdef.check(params)
+        ref = abstract_def(cfg)[1]
+        assert [(p.shape, p.dtype) for p in params] == [(r.shape, r.dtype) for r in ref]
+        with pytest.raises(ValueError, match=f"weights: {len(params) - 1} arrays, the model has {len(params)}"):
+            mdef.check(params[:-1])
+        bad = list(params)
+        bad[2] = np.zeros(bad[2].shape + (1,), np.float32)
+        with pytest.raises(ValueError, match="weights: array 2 has shape"):
+            mdef.module(bad)
+        bad[2] = np.zeros(params[2].shape, np.float64)
+        with pytest.raises(ValueError, match="weights: array 2 has dtype float64, the model expects float32"):
+            mdef.apply(bad)

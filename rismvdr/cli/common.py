@@ -324,12 +324,13 @@ def localizer_settings(args: argparse.Namespace, sf):
 def learned_model(args: argparse.Namespace):
     """The model for learned methods: --checkpoint if given, else the shipped weights."""
     from rismvdr.localize.registry import METHODS  # deferred: the library loads JAX
-    from rismvdr.localize.weights import load_learned  # deferred: as above
 
     if not METHODS[args.method].learned:
         if getattr(args, "checkpoint", None):
             raise ValueError(f"--checkpoint: method {args.method!r} is not a learned method")
         return None
+    from rismvdr.localize.weights import load_learned  # deferred: loads Flax, which only the learned methods use
+
     return load_learned(args.checkpoint, step=step_arg(args.checkpoint_step), refiner=METHODS[args.method].refiner)
 
 

@@ -2,13 +2,21 @@
 
 `detect` (the detector), `registry` (methods and the `localize` batching loop), `runner` (the
 method protocol), `settings`, the families `classical`, `compressive` and `learned`, and
-`weights` (loading trained models without the trainer). The names below are re-exported.
+`weights` (loading trained models without the trainer). The names below are re-exported and
+imported on first use (PEP 562): the learned family and `weights` load Flax, which the other
+methods never need, so `from rismvdr.localize import localize` does not import it.
 """
-from rismvdr.localize.detect import DetectorConfig, Detections, RefinerGuard
-from rismvdr.localize.registry import METHODS, LocalizationResult, Method, localize, method_names
-from rismvdr.localize.runner import Runner
-from rismvdr.localize.settings import GridSpec, LocalizerSettings, settings_for_scenario
-from rismvdr.localize.weights import LearnedModel, default_weights_dir, load_learned
+import importlib
+
+#: Public name -> the module of `rismvdr.localize` that defines it.
+_SOURCES = {
+    **dict.fromkeys(("DetectorConfig", "Detections", "RefinerGuard"), "rismvdr.localize.detect"),
+    **dict.fromkeys(("METHODS", "LocalizationResult", "Method", "localize", "method_names"),
+                    "rismvdr.localize.registry"),
+    **dict.fromkeys(("Runner",), "rismvdr.localize.runner"),
+    **dict.fromkeys(("GridSpec", "LocalizerSettings", "settings_for_scenario"), "rismvdr.localize.settings"),
+    **dict.fromkeys(("LearnedModel", "load_learned", "default_weights_dir"), "rismvdr.localize.weights"),
+}
 
 __all__ = [
     "DetectorConfig",
@@ -27,3 +35,15 @@ __all__ = [
     "load_learned",
     "default_weights_dir",
 ]
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'rismvdr.localize' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

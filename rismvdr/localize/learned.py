@@ -51,8 +51,7 @@ from rismvdr.localize.detect import Detections, DetectorConfig, RefinerGuard, de
 from rismvdr.localize.runner import Runner
 from rismvdr.localize.settings import LocalizerSettings
 from rismvdr.localize.weights import LearnedModel, default_weights_dir, load_learned
-from rismvdr.models.backbone import BackboneConfig
-from rismvdr.models.refiner import RefinerConfig
+from rismvdr.models.config import BackboneConfig, RefinerConfig
 from rismvdr.physics.covariance import batched_covariance, unit_rms
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene

@@ -37,6 +37,7 @@ grid for the others. `learned` refines its coarse peaks before the polish
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import logging
 import time
@@ -51,10 +52,9 @@ from tqdm.auto import tqdm
 from rismvdr.localize.classical import bartlett_builder, music_builder, mvdr_builder, oracle_builder, spectrum_method
 from rismvdr.localize.compressive import bound_method, compressive_method
 from rismvdr.localize.detect import Detections
-from rismvdr.localize.learned import learned_method, learned_ml_method, refiner_method
+from rismvdr.localize.runner import single_device_sharding
 from rismvdr.localize.settings import LocalizerSettings, settings_for_scenario
 from rismvdr.localize.significance import with_significance
-from rismvdr.localize.weights import single_device_sharding
 from rismvdr.physics.covariance import unit_rms
 from rismvdr.physics.geometry import ArrayGeometry
 from rismvdr.physics.simulate import Scene
@@ -108,6 +108,17 @@ class Method(NamedTuple):
     search: str = "full"
 
 
+def _learned_family(name: str) -> Callable:
+    """The `make` of a learned method: `rismvdr.localize.learned.<name>`, imported on its first
+    call. The learned family loads Flax (about a tenth of a one-scene call), which no other
+    method needs, so a run of the others never imports it."""
+    def make(scenes, geometry, settings, model=None):
+        return getattr(importlib.import_module("rismvdr.localize.learned"), name)(scenes, geometry, settings, model)
+
+    make.__name__ = make.__qualname__ = name
+    return make
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -137,13 +148,13 @@ METHODS: dict[str, Method] = {
         Method("somp-ml-oracle-k", "bound: somp-ml with the order forced to the true K (no F test)",
                bound_method("somp-k"), needs_truth=True, maps_grid="dictionary", significance_tested=True),
         Method("learned", "MVDR on the learned backbone's R_blend (shipped weights unless --checkpoint)",
-               learned_method, learned=True, significance_tested=True, search="coarse-to-fine"),
+               _learned_family("learned_method"), learned=True, significance_tested=True, search="coarse-to-fine"),
         Method("learned-refiner", "learned low-rank MVDR map -> SpectrumRefiner peaks -> MVDR range -> 3-D "
-               "refinement, with guardrails and MVDR fallback", refiner_method, learned=True,
+               "refinement, with guardrails and MVDR fallback", _learned_family("refiner_method"), learned=True,
                refiner=True, significance_tested=True),
         Method("learned-ml", "learned with the compressive methods' greedy ML continuation (picks by the "
                "back-projected residual, each F-tested; no dictionary) in place of the residual backbone pass",
-               learned_ml_method, learned=True, significance_tested=True, search="coarse-to-fine"),
+               _learned_family("learned_ml_method"), learned=True, significance_tested=True, search="coarse-to-fine"),
     )
 }
 

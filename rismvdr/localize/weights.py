@@ -33,13 +33,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from rismvdr.models.backbone import Backbone, BackboneConfig
-from rismvdr.models.params import ModelDef, split_model
-from rismvdr.models.refiner import RefinerConfig, make_refiner
+from rismvdr.localize.runner import single_device_sharding
+from rismvdr.models.config import BackboneConfig, DeferredDef, RefinerConfig
 
 __all__ = ["LearnedModel", "load_learned", "default_weights_dir", "BEST_METRIC", "best_step", "COMMIT_MARKER",
            "checkpoint_problem", "restore_error", "first_intact", "quiet_restore", "held_logs",
@@ -57,13 +54,6 @@ COMMIT_MARKER = "commit_success.txt"
 _JSON_ITEM_FILE = "metadata"  # the file an Orbax JsonCheckpointHandler item holds
 
 
-def single_device_sharding(device) -> jax.sharding.Sharding:
-    """The sharding that places an array on `device` alone (`jax.sharding.make_single_device_sharding`
-    where jax has it; its `SingleDeviceSharding` class is deprecated from jax 0.12)."""
-    make = getattr(jax.sharding, "make_single_device_sharding", None)
-    return make(device) if make is not None else jax.sharding.SingleDeviceSharding(device)
-
-
 def default_weights_dir() -> Path:
     """The shipped model (`rismvdr/weights/seed`)."""
     return _WEIGHTS / "seed"
@@ -73,10 +63,10 @@ class LearnedModel(NamedTuple):
     """A trained backbone and optional refiner (parameters are jax arrays; the rest static)."""
 
     backbone_cfg: BackboneConfig
-    backbone_def: ModelDef
+    backbone_def: DeferredDef  # or the trainer's `ModelDef`: either has `apply(params, ...)`, `module(params)`
     backbone_params: tuple
     refiner_cfg: RefinerConfig | None
-    refiner_def: ModelDef | None
+    refiner_def: DeferredDef | None
     refiner_params: tuple | None
     source: str  # where it was loaded from
     info: dict  # training record (config, step, metrics) for reports
@@ -86,31 +76,27 @@ class LearnedModel(NamedTuple):
         return self.refiner_params is not None
 
 
-def _as_params(leaves, ref) -> tuple:
-    if len(leaves) != len(ref):
-        raise ValueError(f"weights: {len(leaves)} arrays, the model has {len(ref)}")
-    out = []
-    for i, (a, b) in enumerate(zip(leaves, ref)):
-        a = np.asarray(a)
-        if a.shape != tuple(b.shape):
-            raise ValueError(f"weights: array {i} has shape {a.shape}, the model expects {tuple(b.shape)}")
-        out.append(jnp.asarray(a, b.dtype))
-    return tuple(out)
+def _as_params(leaves, mdef: DeferredDef, *, check: bool) -> tuple:
+    """The leaves as device arrays (`jax.device_put`: no program per shape, unlike `jnp.asarray`).
+    `check`: compare them with the module now (building it: Flax is imported), else where the
+    definition is first used (`DeferredDef`), which a call that runs a stored program never does."""
+    out = tuple(jax.device_put(np.asarray(a)) for a in leaves)
+    if check:
+        mdef.check(out)
+    return out
 
 
-def _from_record(record: dict, backbone_leaves, refiner_leaves, source: str) -> LearnedModel:
-    """The model of a training record and its weights (`refiner_leaves` None: no refiner)."""
+def _from_record(record: dict, backbone_leaves, refiner_leaves, source: str, *, check: bool = True) -> LearnedModel:
+    """The model of a training record and its weights (`refiner_leaves` None: no refiner).
+    `check`: see `_as_params`."""
     bcfg = BackboneConfig.from_dict(record["backbone"])
-    # The modules are built abstractly (`nnx.eval_shape`: shapes and dtypes, no initialisation;
-    # drawing the random initial weights eagerly took most of a second): the weights come from
-    # the file.
-    bdef, bref = split_model(nnx.eval_shape(lambda: Backbone(bcfg, rngs=nnx.Rngs(0))))
-    bparams = _as_params(backbone_leaves, bref)
+    bdef = DeferredDef(bcfg)
+    bparams = _as_params(backbone_leaves, bdef, check=check)
     rcfg = rdef = rparams = None
     if record.get("refiner") is not None and refiner_leaves is not None:
         rcfg = RefinerConfig.from_dict(record["refiner"])
-        rdef, rref = split_model(nnx.eval_shape(lambda: make_refiner(rcfg, nnx.Rngs(0))))
-        rparams = _as_params(refiner_leaves, rref)
+        rdef = DeferredDef(rcfg)
+        rparams = _as_params(refiner_leaves, rdef, check=check)
     return LearnedModel(bcfg, bdef, bparams, rcfg, rdef, rparams, source, record)
 
 
@@ -530,7 +516,7 @@ def load_learned(path: str | Path | None = None, *, step: str | int | None = "be
             nr = int(record.get("n_refiner", 0))
             bl = [z[f"b{i:04d}"] for i in range(nb)]
             rl = [z[f"r{i:04d}"] for i in range(nr)] if nr and refiner else None
-        return _from_record(record, bl, rl, str(path))
+        return _from_record(record, bl, rl, str(path), check=False)
     ckpt = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if not ckpt.is_dir():
         raise FileNotFoundError(f"checkpoint: no model at {str(path)!r} (expected a run directory or model.json)")

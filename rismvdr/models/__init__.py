@@ -1,6 +1,29 @@
-"""Flax NNX models (models only: losses, optimisers and I/O live in `rismvdr.train`)."""
-from rismvdr.models.backbone import Backbone, BackboneConfig, BackboneOutput, backbone_config_for, beam_features
-from rismvdr.models.unet import SpectrumRefiner, UNet, match_spatial
+"""Flax NNX models (models only: losses, optimisers and I/O live in `rismvdr.train`).
 
-__all__ = ["Backbone", "BackboneConfig", "BackboneOutput", "backbone_config_for", "beam_features",
-           "SpectrumRefiner", "UNet", "match_spatial"]
+The names below are imported on first use (PEP 562): the configurations
+(`rismvdr.models.config`) load no Flax, the networks do.
+"""
+import importlib
+
+#: Public name -> the module of `rismvdr.models` that defines it.
+_SOURCES = {
+    **dict.fromkeys(("Backbone", "BackboneOutput", "beam_features"), "rismvdr.models.backbone"),
+    **dict.fromkeys(("BackboneConfig", "ModelConfig", "backbone_config_for", "RefinerConfig", "DeferredDef"),
+                    "rismvdr.models.config"),
+    **dict.fromkeys(("SpectrumRefiner", "UNet", "match_spatial"), "rismvdr.models.unet"),
+}
+
+__all__ = ["Backbone", "BackboneConfig", "ModelConfig", "BackboneOutput", "backbone_config_for", "beam_features",
+           "RefinerConfig", "DeferredDef", "SpectrumRefiner", "UNet", "match_spatial"]
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'rismvdr.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -28,154 +28,23 @@ Shapes: `y` `[B, L, M]`, `H` `[B, M, N]`, `codes` `[B, L, N]` complex64; see `Ba
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rismvdr.defaults import EXIST_THRESHOLD, K_MAX, PHI_RANGE_DEG, R_RANGE_M, THETA_RANGE_DEG
+from rismvdr.models.config import BackboneConfig, ModelConfig, backbone_config_for
 from rismvdr.models.unet import UNet
 from rismvdr.physics.compressive import range_scan, scene_operators
-from rismvdr.physics.geometry import ArrayGeometry, from_positions
 from rismvdr.physics.linalg import cmatmul_parts
-from rismvdr.physics.scenarios import SceneConfig, scenario_geometry
-from rismvdr.physics.spectra import Grid, make_grid
 from rismvdr.physics.steering import steering
 
 __all__ = ["ModelConfig", "BackboneConfig", "BackboneOutput", "Backbone", "beam_features", "backbone_config_for"]
 
 _HI = jax.lax.Precision.HIGHEST
 _FLOOR_DB = -40.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The backbone's network hyperparameters: what a person chooses (`TrainConfig.model`, HPO's
-    `model.*` keys). The scenario fixes the rest of the shape (`BackboneConfig`)."""
-
-    widths: tuple[int, ...] = (16, 32, 64)  # U-Net trunk channel widths per stage
-    dilations: tuple[int, ...] = (2, 4)  # bottleneck dilations
-    groups: int = 8  # GroupNorm groups (divides every width)
-    covariance: Literal["structured", "factor"] = "structured"  # R from the slots | a general factor
-    rank: int = 5  # factor columns of the `factor` variant (structured: k_max)
-    beta: float = 0.0  # R_blend = (1 - beta) R_pred + beta R_samp (ALS)
-    beam_phi_step_deg: float = 2.0  # beamspace grid of the front end and the heat map, degrees
-    beam_theta_step_deg: float = 2.0
-    beam_planes: int = 8  # range planes (uniform in 1/r) of the front end
-    nms_cells: int = 1  # slot selection: local maxima in a (2 nms_cells + 1)^2 window
-    leash_max: float = 1e3  # column-norm leash: |f_j| <= leash_max * sqrt(N)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first field out of range."""
-        if self.covariance not in ("structured", "factor"):
-            raise ValueError(f"covariance: expected 'structured' or 'factor', got {self.covariance!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta: must be in [0, 1], got {self.beta}")
-        for name in ("rank", "beam_planes"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.nms_cells < 0:
-            raise ValueError(f"nms_cells: must be >= 0, got {self.nms_cells}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types (tuples become lists), flat."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown keys raise ValueError (missing ones take defaults)."""
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-        return cls(**{k: _tuples(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-def _plain(value):
-    """A config value in plain JSON types: tuples (nested too) become lists."""
-    return [_plain(v) for v in value] if isinstance(value, tuple) else value
-
-
-def _tuples(value):
-    """Inverse of `_plain` for one value: lists (nested too) become tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BackboneConfig(ModelConfig):
-    """Everything that fixes a backbone's shape: the `ModelConfig` hyperparameters plus what the
-    scenario fixes (geometry, measurement shape, search box) and the inference settings. Stored
-    flat (`to_dict`) in every checkpoint and exported model."""
-
-    positions: tuple[tuple[float, float, float], ...]  # element positions [N, 3], metres
-    wavelength: float  # metres
-    n_measurements: int  # M (= N in full-array mode)
-    n_snapshots: int  # L
-    full_array: bool = False  # True: y_l = x_l + n_l (no H, no codes)
-    phi_deg: tuple[float, float] = PHI_RANGE_DEG  # search box (degrees, degrees, metres)
-    theta_deg: tuple[float, float] = THETA_RANGE_DEG
-    r_m: tuple[float, float] = R_RANGE_M
-    k_max: int = K_MAX  # slots
-    leash_eps: float = 1e-6
-    range_scan: int = 48  # inference: LS range scan of each slot over this many 1/r points (0: off)
-    exist_threshold: float = EXIST_THRESHOLD  # slots at least this probable count as sources in the range scan
-    steering_model: Literal["exact", "fresnel", "far"] = "exact"
-
-    def geometry(self) -> ArrayGeometry:
-        return from_positions(np.asarray(self.positions, np.float64), self.wavelength)
-
-    @property
-    def n_elements(self) -> int:
-        return len(self.positions)
-
-    def beam_grid(self) -> Grid:
-        theta = (0.0, 0.0) if self.geometry().linear else self.theta_deg
-        return make_grid(self.phi_deg, theta, self.r_m, phi_step_deg=self.beam_phi_step_deg,
-                         theta_step_deg=self.beam_theta_step_deg, n_planes=self.beam_planes)
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("k_max", "n_measurements", "n_snapshots"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        t, p, _ = self.beam_grid().shape
-        if t * p < self.k_max:
-            raise ValueError(f"beam grid: {t} x {p} cells cannot hold k_max = {self.k_max} slots")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BackboneConfig:
-        """Inverse of `to_dict` (reads every stored backbone: run directories, exported models)."""
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and f.name not in d]
-        if missing:
-            raise ValueError(f"{cls.__name__}: missing fields {missing}")
-        d = dict(d)
-        d["positions"] = tuple(tuple(float(v) for v in p) for p in d["positions"])
-        return super().from_dict(d)
-
-
-def backbone_config_for(scene_cfg: SceneConfig, model: ModelConfig = ModelConfig(), **overrides) -> BackboneConfig:
-    """A backbone with the hyperparameters `model`, shaped for a scenario; `overrides` replace
-    single fields (of either kind)."""
-    geo = scenario_geometry(scene_cfg)
-    full = scene_cfg.mode == "full"
-    hyper = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)}
-    hyper.update(widths=tuple(model.widths), dilations=tuple(model.dilations))
-    base = BackboneConfig(
-        **hyper,
-        positions=tuple(tuple(float(v) for v in p) for p in np.asarray(geo.positions)),
-        wavelength=float(geo.wavelength),
-        n_measurements=scene_cfg.n_elements if full else scene_cfg.n_bs,
-        n_snapshots=scene_cfg.n_snapshots,
-        full_array=full,
-        phi_deg=tuple(scene_cfg.phi_deg),
-        theta_deg=tuple(scene_cfg.theta_deg),
-        r_m=tuple(scene_cfg.r_m),
-        steering_model=scene_cfg.steering_model,
-    )
-    return dataclasses.replace(base, **overrides)
 
 
 class BackboneOutput(NamedTuple):
