@@ -289,6 +289,25 @@ def test_summary_has_the_bound_row_when_the_bound_did_not_run():
     assert text.splitlines()[-1] == "| ml-oracle (bound) | - | - | - |"
 
 
+def test_summary_and_headline_of_deployment_sweeps():
+    """Deployment records get their own summary columns (F1 per codebook and resolution, F1 /
+    bound with designed 2-bit codes, F1 at each impairment sweep's worst point), and the
+    report's headline names the scenario the records ran on."""
+    def rec(method, sweep, value, f1):
+        return dict(method=method, sweep=sweep, value=value, f1=f1, scenario="seed-los", suite="B1")
+
+    recs = [rec(m, sweep, bits, f1 + 0.01 * bits) for m, f1 in (("somp-ml", 0.3), ("ml-oracle", 0.6))
+            for sweep in ("deploy_random", "deploy_designed") for bits in (0, 1, 2)]
+    recs += [rec(m, "nmse", v, f1) for m, f1 in (("somp-ml", 0.2), ("ml-oracle", 0.5)) for v in (-30.0, -10.0)]
+    text = accuracy_report.summary_table(attach_bound(recs), dict(n_scenes=10, seed=0))
+    assert ("| method | F1 random continuous | F1 random 2-bit | F1 random 1-bit | F1 designed continuous | "
+            "F1 designed 2-bit | F1 designed 1-bit | F1 / bound designed 2-bit | F1 NMSE -10 dB |") in text
+    assert "| somp-ml | 0.300 | 0.320 | 0.310 | 0.300 | 0.320 | 0.310 | 0.52 | 0.200 |" in text
+    assert text.splitlines()[-1] == "| ml-oracle (bound) | 0.600 | 0.620 | 0.610 | 0.600 | 0.620 | 0.610 | 1.00 | 0.500 |"
+    md = accuracy_report._markdown(recs, dict(scenario="seed", n_scenes=10, seed=0, wall_s=1.0))
+    assert "`seed-los` scenario, 10 scenes per point" in md and "`seed` scenario" not in md
+
+
 def test_snr_bin_table():
     text = accuracy_report.snr_bin_table({"a": {"[5,10)": 0.5, "[-5,0)": 0.25}, "ml-oracle": {"[-5,0)": 0.5,
                                                                                            "[5,10)": 1.0}},

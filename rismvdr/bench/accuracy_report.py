@@ -193,8 +193,11 @@ def _markdown(records: list[dict], meta: dict) -> str:
                               "the surface's static phase error code_phase_error_deg (deg, std)",
                   failure=f"Deployment `{DEPLOY_SCENARIO}`, designed {IMPAIRMENT_CODE_BITS}-bit codes: F1 against the "
                           "fraction of stuck elements element_failure")
+    scenarios = list(dict.fromkeys(r["scenario"] for r in records if r.get("scenario"))) or [meta["scenario"]]
+    where = (f"`{scenarios[0]}` scenario" if len(scenarios) == 1
+             else "scenarios " + ", ".join(f"`{x}`" for x in scenarios))
     lines = ["# rismvdr accuracy bench", "",
-             f"`{meta['scenario']}` scenario, {meta['n_scenes']} scenes per point, seed {meta['seed']}; "
+             f"{where}, {meta['n_scenes']} scenes per point, seed {meta['seed']}; "
              f"gates 5 deg / 5 deg / 1 m; default detector. B1: blind (each method finds K); "
              f"B2: oracle K ({', '.join(f'`{m}`' for m in meta.get('b2_methods') or B2_METHODS)}); "
              f"bound: `{BOUND_METHOD}`, the ML "
@@ -278,8 +281,10 @@ def summary_table(records: list[dict], meta: dict) -> str:
     bound (`F1 / bound`; also in the lowest SNR bin of the base set when the records carry
     per-bin F1) and median position error, F1 at K = 3 for some SNRs, F1 at K = 5,
     single-source azimuth RMSE / sqrt(CRB) at the highest SNR, and the `ula` case's RMSE /
-    sqrt(CRB) (phi / r) at its highest SNR. Columns whose sweep was not run are left out. The
-    bound's row is last, marked "(bound)", and present ('-') even where it did not run."""
+    sqrt(CRB) (phi / r) at its highest SNR; on the deployment, F1 with random and designed codes
+    at each resolution, F1 / bound with designed 2-bit codes, and F1 at the worst point of each
+    impairment sweep. Columns whose sweep was not run are left out. The bound's row is last,
+    marked "(bound)", and present ('-') even where it did not run."""
     def pick(sweep, value=None):
         rows = [r for r in records if r["sweep"] == sweep and (value is None or r["value"] == value)]
         return {r["method"]: r for r in rows}
@@ -315,6 +320,21 @@ def summary_table(records: list[dict], meta: dict) -> str:
                  (f"ULA RMSE/sqrt(CRB) phi / r, {v:g} dB", pick("ula", v),
                   lambda r: f"{fmt_number(r['rmse_over_sqrt_crb_phi'], '.2f')} / "
                             f"{fmt_number(r['rmse_over_sqrt_crb_r'], '.2f')}")]
+    for sweep, label in (("deploy_random", "random"), ("deploy_designed", "designed")):
+        for v in sorted({r["value"] for r in records if r["sweep"] == sweep}, key=lambda b: (b != 0, -b)):
+            bits = "continuous" if not v else f"{v:g}-bit"
+            cols.append((f"F1 {label} {bits}", pick(sweep, v), lambda r: fmt_number(r["f1"])))
+    if pick("deploy_designed", 2):
+        cols.append(("F1 / bound designed 2-bit", pick("deploy_designed", 2),
+                     lambda r: fmt_number(r.get("f1_over_bound"), ".2f", "-")))
+    clean = pick("phase_error", 0) or pick("failure", 0)  # the designed 2-bit codes without impairment
+    if clean and not pick("deploy_designed", 2):
+        cols.append(("F1 unimpaired", clean, lambda r: fmt_number(r["f1"])))
+    for sweep, label in (("nmse", "NMSE {v:g} dB"), ("phase_error", "phase error {v:g} deg"),
+                         ("failure", "{p:g} % stuck")):  # each impairment sweep's worst point
+        v = top(sweep)
+        if v is not None:
+            cols.append((f"F1 {label.format(v=v, p=100 * v)}", pick(sweep, v), lambda r: fmt_number(r["f1"])))
     methods = [m for m in dict.fromkeys(r["method"] for r in records) if m != BOUND_METHOD] + [BOUND_METHOD]
     lines = [f"`rismvdr bench accuracy` ({meta['n_scenes']} scenes per point, seed {meta['seed']}; "
              f"'-': not run at that point; bound: `{BOUND_METHOD}`, ML refinement started at the truth with the "
@@ -346,9 +366,10 @@ def write_report(out, result: dict | None = None) -> list[str]:
     if plot_f1(out / "f1_vs_range.png", records, dict(r=("K = 3, SNR 10 dB", "source range bin midpoint (m)")),
                bound=BOUND_METHOD):
         written.append("f1_vs_range.png")
+    bits = {0: "continuous", 1: "1 bit", 2: "2 bits"}
     if plot_f1(out / "f1_vs_codes.png", records, dict(
-            deploy_random=("random codes", "code_bits (0 = continuous)"),
-            deploy_designed=("designed codes", "code_bits (0 = continuous)")), bound=BOUND_METHOD):
+            deploy_random=("random codes", "code_bits", bits),
+            deploy_designed=("designed codes", "code_bits", bits)), bound=BOUND_METHOD):
         written.append("f1_vs_codes.png")
     if plot_f1(out / "f1_vs_impairments.png", records, dict(
             nmse=("channel-estimation error", "channel_nmse_db (dB)"),

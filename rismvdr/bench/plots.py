@@ -25,8 +25,9 @@ def _series(records, sweep, key):
     return {m: tuple(map(list, zip(*sorted(pairs, key=lambda p: (p[0] is None, p[0] or 0))))) for m, pairs in out.items()}
 
 
-def plot_f1(path, records, panels: dict[str, tuple[str, str]], *, bound: str | None = None) -> bool:
-    """F1 against a sweep's variable, one panel per sweep run: `panels` = {sweep: (title, x label)}.
+def plot_f1(path, records, panels: dict[str, tuple], *, bound: str | None = None) -> bool:
+    """F1 against a sweep's variable, one panel per sweep run: `panels` = {sweep: (title, x label)}
+    or {sweep: (title, x label, {value: tick label})} for a variable with few named values.
     The records of the method `bound` (e.g. `ml-oracle`), when given and present, are drawn as
     the reference curve, black dashed, labelled "bound (<name>)". False (nothing written) when
     none of the sweeps ran."""
@@ -43,6 +44,8 @@ def plot_f1(path, records, panels: dict[str, tuple[str, str]], *, bound: str | N
             ax.plot(ref[0], ref[1], label=f"bound ({bound})", **bound_style().kwargs())
         ax.set_title(panels[sweep][0])
         ax.set_xlabel(panels[sweep][1])
+        if len(panels[sweep]) > 2:
+            ax.set_xticks(list(panels[sweep][2]), list(panels[sweep][2].values()))
         ax.set_ylabel("F1")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
