@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent("""
 
     name, sizes = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
     method = METHODS[name]
-    cfg = get_scenario("full" if method.full_array_only else "seed")
+    cfg = get_scenario(sys.argv[3] if len(sys.argv) > 3 else "full" if method.full_array_only else "seed")
     model = None
     if method.learned:
         tc = get_config()
@@ -74,10 +74,10 @@ def test_installed_jaxlib_has_no_blocking_lapack_batches():
     assert not version.startswith("0.10."), f"jaxlib {version}: excluded by pyproject.toml (CPU deadlock)"
 
 
-def _sweep(name: str) -> None:
+def _sweep(name: str, *scenario: str) -> None:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     try:
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, name, ",".join(map(str, SIZES))],
+        proc = subprocess.run([sys.executable, "-c", SCRIPT, name, ",".join(map(str, SIZES)), *scenario],
                               capture_output=True, text=True, timeout=LIMIT_S, env=env)
     except subprocess.TimeoutExpired as e:
         done = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -91,3 +91,11 @@ def _sweep(name: str) -> None:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_batch_size_sweep(name):
     _sweep(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.maps_grid == "dictionary"])
+def test_batch_size_sweep_on_a_deployment(name):
+    """The compressive methods on a fixed deployment channel (`seed-los`), where `somp` and
+    `somp-ml` search several candidates per greedy step (their own programs and scene groups)."""
+    _sweep(name, "seed-los")
