@@ -3,7 +3,9 @@
 A `LearnedModel` holds the split modules and their parameters (the EMA weights of a run). It is
 read from an exported model directory (`model.json` + `model.npz`, what the package ships in
 `rismvdr/weights/`), from a training run directory (Orbax checkpoints, read-only, in the layout
-`rismvdr.train.checkpoint` writes), or by default from the shipped weights.
+`rismvdr.train.checkpoint` writes), or by default from the shipped weights. Its module
+definitions are `rismvdr.models.config.DeferredDef`s: the network (and Flax) is built only where
+a runner is traced, which a call served by the program store (`rismvdr.programs`) never does.
 
 Run directory layout (one step directory per checkpoint): the items `state` (the training-state
 pytree), `config` (the run's record as JSON: `stage`, `train`, `backbone`, `refiner`) and
@@ -506,7 +508,9 @@ def load_learned(path: str | Path | None = None, *, step: str | int | None = "be
     Raises:
       FileNotFoundError: nothing loadable at `path`.
       ValueError: `step` is none of the above, no intact checkpoint (a damaged one is skipped
-        with a warning naming its step and file), or the weights do not fit the recorded model.
+        with a warning naming its step and file), or the weights do not fit the recorded model
+        (a run directory's when read; an exported model's where its network is first built,
+        naming the first array that does not fit).
     """
     path = default_weights_dir() if path is None else Path(path)
     if (path / "model.json").is_file():
