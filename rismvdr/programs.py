@@ -112,8 +112,9 @@ def _prepare_backend() -> None:
     its LAPACK routines on the CPU when a program that uses one is first lowered (jax 0.9: a
     program read back without that ran into unset routines and crashed the process), so one small
     Cholesky factorisation is lowered first, on whichever backend (a GPU's solver library is set
-    up the same way where its jaxlib defers it)."""
-    jax.jit(jax.numpy.linalg.cholesky).lower(jax.numpy.eye(1, dtype=jax.numpy.float32))
+    up the same way where its jaxlib defers it). The argument is abstract: a concrete one would
+    run (and load) small programs of its own first."""
+    jax.jit(jax.numpy.linalg.cholesky).lower(jax.ShapeDtypeStruct((1, 1), jax.numpy.float32))
 
 
 def _faithful(text: str) -> bool:

@@ -79,3 +79,13 @@ def test_minimal_series_writes_both_files(tmp_path, capsys):
     table = (out / "latency.md").read_text()
     assert "| command | cache | median s | min-max s | ratio to import jax |" in table
     assert "`rismvdr --help`" in table and "load average" in table
+
+
+def test_the_series_keeps_its_own_bytecode(tmp_path, monkeypatch, capsys):
+    """Every process of a series reads and writes compiled bytecode in the series' own folder,
+    even where the caller's environment says to write none (as after a `pip install`)."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    probe = latency.Command("probe", (sys.executable, "-c", "import sys; assert sys.pycache_prefix, 'no prefix'; "
+                                      "assert not sys.dont_write_bytecode, 'no bytecode written'"))
+    doc = latency.run_latency(tmp_path / "report", commands=[probe], repeats=1, command="test", progress=False)
+    assert [r["status"] for r in doc["runs"]] == ["ok"] * 4, doc["runs"]

@@ -14,6 +14,13 @@ for every run: every program compiles) and with a warm one (one directory per co
 its warm-up run and kept: every program loads). The reference is `python -c "import jax"`, the
 floor of any command that computes.
 
+Every process of a series reads and writes its modules' compiled bytecode in one folder of the
+series (`PYTHONPYCACHEPREFIX`), whatever `PYTHONDONTWRITEBYTECODE` says where the bench was
+started: the warm-up round compiles the sources of JAX and of rismvdr alike, and the timed rounds
+read them back, as after a `pip install` (which writes the bytecode). Without it, an editable
+install in an environment that writes no bytecode compiles rismvdr's sources in every process
+(about 0.1 s of a one-scene call), while the reference reads JAX's installed bytecode.
+
 The series: a warm-up round, then `repeats` timed rounds; each round runs every command once, in
 the same order, with the reference run right before each of them, so that the reference sees the
 same machine drift as the commands. A command's row gives the median, min and max of its timed
@@ -259,6 +266,8 @@ def run_latency(out, *, methods=None, repeats: int = REPEATS, quick: bool = Fals
     base = {k: v for k, v in os.environ.items()
             if k not in (CACHE_DIR_ENV, COMPILE_CACHE_ENV, "JAX_COMPILATION_CACHE_DIR")}
     base["TQDM_DISABLE"] = "1"
+    base.pop("PYTHONDONTWRITEBYTECODE", None)  # the series' own bytecode folder (the module docstring)
+    base["PYTHONPYCACHEPREFIX"] = str(work / "bytecode")
     try:
         setup = None
         if commands is None:
