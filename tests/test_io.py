@@ -143,6 +143,28 @@ def test_shared_channel_and_codes_broadcast(tmp_path):
     assert np.all(np.isnan(np.asarray(scene.snr_db)))  # unknown without the snr_db key
 
 
+def test_scenes_from_file_without_the_truth_covariance(seed_case, tmp_path):
+    """`truth_covariance=False` (what `localize`, `plot` and `evaluate` read): `R_true` is None,
+    the rest is the same, and every method localizes the same as with it (the oracle MVDR builds
+    its operator from the truth's positions, not from `R_true`)."""
+    from rismvdr.localize.registry import localize, settings_for_scenario
+
+    scenes, sf = seed_case
+    io.save_scenes(tmp_path / "s.npz", sf)
+    full = io.scenes_from_file(io.load_scenes(tmp_path / "s.npz"))
+    bare = io.scenes_from_file(io.load_scenes(tmp_path / "s.npz"), truth_covariance=False)
+    assert bare.R_true is None and full.R_true is not None
+    for name in ("y", "H", "codes", "noise_var", "snr_db", "phi", "theta", "r", "power", "mask"):
+        np.testing.assert_array_equal(np.asarray(getattr(bare, name)), np.asarray(getattr(full, name)), err_msg=name)
+    assert bare[1:2].R_true is None and len(bare[1:2]) == 1
+    cfg = get_scenario("seed")
+    for method in ("mvdr-oracle", "mvdr-mf"):
+        a, b = (localize(method, x, scenario_geometry(cfg), settings_for_scenario(cfg), progress=False,
+                         keep_maps=False).detections for x in (full, bare))
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=method)
+
+
 def test_scenes_from_file_truth_variants():
     raw = small_raw()
     no_power = io.SceneFile(**{**raw, "gt_power": None, "wavelength": 0.3})

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     maybe_distributed(args)
     sf = load_scenes(args.scenes)
     settings = localizer_settings(args, sf)
-    scenes = scenes_from_file(sf, model=settings.steering_model)
+    scenes = scenes_from_file(sf, model=settings.steering_model, truth_covariance=False)
     try:  # --distributed: each process runs its share of the batches, every process gets every result
         with lost_process_guard(lambda: "localize", advice=RERUN, keep=(ValueError,)):
             res = localize(args.method, scenes, sf.geometry(), settings, progress=not args.quiet,

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.index < sf.n_scenes:
             raise ValueError(f"--index: must lie in [0, {sf.n_scenes - 1}], got {args.index}")
         settings = localizer_settings(args, sf)
-        scenes = scenes_from_file(sf, model=settings.steering_model)[args.index: args.index + 1]
+        scenes = scenes_from_file(sf, model=settings.steering_model, truth_covariance=False)[args.index: args.index + 1]
         res = localize(args.method, scenes, sf.geometry(), settings, progress=False, model=learned_model(args))
         d = res.detections
         if args.detections:

@@ -147,7 +147,7 @@ def evaluate_files(scenes_path: str | os.PathLike, detections_path: str | os.Pat
     det = read_detections_csv(detections_path, n_scenes=sf.n_scenes)
     cfg = scenario_from_meta(sf.meta)
     model = cfg.steering_model if cfg is not None else "exact"
-    scenes = scenes_from_file(sf, model=model)
+    scenes = scenes_from_file(sf, model=model, truth_covariance=False)
     pssr = None
     if maps_path:
         power_db, _, grid = read_maps(maps_path)

@@ -682,7 +682,7 @@ def _on_device(a) -> jax.Array:
     return jax.device_put(np.asarray(a))
 
 
-def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
+def scenes_from_file(sf: SceneFile, *, model: str = "exact", truth_covariance: bool = True) -> Scene:
     """A batched `Scene` (complex64/float32 jax arrays) for methods that take one.
 
     - A shared `H` `[M, N]` / `codes` `[L, N]` is broadcast to every scene.
@@ -692,7 +692,11 @@ def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
       is False there. Without `gt_power`, true sources get power 1. Without truth at all,
       the truth arrays have shape `[S, 0]`.
     - `R_true = A diag(p) A^H` from the truth with the shared `steering` function and
-      `model` (zeros without truth). It is not trace-normalised.
+      `model` (zeros without truth). It is not trace-normalised. With `truth_covariance` False
+      it is None: no method of `rismvdr.localize` reads it (the oracle MVDR builds its operator
+      from the truth's positions), and building it is a program of its own and `S N^2` complex
+      numbers (166 MB for 1000 scenes of 144 elements), which `rismvdr localize`, `plot` and
+      `evaluate` skip.
     """
     f = _validate(_fields(sf), "SceneFile")
     sf = SceneFile(**f)
@@ -715,7 +719,8 @@ def scenes_from_file(sf: SceneFile, *, model: str = "exact") -> Scene:
         power = (mask.astype(real) if sf.gt_power is None else np.where(mask, sf.gt_power, 0.0)).astype(real)
     else:
         phi = theta = r = power = np.zeros((s, 0), real)
-    r_true = truth_covariance_from_sources(sf.geometry(), phi, theta, r, power, model=model)
+    r_true = (truth_covariance_from_sources(sf.geometry(), phi, theta, r, power, model=model)
+              if truth_covariance else None)
     return Scene(
         y=_on_device(sf.y),
         H=per_scene(sf.H, m),

@@ -68,7 +68,8 @@ class Scene:
       r: `[..., K_max]` true ranges, metres (padded entries r_max, valid for steering).
       power: `[..., K_max]` source powers, linear (padded entries 0).
       mask: `[..., K_max]` bool, True for real sources.
-      R_true: `[..., N, N]` complex `A diag(p) A^H`.
+      R_true: `[..., N, N]` complex `A diag(p) A^H`, or None where it was not built
+        (`rismvdr.io.scenes_from_file(..., truth_covariance=False)`).
     """
 
     y: jax.Array
@@ -81,7 +82,7 @@ class Scene:
     r: jax.Array
     power: jax.Array
     mask: jax.Array
-    R_true: jax.Array
+    R_true: jax.Array | None
 
     @property
     def n_sources(self) -> jax.Array:
