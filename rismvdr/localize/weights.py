@@ -368,12 +368,13 @@ def _set_policy(policy) -> None:
 
 
 @contextlib.contextmanager
-def quiet_restore() -> Iterator[None]:
+def quiet_restore(keep: Callable[[logging.LogRecord], bool] = lambda record: True) -> Iterator[None]:
     """Run one Orbax restore attempt without letting a failure print anything of its own.
 
     While the block runs, the event loops Orbax creates finish (cancel) their unfinished tasks
-    before closing, and what Orbax and asyncio log is held back: let out if the block succeeds,
-    dropped if it raises (the caller reports the failure in one line).
+    before closing, and what Orbax and asyncio log is held back: let out if the block succeeds
+    (the records `keep` accepts), dropped if it raises (the caller reports the failure in one
+    line).
     """
     global _policy_users, _previous_policy
     with _policy_lock:
@@ -384,7 +385,7 @@ def quiet_restore() -> Iterator[None]:
                 _set_policy(_finishing_policy(_previous_policy))
         _policy_users += 1
     try:
-        with held_logs():
+        with held_logs(keep):
             yield
     finally:
         with _policy_lock:

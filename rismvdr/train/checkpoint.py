@@ -57,6 +57,7 @@ from rismvdr.localize.weights import (
     first_intact,
     held_logs,
     not_read_only_notice,
+    quiet_restore,
     single_device_sharding,
 )
 
@@ -618,7 +619,9 @@ def restore_run(
     directory = pathlib.Path(directory).expanduser().absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
-    with Checkpointer(
+    # Orbax's event loops made in the block finish their reads before closing: a read of a damaged
+    # step still in flight leaves nothing for Python to print.
+    with quiet_restore(keep=not_read_only_notice), Checkpointer(
         directory, best_metric=best_metric, best_mode=best_mode, read_only=True
     ) as ckpt:
         steps = ckpt.steps()
