@@ -89,3 +89,5 @@ def test_the_series_keeps_its_own_bytecode(tmp_path, monkeypatch, capsys):
                                       "assert not sys.dont_write_bytecode, 'no bytecode written'"))
     doc = latency.run_latency(tmp_path / "report", commands=[probe], repeats=1, command="test", progress=False)
     assert [r["status"] for r in doc["runs"]] == ["ok"] * 4, doc["runs"]
+    assert "PYTHONPYCACHEPREFIX" in doc["meta"]["bytecode"]
+    assert "bytecode: compiled by the warm-up round" in (tmp_path / "report" / "latency.md").read_text()

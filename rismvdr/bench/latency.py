@@ -210,7 +210,8 @@ def latency_markdown(records: list[dict], meta: dict) -> str:
              f"whole process: median and min-max of {runs} after a warm-up run (the reference: of its run "
              f"before each of them); ratio: the median over the reference's median, measured in the same "
              f"series. Cache: the compilation cache, cold (an empty directory) or warm (filled by the "
-             f"command's warm-up run).", "",
+             f"command's warm-up run). Python bytecode: compiled by the warm-up round into a folder of the "
+             f"series and read back by the timed runs, for JAX and rismvdr alike.", "",
              "| command | cache | median s | min-max s | ratio to import jax |",
              "|---|---|---:|---:|---:|"]
     for r in records:
@@ -276,7 +277,8 @@ def run_latency(out, *, methods=None, repeats: int = REPEATS, quick: bool = Fals
         reference = Command(REFERENCE, (sys.executable, "-c", "import jax"))
         meta = dict(generator="rismvdr bench latency", command=command or "rismvdr bench latency", quick=quick,
                     repeats=repeats, methods=list(methods) if methods else None, cli=cli_prefix(),
-                    load_avg_before=_load_avg(), load_avg_after=None, partial=True)
+                    load_avg_before=_load_avg(), load_avg_after=None, partial=True,
+                    bytecode="one folder per series (PYTHONPYCACHEPREFIX), written by the warm-up round")
         meta["machine"] = _machine(dict(base, **{COMPILE_CACHE_ENV: "0"}), timeout_s)
         t0 = time.perf_counter()
         if setup is not None:
