@@ -25,6 +25,7 @@ LAYERS = {
     "defaults": 0,  # constants only: imports nothing from rismvdr
     "overrides": 0,  # the --set grammar: imports nothing from rismvdr
     "programs": 0,  # the program store (a jax.jit that keeps its traced programs): nothing from rismvdr
+    "lazy": 0,  # the packages' names imported on first use (PEP 562): nothing from rismvdr
     "physics": 0,
     "models": 1,
     "localize": 2,

@@ -5,16 +5,8 @@ file's truth in one call (what `rismvdr evaluate` runs); `evaluate_detections` d
 for arrays in memory. Both are imported from `rismvdr.eval.evaluation` on first use, so the
 light modules of this package (`rismvdr.eval.objective`) load without JAX.
 """
-import importlib
+from rismvdr.lazy import lazy_exports
 
 __all__ = ["evaluate_files", "evaluate_detections", "truth_crb", "scene_pssr_db"]
 
-
-def __getattr__(name: str):
-    if name in __all__:
-        return getattr(importlib.import_module("rismvdr.eval.evaluation"), name)
-    raise AttributeError(f"module 'rismvdr.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), dict.fromkeys(__all__, "rismvdr.eval.evaluation"))

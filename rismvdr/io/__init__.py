@@ -31,7 +31,7 @@ re-exported here: `from rismvdr.io import load_scenes`.
 >>> read_json(path, "--report")
 {'f1': 0.5, 'rmse': None}
 """
-import importlib
+from rismvdr.lazy import lazy_exports
 
 #: Public name -> the module of `rismvdr.io` that defines it (imported on first use, PEP 562:
 #: the atomic write, the lock and the signal handling load no JAX).
@@ -95,13 +95,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _SOURCES:
-        value = getattr(importlib.import_module(_SOURCES[name]), name)
-        globals()[name] = value  # later lookups are plain attribute reads
-        return value
-    raise AttributeError(f"module 'rismvdr.io' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SOURCES)

@@ -6,7 +6,7 @@ method protocol), `settings`, the families `classical`, `compressive` and `learn
 imported on first use (PEP 562): the learned family and `weights` load Flax, which the other
 methods never need, so `from rismvdr.localize import localize` does not import it.
 """
-import importlib
+from rismvdr.lazy import lazy_exports
 
 #: Public name -> the module of `rismvdr.localize` that defines it.
 _SOURCES = {
@@ -37,13 +37,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _SOURCES:
-        value = getattr(importlib.import_module(_SOURCES[name]), name)
-        globals()[name] = value  # later lookups are plain attribute reads
-        return value
-    raise AttributeError(f"module 'rismvdr.localize' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SOURCES)

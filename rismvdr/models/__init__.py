@@ -3,7 +3,7 @@
 The names below are imported on first use (PEP 562): the configurations
 (`rismvdr.models.config`) load no Flax, the networks do.
 """
-import importlib
+from rismvdr.lazy import lazy_exports
 
 #: Public name -> the module of `rismvdr.models` that defines it.
 _SOURCES = {
@@ -17,13 +17,4 @@ __all__ = ["Backbone", "BackboneConfig", "ModelConfig", "BackboneOutput", "backb
            "RefinerConfig", "DeferredDef", "SpectrumRefiner", "UNet", "match_spatial"]
 
 
-def __getattr__(name: str):
-    if name in _SOURCES:
-        value = getattr(importlib.import_module(_SOURCES[name]), name)
-        globals()[name] = value  # later lookups are plain attribute reads
-        return value
-    raise AttributeError(f"module 'rismvdr.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SOURCES)
