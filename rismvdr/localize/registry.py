@@ -110,7 +110,7 @@ class Method(NamedTuple):
 
 def _learned_family(name: str) -> Callable:
     """The `make` of a learned method: `rismvdr.localize.learned.<name>`, imported on its first
-    call. The learned family loads Flax (about a tenth of a one-scene call), which no other
+    call. The learned family loads Flax (about a sixth of a one-scene call), which no other
     method needs, so a run of the others never imports it."""
     def make(scenes, geometry, settings, model=None):
         return getattr(importlib.import_module("rismvdr.localize.learned"), name)(scenes, geometry, settings, model)
